@@ -1,0 +1,119 @@
+"""The Architecture: the one object that crosses from search to retrain to export to report.
+
+A search stage writes it (JSON); the retrain stage builds the model from it alone; the export keeps
+it as an asset; reports show it. Everything in it is plain data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+ARCHITECTURE_VERSION = 1
+MODELS = ("lr", "fm", "deepfm", "dcn", "dnn")
+NUMERIC_ENCODINGS = ("scaled", "bucket")
+
+
+class ArchitectureError(ValueError):
+    """An Architecture that cannot be built; the message names the offending field."""
+
+
+@dataclass
+class Architecture:
+    """A complete, buildable model description.
+
+    Attributes:
+      model: model family, one of ``MODELS``.
+      categorical: categorical field names (raw names), in input order.
+      numerical: numerical field names (raw names), in input order.
+      vocab_sizes: per categorical field, the id range including OOV buckets.
+      num_buckets: number of quantile buckets per numerical field.
+      embedding_dims: per field (categorical and numerical), its embedding size.
+      numeric_encoding: per numerical field, ``"scaled"`` (value times a field embedding) or
+        ``"bucket"`` (embedding of its quantile bucket).
+      hidden_units: MLP widths for deep models.
+      dropout: MLP dropout rate.
+      l2: L2 strength on embeddings and kernels.
+      cross_layers: number of DCN cross layers.
+      kept_interactions: pairs of fields whose FM interaction is kept; ``None`` keeps all pairs.
+      search: what produced this architecture (strategy name and its own report).
+      version: schema version of this JSON.
+    """
+
+    model: str
+    categorical: list[str]
+    numerical: list[str]
+    vocab_sizes: dict[str, int]
+    num_buckets: int = 20
+    embedding_dims: dict[str, int] = field(default_factory=dict)
+    numeric_encoding: dict[str, str] = field(default_factory=dict)
+    hidden_units: list[int] = field(default_factory=lambda: [400, 400, 400])
+    dropout: float = 0.0
+    l2: float = 0.0
+    cross_layers: int = 3
+    kept_interactions: list[list[str]] | None = None
+    search: dict = field(default_factory=lambda: {"strategy": "none"})
+    version: int = ARCHITECTURE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ArchitectureError(f"Unknown model {self.model!r}; expected one of {MODELS}.")
+        for name in self.categorical:
+            if self.vocab_sizes.get(name, 0) < 1:
+                raise ArchitectureError(f"Field {name!r} has no vocab size. Received: "
+                                        f"vocab_sizes={self.vocab_sizes}")
+        for name in [*self.categorical, *self.numerical]:
+            dim = self.embedding_dims.get(name)
+            if dim is None or dim < 1:
+                raise ArchitectureError(f"Field {name!r} needs an embedding dim >= 1. Received: "
+                                        f"{dim}")
+        for name in self.numerical:
+            encoding = self.numeric_encoding.setdefault(name, "scaled")
+            if encoding not in NUMERIC_ENCODINGS:
+                raise ArchitectureError(f"Field {name!r}: unknown numeric encoding {encoding!r}; "
+                                        f"expected one of {NUMERIC_ENCODINGS}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ArchitectureError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
+        if self.l2 < 0:
+            raise ArchitectureError(f"l2 must be >= 0. Received: l2={self.l2}")
+        fields = set(self.categorical) | set(self.numerical)
+        for pair in self.kept_interactions or []:
+            if len(pair) != 2 or not set(pair) <= fields:
+                raise ArchitectureError(f"kept_interactions names an unknown pair {pair}.")
+
+    @property
+    def fields(self) -> list[str]:
+        return [*self.categorical, *self.numerical]
+
+    def embedding_params(self) -> int:
+        """Parameters in embedding tables (categorical tables + numeric field/bucket tables)."""
+        total = sum(self.vocab_sizes[f] * self.embedding_dims[f] for f in self.categorical)
+        for f in self.numerical:
+            rows = self.num_buckets if self.numeric_encoding[f] == "bucket" else 1
+            total += rows * self.embedding_dims[f]
+        return total
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Architecture:
+        data = json.loads(text)
+        version = data.get("version")
+        if version != ARCHITECTURE_VERSION:
+            raise ArchitectureError(f"Architecture version {version} is not supported "
+                                    f"(expected {ARCHITECTURE_VERSION}).")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ArchitectureError(f"Architecture JSON has unknown keys {unknown}.")
+        return cls(**data)
+
+    @classmethod
+    def uniform(cls, model: str, categorical: list[str], numerical: list[str],
+                vocab_sizes: dict[str, int], embedding_dim: int, **kwargs) -> Architecture:
+        """The fixed (search strategy ``none``) architecture: one embedding size for all fields."""
+        dims = {f: embedding_dim for f in [*categorical, *numerical]}
+        return cls(model=model, categorical=list(categorical), numerical=list(numerical),
+                   vocab_sizes=dict(vocab_sizes), embedding_dims=dims, **kwargs)
