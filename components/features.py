@@ -2,7 +2,7 @@
 
 Transform turns each raw field into a fixed set of transformed features:
 
-* categorical ``f``  -> ``f_id``     int64 id in [0, vocab + OOV): ids ordered by train frequency
+* categorical ``f``  -> ``f_id``     int64 id in [0, vocab + OOV), ordered by train frequency
 * numerical ``f``    -> ``f_z``      float32, robust scaled: clip to train [q01, q99], log1p when the
                                       field is non-negative and skewed, then z-score
                      -> ``f_raw``    float32, raw value clipped to train [q01, q99] (for AutoDis)

@@ -5,10 +5,11 @@ ENV_HOME="${AUTORECSYS_ENV_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/autorecsys}"
 LOCK_FILE="$REPO_ROOT/requirements.lock"
 LOCK_HASH="$(sha256sum "$LOCK_FILE" | cut -c1-16)"
 # TFX 1.21's ml-metadata and tensorflow-data-validation wheels need glibc >= 2.38 and a new libstdc++.
-glibc_version="$(ldd --version 2>/dev/null | head -n1 | grep -oE '[0-9]+\.[0-9]+$')"
+glibc_version="$(getconf GNU_LIBC_VERSION 2>/dev/null)"; glibc_version="${glibc_version##* }"
 if [ -n "${AUTORECSYS_ENV_MODE:-}" ]; then
   ENV_MODE="$AUTORECSYS_ENV_MODE"
-elif [ "$(printf '%s\n2.39\n' "$glibc_version" | sort -V | head -n1)" = "2.39" ]; then
+elif [ "${glibc_version%%.*}" -gt 2 ] 2>/dev/null \
+  || { [ "${glibc_version%%.*}" = 2 ] && [ "${glibc_version#*.}" -ge 39 ] 2>/dev/null; }; then
   ENV_MODE=venv
 else
   ENV_MODE=root

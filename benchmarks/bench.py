@@ -1,0 +1,144 @@
+"""``autorecsys bench``: train and test every (dataset, model, seed), write JSON, Markdown, PNG.
+
+Each row trains with the pipeline's own pieces: the adapter, the validated conversion, Transform's
+``preprocessing_fn``, the search stage's ``fixed_architecture`` and ``components.base.train_model``
+(early stopping on validation AUC). The test split is scored once, after training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.data import BenchData, prepare_bench_data, transformed_dataset
+from benchmarks.report import write_report
+from components import base
+from components.search import fixed_architecture
+from models.zoo import model_input_names
+from pipeline import metrics
+from pipeline.configs import ConfigError, PipelineConfig
+
+# Bench model names: a model family, optionally with "+buckets" for quantile-bucket numerics.
+VARIANTS = {"buckets": {"numeric_encoding": "bucket"}}
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datasets", required=True, help="comma-separated dataset names")
+    parser.add_argument("--models", required=True, help="comma-separated model names")
+    parser.add_argument("--seeds", default="2021", help="comma-separated seeds")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--work-dir", default=None, help="cache of prepared data (default: "
+                        "next to --out)")
+    parser.add_argument("--config", default=None, help="PipelineConfig JSON for train settings")
+    parser.add_argument("--max-epochs", type=int, default=None)
+    parser.add_argument("--serving", action="store_true",
+                        help="also export each model and measure serving latency")
+
+
+def parse_model(name: str, config: PipelineConfig) -> PipelineConfig:
+    """A copy of ``config`` whose train settings realise bench model ``name``."""
+    family, *variants = name.split("+")
+    data = config.to_dict()
+    data["train"]["model"] = family
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise ConfigError(f"Unknown bench model {name!r}: variant {variant!r} not in "
+                              f"{sorted(VARIANTS)}.")
+        data["train"].update(VARIANTS[variant])
+    return PipelineConfig.from_dict(data)
+
+
+def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfig,
+              export_dir: str | None = None) -> dict[str, Any]:
+    """Trains one (dataset, model, seed) and scores its test split once."""
+    config = parse_model(model_name, config)
+    config.seed = config.train.seed = seed
+    spec = data.spec
+    search_start = time.perf_counter()
+    vocab = base.vocab_sizes(data.transform_output, spec["categorical"])
+    arch = fixed_architecture(config, spec, vocab)
+    search_seconds = time.perf_counter() - search_start
+    names = model_input_names(arch)
+    batch = config.train.batch_size
+    train_ds = transformed_dataset(data, "train", names, batch, shuffle=True, seed=seed)
+    eval_ds = transformed_dataset(data, "eval", names, batch, shuffle=False, seed=seed)
+    result = base.train_model(arch, train_ds, eval_ds, learning_rate=config.train.learning_rate,
+                              max_epochs=config.train.max_epochs,
+                              patience=config.train.patience, seed=seed)
+    test_ds = transformed_dataset(data, "test", names, 8192, shuffle=False, seed=seed)
+    labels = np.concatenate([y.numpy().ravel() for _, y in test_ds])
+    scores = result.model.predict(test_ds, verbose=0).ravel()
+    if export_dir:
+        base.export_serving_model(result.model, data.transform_output, arch, spec["label"],
+                                  export_dir)
+    return {
+        "dataset": data.dataset.name,
+        "model": model_name,
+        "seed": seed,
+        "test_auc": metrics.roc_auc(labels, scores),
+        "test_logloss": metrics.log_loss(labels, scores),
+        "val_auc": max(result.history.get("val_auc", [float("nan")])),
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.history.get("val_auc", [])),
+        "embedding_params": arch.embedding_params(),
+        "total_params": int(result.model.count_params()),
+        "search_seconds": search_seconds,
+        "train_seconds": result.train_seconds,
+        "train_wall_seconds": result.wall_seconds,
+        "train_examples_per_second": result.examples_per_second,
+        "architecture": json.loads(arch.to_json()),
+    }
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs the grid named by ``args`` and writes ``args.out`` plus its report files."""
+    config = PipelineConfig.from_json_file(args.config) if args.config else PipelineConfig()
+    if args.max_epochs:
+        config.train.max_epochs = args.max_epochs
+    datasets = [d for d in args.datasets.split(",") if d]
+    models = [m for m in args.models.split(",") if m]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError as e:
+        raise ConfigError(f"--seeds must be integers: {args.seeds!r}") from e
+    for model in models:
+        parse_model(model, config)
+    out = os.path.abspath(args.out)
+    work_dir = args.work_dir or os.path.join(os.path.dirname(out), "bench-work")
+    rows: list[dict[str, Any]] = []
+    serving: list[dict[str, Any]] = []
+    for dataset in datasets:
+        for seed in seeds:
+            data = prepare_bench_data(dataset, work_dir, args.data_dir, seed)
+            for model in models:
+                logging.info("bench: %s / %s / seed %d", dataset, model, seed)
+                export_dir = None
+                if args.serving and seed == seeds[0]:
+                    export_dir = os.path.join(work_dir, "export", f"{dataset}-{model}")
+                rows.append(bench_row(data, model, seed, config, export_dir))
+                if export_dir:
+                    from benchmarks.serving import measure_in_fresh_process  # noqa: PLC0415
+
+                    serving.append({"dataset": dataset, "model": model,
+                                    **measure_in_fresh_process(export_dir,
+                                                               data.dataset.split_path("test"))})
+                _write(out, rows, serving, config)
+    return _write(out, rows, serving, config)
+
+
+def _write(out: str, rows: list[dict[str, Any]], serving: list[dict[str, Any]],
+           config: PipelineConfig) -> dict[str, Any]:
+    report = {"results": rows, "serving": serving, "train_config": config.to_dict()["train"]}
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".partial", "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    os.replace(out + ".partial", out)
+    write_report(report, out)
+    return report

@@ -1,0 +1,102 @@
+"""Bench data: the pipeline's adapters, example conversion and ``preprocessing_fn``, without MLMD.
+
+Transform's analysis runs as the same Beam job the Transform component runs (``tft_beam`` over the
+train split only); the bench then applies the resulting Transform graph in ``tf.data`` through
+``transform_features_layer`` -- the graph the SavedModel serves with.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from dataclasses import dataclass
+
+import apache_beam as beam
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from tensorflow_transform.tf_metadata import schema_utils
+from tfx_bsl.public import tfxio
+
+from components import base
+from components.transform import preprocessing_fn
+from pipeline.datasets import prepare_dataset
+from pipeline.datasets.base import PreparedDataset
+from pipeline.examples import write_tfrecords
+from pipeline.runners import beam_pipeline_args
+
+
+@dataclass
+class BenchData:
+    """A prepared dataset with its Transform graph and raw TFRecord splits."""
+
+    dataset: PreparedDataset
+    examples_dir: str
+    transform_output: tft.TFTransformOutput
+
+    @property
+    def spec(self) -> dict:
+        s = self.dataset.spec
+        return {"label": s.label, "categorical": list(s.categorical),
+                "numerical": list(s.numerical)}
+
+    def split_files(self, split: str) -> str:
+        return os.path.join(self.examples_dir, split, "*")
+
+
+def analyze(examples_dir: str, spec: dict, transform_dir: str) -> tft.TFTransformOutput:
+    """Runs Transform's analysis on the train split and writes the Transform graph."""
+    raw_schema = schema_utils.schema_from_feature_spec(
+        base.raw_feature_spec(spec["label"], spec["categorical"], spec["numerical"], True))
+    source = tfxio.TFExampleRecord(file_pattern=os.path.join(examples_dir, "train", "*"),
+                                   telemetry_descriptors=["autorecsys", "bench"],
+                                   schema=raw_schema)
+    fn = functools.partial(preprocessing_fn, custom_config={"spec": spec})
+    with tempfile.TemporaryDirectory() as tmp:
+        with beam.Pipeline(argv=beam_pipeline_args("direct")) as pipeline:
+            with tft_beam.Context(temp_dir=tmp, force_tf_compat_v1=False):
+                raw = pipeline | "ReadTrain" >> source.BeamSource()
+                transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(fn)
+                _ = transform_fn | tft_beam.WriteTransformFn(transform_dir)
+    return tft.TFTransformOutput(transform_dir)
+
+
+def prepare_bench_data(name: str, work_dir: str, data_dir: str | None, seed: int) -> BenchData:
+    """Adapter -> validated TFRecords -> Transform graph, cached per (dataset, seed) in work_dir."""
+    root = os.path.join(work_dir, f"{name}-{seed}")
+    transform_dir = os.path.join(root, "transform")
+    examples_dir = os.path.join(root, "examples")
+    if os.path.exists(os.path.join(transform_dir, "transform_fn")):
+        dataset = PreparedDataset.load(os.path.join(root, "data"))
+        return BenchData(dataset, examples_dir, tft.TFTransformOutput(transform_dir))
+    dataset = prepare_dataset(name, os.path.join(root, "data"), data_dir=data_dir, seed=seed)
+    if dataset.spec.task != "ctr":
+        raise NotImplementedError(f"Dataset {name!r} is a top-k dataset; the bench trains CTR "
+                                  f"models only so far.")
+    write_tfrecords(dataset, examples_dir)
+    spec = {"label": dataset.spec.label, "categorical": list(dataset.spec.categorical),
+            "numerical": list(dataset.spec.numerical)}
+    return BenchData(dataset, examples_dir, analyze(examples_dir, spec, transform_dir))
+
+
+def transformed_dataset(data: BenchData, split: str, input_names: list[str], batch_size: int,
+                        *, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """``(transformed features, label)`` batches of a split through the Transform graph.
+
+    The transformed split is cached in memory, so the Transform graph runs once per split and
+    training steps are not slowed by it.
+    """
+    spec = data.spec
+    raw_spec = base.raw_feature_spec(spec["label"], spec["categorical"], spec["numerical"], True)
+    layer = data.transform_output.transform_features_layer()
+    files = sorted(tf.io.gfile.glob(data.split_files(split)))
+
+    def transform(serialized: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        out = layer(tf.io.parse_example(serialized, raw_spec))
+        return ({k: out[k] for k in input_names}, tf.reshape(out[spec["label"]], [-1, 1]))
+
+    ds = tf.data.TFRecordDataset(files).batch(8192).map(transform).unbatch().cache()
+    if shuffle:
+        ds = ds.shuffle(300_000, seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

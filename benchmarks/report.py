@@ -1,0 +1,80 @@
+"""Bench report: a Markdown table of means ± standard deviations over seeds, and PNG plots."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+METRICS = ("test_auc", "test_logloss", "embedding_params", "train_seconds",
+           "train_examples_per_second", "search_seconds")
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (dataset, model): mean, std and n of every numeric metric."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["dataset"], row["model"])].append(row)
+    summary = []
+    for (dataset, model), group in groups.items():
+        entry: dict[str, Any] = {"dataset": dataset, "model": model, "n": len(group)}
+        for metric in METRICS:
+            values = np.array([r[metric] for r in group if metric in r], dtype=float)
+            if values.size:
+                entry[metric] = (float(values.mean()), float(values.std(ddof=0)))
+        summary.append(entry)
+    return summary
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    lines = ["| dataset | model | seeds | test AUC | test logloss | emb. params | train s | "
+             "train ex/s |", "|---|---|---|---|---|---|---|---|"]
+    for e in aggregate(report["results"]):
+        def cell(metric: str, fmt: str, e: dict[str, Any] = e) -> str:
+            if metric not in e:
+                return "–"
+            mean, std = e[metric]
+            return f"{mean:{fmt}} ± {std:{fmt}}"
+        lines.append(f"| {e['dataset']} | {e['model']} | {e['n']} | {cell('test_auc', '.4f')} | "
+                     f"{cell('test_logloss', '.4f')} | {e['embedding_params'][0]:,.0f} | "
+                     f"{cell('train_seconds', '.1f')} | "
+                     f"{cell('train_examples_per_second', ',.0f')} |")
+    if report.get("serving"):
+        lines += ["", "| dataset | model | batch | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+        for s in report["serving"]:
+            for batch, lat in sorted(s["latency_ms"].items(), key=lambda kv: int(kv[0])):
+                lines.append(f"| {s['dataset']} | {s['model']} | {batch} | {lat['p50']:.2f} | "
+                             f"{lat['p99']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out_json: str) -> None:
+    """Writes ``<out>.md`` and ``<out>.png`` next to the JSON."""
+    stem = os.path.splitext(out_json)[0]
+    with open(stem + ".md", "w") as f:
+        f.write(markdown_table(report))
+    entries = aggregate(report["results"])
+    if not entries:
+        return
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    labels = [f"{e['dataset']}\n{e['model']}" for e in entries]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(entries)), 4))
+    for ax, metric, title in ((axes[0], "test_auc", "test AUC (mean ± std over seeds)"),
+                              (axes[1], "train_examples_per_second", "training examples/s")):
+        means = [e[metric][0] for e in entries]
+        stds = [e[metric][1] for e in entries]
+        ax.bar(range(len(entries)), means, yerr=stds, capsize=4, color="#4C72B0")
+        ax.set_xticks(range(len(entries)), labels, fontsize=8)
+        ax.set_title(title)
+        if metric == "test_auc":
+            low = min(m - s for m, s in zip(means, stds, strict=True))
+            ax.set_ylim(max(0.0, low - 0.02), min(1.0, max(means) + 0.02))
+    fig.tight_layout()
+    fig.savefig(stem + ".png", dpi=120)
+    plt.close(fig)

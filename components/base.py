@@ -1,0 +1,212 @@
+"""What the Trainer, the search stage, the Tuner and the bench share: data, training, export.
+
+Keeping one copy of these is what makes a bench number a pipeline number: the bench calls the same
+``make_dataset``, ``train_model`` and ``export_serving_model`` as ``run_fn``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+
+from components import features
+from models.architecture import Architecture
+from models.zoo import build_ctr_model
+
+ARCHITECTURE_ASSET = "architecture.json"
+RAW_FEATURES_ASSET = "raw_features.json"
+ASSETS_EXTRA = "assets.extra"
+
+
+def choose_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over the visible GPUs, else the default (CPU) strategy."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        strategy: tf.distribute.Strategy = tf.distribute.MirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    logging.info("Training with %s on %d replica(s).", type(strategy).__name__,
+                 strategy.num_replicas_in_sync)
+    return strategy
+
+
+def vocab_sizes(tf_transform_output: tft.TFTransformOutput,
+                categorical: list[str]) -> dict[str, int]:
+    """Id range of each categorical field: vocabulary plus OOV buckets."""
+    return {f: tf_transform_output.vocabulary_size_by_name(features.vocab_name(f))
+            + features.NUM_OOV_BUCKETS for f in categorical}
+
+
+def make_dataset(file_patterns: list[str] | str, tf_transform_output: tft.TFTransformOutput,
+                 label: str, batch_size: int, *, shuffle: bool, seed: int,
+                 input_names: list[str] | None = None) -> tf.data.Dataset:
+    """Batches of ``(transformed features, label)`` from Transform's gzipped TFRecords.
+
+    One pass over the files (Keras' ``fit`` runs the epochs); batch size is dynamic downstream.
+    """
+    patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    files = sorted(f for p in patterns for f in tf.io.gfile.glob(p))
+    if not files:
+        raise FileNotFoundError(f"No transformed examples match {patterns}.")
+    spec = tf_transform_output.transformed_feature_spec()
+    if input_names is not None:
+        spec = {k: v for k, v in spec.items() if k in set(input_names) | {label}}
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP",
+                                 num_parallel_reads=tf.data.AUTOTUNE)
+    if shuffle:
+        ds = ds.shuffle(200_000, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda x: tf.io.parse_example(x, spec),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda x: (x, tf.reshape(x.pop(label), [-1, 1])))
+    return ds.cache().prefetch(tf.data.AUTOTUNE) if not shuffle else ds.prefetch(tf.data.AUTOTUNE)
+
+
+class _TrainClock(keras.callbacks.Callback):
+    """Seconds spent in training steps only (validation inside ``fit`` excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_seconds = 0.0
+        self.steps = 0
+        self._start = 0.0
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.train_seconds += time.perf_counter() - self._start
+        self.steps += 1
+
+
+@dataclass
+class TrainResult:
+    """A trained model and how training went."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    best_epoch: int
+    train_seconds: float
+    wall_seconds: float
+    train_examples: int
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.train_examples / self.train_seconds if self.train_seconds else 0.0
+
+
+def count_examples(ds: tf.data.Dataset) -> int:
+    return int(ds.reduce(tf.constant(0, tf.int64),
+                         lambda n, batch: n + tf.shape(batch[1], out_type=tf.int64)[0]))
+
+
+def train_model(arch: Architecture, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset, *,
+                learning_rate: float, max_epochs: int, patience: int, seed: int,
+                log_dir: str | None = None,
+                strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+    """Builds the model from ``arch`` and fits it with early stopping on validation AUC.
+
+    The weights of the best validation epoch are restored. ``train_seconds`` counts training
+    steps only, which is what examples/second is measured over.
+    """
+    keras.utils.set_random_seed(seed)
+    strategy = strategy or choose_strategy()
+    with strategy.scope():
+        model = build_ctr_model(arch)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                      loss=keras.losses.BinaryCrossentropy(),
+                      metrics=[keras.metrics.AUC(name="auc")])
+    clock = _TrainClock()
+    callbacks: list[keras.callbacks.Callback] = [
+        clock,
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
+                                      restore_best_weights=True, verbose=1),
+    ]
+    if log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
+    start = time.perf_counter()
+    history = model.fit(train_ds, validation_data=eval_ds, epochs=max_epochs,
+                        callbacks=callbacks, verbose=2)
+    wall = time.perf_counter() - start
+    val_auc = history.history.get("val_auc", [0.0])
+    epochs_run = len(val_auc)
+    train_examples = count_examples(train_ds) * epochs_run
+    return TrainResult(model=model, history={k: [float(v) for v in vs]
+                                             for k, vs in history.history.items()},
+                       best_epoch=int(max(range(epochs_run), key=val_auc.__getitem__)) + 1,
+                       train_seconds=clock.train_seconds, wall_seconds=wall,
+                       train_examples=train_examples)
+
+
+def raw_feature_spec(label: str, categorical: list[str], numerical: list[str],
+                     with_label: bool) -> dict[str, tf.io.FixedLenFeature]:
+    """The declared raw tf.Example spec: categorical bytes, numerical float, label int64."""
+    spec = {f: tf.io.FixedLenFeature([], tf.string) for f in categorical}
+    spec.update({f: tf.io.FixedLenFeature([], tf.float32) for f in numerical})
+    if with_label:
+        spec[label] = tf.io.FixedLenFeature([], tf.int64)
+    return spec
+
+
+class ServingModule(tf.Module):
+    """The exported object: the Keras model, the Transform layer and the two signatures."""
+
+    def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput,
+                 label: str, categorical: list[str], numerical: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.tft_layer = tf_transform_output.transform_features_layer()
+        self._input_names = list(model.input_names) if hasattr(model, "input_names") else []
+        # Parse with the shapes the Transform graph was traced with (the pipeline's inferred
+        # schema says [1], the bench's declared one []).
+        eval_spec = {k: v for k, v in tf_transform_output.raw_feature_spec().items()
+                     if k in {label, *categorical, *numerical}}
+        serving_spec = {k: v for k, v in eval_spec.items() if k != label}
+        signature = [tf.TensorSpec(shape=[None], dtype=tf.string, name="examples")]
+
+        @tf.function(input_signature=signature)
+        def serve(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+            raw = tf.io.parse_example(examples, serving_spec)
+            transformed = self.tft_layer(raw)
+            inputs = {k: transformed[k] for k in self._input_names}
+            return {"probability": tf.reshape(self.model(inputs), [-1])}
+
+        @tf.function(input_signature=signature)
+        def transform_features(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+            return self.tft_layer(tf.io.parse_example(examples, eval_spec))
+
+        self.serve = serve
+        self.transform_features = transform_features
+
+
+def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
+                         arch: Architecture, label: str, export_dir: str,
+                         extra_assets: dict[str, Any] | None = None) -> None:
+    """Writes the SavedModel with ``serving_default`` and ``transform_features`` signatures.
+
+    ``serving_default`` takes serialized raw tf.Examples (label absent) and returns
+    ``probability``; unseen categories map to OOV ids and numeric outliers are clipped by the
+    Transform graph. The architecture and the raw feature declaration are saved under
+    ``assets.extra`` so the model can be rebuilt and fed without the pipeline.
+    """
+    module = ServingModule(model, tf_transform_output, label, arch.categorical, arch.numerical)
+    tf.saved_model.save(module, export_dir, signatures={
+        "serving_default": module.serve,
+        "transform_features": module.transform_features,
+    })
+    assets = os.path.join(export_dir, ASSETS_EXTRA)
+    tf.io.gfile.makedirs(assets)
+    with tf.io.gfile.GFile(os.path.join(assets, ARCHITECTURE_ASSET), "w") as f:
+        f.write(arch.to_json())
+    raw = {"label": label, "categorical": arch.categorical, "numerical": arch.numerical}
+    raw.update(extra_assets or {})
+    with tf.io.gfile.GFile(os.path.join(assets, RAW_FEATURES_ASSET), "w") as f:
+        f.write(json.dumps(raw, indent=2))
+

@@ -1,0 +1,79 @@
+"""The search stage: a TFX component that writes the ``Architecture`` the retrain stage builds.
+
+The architecture travels as a one-file ``HyperParameters`` artifact (``architecture.json``), the
+channel a stock Trainer reads into ``fn_args.hyperparameters`` (TFX has no way to wire a custom
+artifact into the Trainer). Strategy ``none`` is the fixed baseline architecture; searching
+strategies read the transformed train and eval splits only, never test.
+"""
+
+
+import json
+import os
+
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+
+from components import base
+from models.architecture import Architecture
+from pipeline.configs import PipelineConfig
+
+ARCHITECTURE_FILE = "architecture.json"
+# Tuned keys that change the architecture; the rest (learning_rate) are training settings.
+ARCHITECTURE_HPARAMS = ("embedding_dim", "dropout", "l2")
+
+
+def fixed_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int],
+                       tuned: dict | None = None) -> Architecture:
+    """The ``none`` strategy: the configured model with one embedding size for every field."""
+    train = config.train
+    values = {k: getattr(train, k) for k in ARCHITECTURE_HPARAMS}
+    values.update({k: v for k, v in (tuned or {}).items() if k in ARCHITECTURE_HPARAMS})
+    return Architecture.uniform(
+        train.model, spec["categorical"], spec["numerical"], vocab,
+        embedding_dim=int(values["embedding_dim"]),
+        numeric_encoding={f: train.numeric_encoding for f in spec["numerical"]},
+        hidden_units=list(train.hidden_units), dropout=float(values["dropout"]),
+        l2=float(values["l2"]), cross_layers=train.cross_layers,
+        search={"strategy": "none", "tuned": tuned or {}},
+    )
+
+
+def search_payload(arch: Architecture, config: PipelineConfig, tuned: dict | None) -> dict:
+    """What the Trainer receives: the architecture plus the training settings."""
+    learning_rate = (tuned or {}).get("learning_rate", config.train.learning_rate)
+    return {"architecture": json.loads(arch.to_json()),
+            "training": {"learning_rate": float(learning_rate)}}
+
+
+@tfx.dsl.components.component
+def ArchitectureSearch(
+    transform_graph: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.TransformGraph],
+    architecture: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.HyperParameters],
+    config_json: tfx.dsl.components.Parameter[str],
+    spec_json: tfx.dsl.components.Parameter[str],
+    code_version: tfx.dsl.components.Parameter[str],
+    hyperparameters: tfx.dsl.components.InputArtifact[
+        tfx.types.standard_artifacts.HyperParameters] = None,
+) -> None:
+    """Runs the configured search strategy and writes ``architecture.json``."""
+    del code_version  # part of the cache key only
+    config = PipelineConfig.from_dict(json.loads(config_json))
+    spec = json.loads(spec_json)
+    tuned = None
+    if hyperparameters is not None:
+        tuned = _read_tuned(hyperparameters.uri)
+    tf_transform_output = tft.TFTransformOutput(transform_graph.uri)
+    vocab = base.vocab_sizes(tf_transform_output, spec["categorical"])
+    arch = fixed_architecture(config, spec, vocab, tuned)
+    with open(os.path.join(architecture.uri, ARCHITECTURE_FILE), "w") as f:
+        json.dump(search_payload(arch, config, tuned), f, indent=2, sort_keys=True)
+    architecture.set_string_custom_property("strategy", config.search_strategy)
+    architecture.set_int_custom_property("architecture_version", arch.version)
+
+
+def _read_tuned(uri: str) -> dict:
+    """keras-tuner's best hyper-parameters (the Tuner writes ``get_config()`` of them)."""
+    files = os.listdir(uri)
+    with open(os.path.join(uri, files[0])) as f:
+        config = json.load(f)
+    return dict(config.get("values", config))

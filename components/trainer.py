@@ -1,0 +1,62 @@
+"""The Trainer's ``run_fn``: the retrain stage, built from the searched Architecture alone.
+
+Reads ``fn_args.hyperparameters`` (the search stage's ``architecture.json``), trains on the
+transformed train split with early stopping on the eval split, writes TensorBoard logs and a
+``training_report.json`` into the ModelRun artifact, and exports the serving SavedModel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+
+from components import base
+from models.architecture import Architecture
+from models.zoo import model_input_names
+from pipeline.configs import PipelineConfig
+
+TRAINING_REPORT = "training_report.json"
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    """TFX Trainer entry point (``run_fn='components.trainer.run_fn'``)."""
+    config = PipelineConfig.from_dict(fn_args.custom_config["config"])
+    label = fn_args.custom_config["spec"]["label"]
+    if not fn_args.hyperparameters or "architecture" not in fn_args.hyperparameters:
+        raise ValueError("The Trainer needs the search stage's architecture.json in its "
+                         "hyperparameters channel.")
+    arch = Architecture.from_json(json.dumps(fn_args.hyperparameters["architecture"]))
+    training = fn_args.hyperparameters.get("training", {})
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+    strategy = base.choose_strategy()
+    batch_size = config.train.batch_size
+    input_names = model_input_names(arch)
+    train_ds = base.make_dataset(fn_args.train_files, tf_transform_output, label, batch_size,
+                                 shuffle=True, seed=config.train.seed, input_names=input_names)
+    eval_ds = base.make_dataset(fn_args.eval_files, tf_transform_output, label, batch_size,
+                                shuffle=False, seed=config.train.seed, input_names=input_names)
+    logging.info("Retraining %s from the searched architecture (%d embedding parameters).",
+                 arch.model, arch.embedding_params())
+    result = base.train_model(
+        arch, train_ds, eval_ds,
+        learning_rate=float(training.get("learning_rate", config.train.learning_rate)),
+        max_epochs=config.train.max_epochs, patience=config.train.patience,
+        seed=config.train.seed, log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
+        strategy=strategy)
+    base.export_serving_model(result.model, tf_transform_output, arch, label,
+                              fn_args.serving_model_dir)
+    report = {
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+        "train_seconds": result.train_seconds,
+        "wall_seconds": result.wall_seconds,
+        "train_examples_per_second": result.examples_per_second,
+        "embedding_params": arch.embedding_params(),
+        "total_params": int(result.model.count_params()),
+    }
+    with open(os.path.join(fn_args.model_run_dir, TRAINING_REPORT), "w") as f:
+        json.dump(report, f, indent=2)

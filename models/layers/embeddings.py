@@ -1,0 +1,290 @@
+"""Per-field embeddings and first-order (linear) weights over Transform's features.
+
+Every field ``f`` becomes one vector ``e_f`` of its own size ``d_f``:
+
+* categorical ``f``:          ``e_f = E_f[f_id]``,          ``E_f`` of shape ``[vocab_f, d_f]``
+* numerical ``f``, scaled:    ``e_f = f_z * v_f``,          ``v_f`` of shape ``[d_f]``
+* numerical ``f``, bucket:    ``e_f = B_f[f_bucket]``,      ``B_f`` of shape ``[num_buckets, d_f]``
+
+The first-order term of LR and FM (Rendle, "Factorization Machines", ICDM 2010) is the same
+construction with ``d_f = 1``, summed over fields: ``y_lin = b + sum_f e_f``.
+
+Ids are looked up as given. Transform maps every value into ``[0, vocab + OOV)`` and every bucket
+into ``[0, num_buckets)``; an id outside its table is a Transform bug, which ``tf.gather`` reports
+on CPU (on GPU it yields zeros), so nothing here clips ids and hides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import tensorflow as tf
+import tf_keras as keras
+
+from components.features import bucket_name, id_name, scaled_name
+from models.architecture import NUMERIC_ENCODINGS
+
+
+def field_input_dtypes(categorical: Sequence[str], numerical: Sequence[str],
+                       numeric_encoding: Mapping[str, str] | None = None) -> dict[str, tf.DType]:
+    """The transformed features the embedding layers read, by name, in field order.
+
+    Args:
+      categorical: categorical field names.
+      numerical: numerical field names.
+      numeric_encoding: per numerical field ``"scaled"`` or ``"bucket"``; missing means scaled.
+
+    Returns:
+      ``{"f_id": int64}`` per categorical field, and per numerical field either
+      ``{"f_z": float32}`` (scaled) or ``{"f_bucket": int64}`` (bucket).
+    """
+    encodings = numeric_encoding or {}
+    dtypes = {id_name(f): tf.int64 for f in categorical}
+    for f in numerical:
+        if encodings.get(f, "scaled") == "bucket":
+            dtypes[bucket_name(f)] = tf.int64
+        else:
+            dtypes[scaled_name(f)] = tf.float32
+    return dtypes
+
+
+def stack_embeddings(embeddings: Sequence[tf.Tensor]) -> tf.Tensor:
+    """Stacks per-field embeddings ``F x [B, D]`` into ``[B, F, D]``; all ``D`` must agree."""
+    dims = [int(e.shape[-1]) for e in embeddings]
+    if not dims or len(set(dims)) != 1:
+        raise ValueError(f"Stacking needs at least one field and one embedding dim for all fields. "
+                         f"Received: dims={dims}")
+    return tf.stack(list(embeddings), axis=1)
+
+
+def concat_embeddings(embeddings: Sequence[tf.Tensor]) -> tf.Tensor:
+    """Concatenates per-field embeddings ``[B, d_f]`` into ``[B, sum_f d_f]``."""
+    if not embeddings:
+        raise ValueError("Concatenation needs at least one field embedding. Received: []")
+    return tf.concat(list(embeddings), axis=-1)
+
+
+def _as_vector(feature: tf.Tensor, name: str) -> tf.Tensor:
+    """Accepts a feature as ``[B]`` or ``[B, 1]`` and returns it as ``[B]``."""
+    rank = feature.shape.rank
+    if rank == 2 and feature.shape[-1] == 1:
+        return tf.squeeze(feature, axis=-1)
+    if rank not in (None, 1):
+        raise ValueError(f"Feature {name!r} must have shape [B] or [B, 1]. "
+                         f"Received: shape={feature.shape}")
+    return feature
+
+
+def _clone_initializer(initializer: keras.initializers.Initializer
+                       ) -> keras.initializers.Initializer:
+    """A fresh initializer per table, so unseeded random tables do not share values."""
+    return initializer.__class__.from_config(initializer.get_config())
+
+
+@keras.utils.register_keras_serializable(package="autorec")
+class FieldEmbedding(keras.layers.Layer):
+    """One embedding vector per field, from a dict of Transform's features.
+
+    Equations (per field ``f``, see the module docstring)::
+
+        categorical:      e_f = E_f[f_id]            E_f in R^{vocab_f x d_f}
+        numerical scaled: e_f = f_z * v_f            v_f in R^{d_f}
+        numerical bucket: e_f = B_f[f_bucket]        B_f in R^{num_buckets x d_f}
+
+    The scaled encoding is the "field embedding" of numerical features used by AutoInt and
+    AutoDis (Guo et al., "An Embedding Learning Framework for Numerical Features in CTR
+    Prediction", KDD 2021, Sec. 2.2); the bucket one is their "discretization".
+
+    Example:
+
+    >>> layer = FieldEmbedding(categorical=["user"], numerical=["age"],
+    ...                        vocab_sizes={"user": 10}, embedding_dims={"user": 4, "age": 4})
+    >>> out = layer({"user_id": tf.constant([1, 2], tf.int64), "age_z": tf.constant([0.5, -1.0])})
+    >>> [tuple(e.shape) for e in out], tuple(stack_embeddings(out).shape)
+    ([(2, 4), (2, 4)], (2, 2, 4))
+
+    Args:
+      categorical: categorical field names, in output order (first).
+      numerical: numerical field names, in output order (after the categorical ones).
+      vocab_sizes: per categorical field, the number of ids (vocabulary plus OOV buckets).
+      embedding_dims: per field, its embedding size ``d_f``.
+      numeric_encoding: per numerical field ``"scaled"`` or ``"bucket"``; missing means scaled.
+      num_buckets: rows of a bucket-encoded field's table.
+      l2: L2 strength on every table and field vector; 0 adds no loss.
+      embeddings_initializer: initializer of the tables and field vectors.
+
+    Input shape:
+      A dict holding, per field, the features named by ``field_input_dtypes``, each ``[B]`` or
+      ``[B, 1]``. Extra keys are ignored.
+
+    Output shape:
+      A list with one ``[B, d_f]`` tensor per field, categorical fields first; combine it with
+      ``stack_embeddings`` (``[B, F, D]``) or ``concat_embeddings`` (``[B, sum_f d_f]``).
+    """
+
+    def __init__(self, categorical: Sequence[str], numerical: Sequence[str],
+                 vocab_sizes: Mapping[str, int], embedding_dims: Mapping[str, int],
+                 numeric_encoding: Mapping[str, str] | None = None, num_buckets: int = 20,
+                 l2: float = 0.0, embeddings_initializer: Any = "truncated_normal",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.categorical = list(categorical)
+        self.numerical = list(numerical)
+        fields = self.categorical + self.numerical
+        if not fields:
+            raise ValueError("FieldEmbedding needs at least one field. "
+                             "Received: categorical=[], numerical=[]")
+        if len(set(fields)) != len(fields):
+            raise ValueError(f"Field names must be unique. Received: fields={fields}")
+        self.vocab_sizes = {f: int(vocab_sizes.get(f, 0)) for f in self.categorical}
+        for f, size in self.vocab_sizes.items():
+            if size < 1:
+                raise ValueError(f"Field {f!r} needs a vocab size >= 1. "
+                                 f"Received: vocab_sizes={dict(vocab_sizes)}")
+        self.embedding_dims = {f: int(embedding_dims.get(f, 0)) for f in fields}
+        for f, dim in self.embedding_dims.items():
+            if dim < 1:
+                raise ValueError(f"Field {f!r} needs an embedding dim >= 1. "
+                                 f"Received: embedding_dims={dict(embedding_dims)}")
+        encodings = dict(numeric_encoding or {})
+        unknown = sorted(set(encodings) - set(self.numerical))
+        if unknown:
+            raise ValueError(f"numeric_encoding names fields that are not numerical: {unknown}. "
+                             f"Received: numerical={self.numerical}")
+        self.numeric_encoding = {f: encodings.get(f, "scaled") for f in self.numerical}
+        for f, encoding in self.numeric_encoding.items():
+            if encoding not in NUMERIC_ENCODINGS:
+                raise ValueError(f"Field {f!r}: numeric encoding must be one of "
+                                 f"{NUMERIC_ENCODINGS}. Received: {encoding!r}")
+        if num_buckets < 1:
+            raise ValueError(f"num_buckets must be >= 1. Received: num_buckets={num_buckets}")
+        self.num_buckets = int(num_buckets)
+        if l2 < 0:
+            raise ValueError(f"l2 must be >= 0. Received: l2={l2}")
+        self.l2 = float(l2)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self._tables: dict[str, tf.Variable] = {}
+
+    @property
+    def fields(self) -> list[str]:
+        """All field names in output order: categorical, then numerical."""
+        return self.categorical + self.numerical
+
+    def input_dtypes(self) -> dict[str, tf.DType]:
+        """The features this layer reads, by name (see ``field_input_dtypes``)."""
+        return field_input_dtypes(self.categorical, self.numerical, self.numeric_encoding)
+
+    def build(self, input_shape: Any) -> None:
+        regularizer = keras.regularizers.L2(self.l2) if self.l2 > 0 else None
+        for f in self.fields:
+            if f in self.vocab_sizes:
+                shape, name = (self.vocab_sizes[f], self.embedding_dims[f]), f"{f}_embedding"
+            elif self.numeric_encoding[f] == "bucket":
+                shape, name = (self.num_buckets, self.embedding_dims[f]), f"{f}_bucket_embedding"
+            else:
+                shape, name = (self.embedding_dims[f],), f"{f}_field_vector"
+            self._tables[f] = self.add_weight(
+                name=name, shape=shape, initializer=_clone_initializer(self.embeddings_initializer),
+                regularizer=regularizer, trainable=True)
+        super().build(input_shape)
+
+    def call(self, inputs: Mapping[str, tf.Tensor]) -> list[tf.Tensor]:
+        missing = sorted(set(self.input_dtypes()) - set(inputs))
+        if missing:
+            raise ValueError(f"FieldEmbedding is missing input features {missing}. "
+                             f"Received: keys={sorted(inputs)}")
+        embeddings = []
+        for f in self.fields:
+            table = self._tables[f]
+            if f in self.vocab_sizes:
+                embedding = tf.gather(table, _as_vector(inputs[id_name(f)], id_name(f)))
+            elif self.numeric_encoding[f] == "bucket":
+                embedding = tf.gather(table, _as_vector(inputs[bucket_name(f)], bucket_name(f)))
+            else:
+                value = tf.cast(_as_vector(inputs[scaled_name(f)], scaled_name(f)),
+                                self.compute_dtype)
+                embedding = value[:, tf.newaxis] * tf.cast(table, self.compute_dtype)
+            embeddings.append(tf.cast(embedding, self.compute_dtype))
+        return embeddings
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "categorical": list(self.categorical),
+            "numerical": list(self.numerical),
+            "vocab_sizes": dict(self.vocab_sizes),
+            "embedding_dims": dict(self.embedding_dims),
+            "numeric_encoding": dict(self.numeric_encoding),
+            "num_buckets": self.num_buckets,
+            "l2": self.l2,
+            "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+        }
+
+
+@keras.utils.register_keras_serializable(package="autorec")
+class FieldLinear(keras.layers.Layer):
+    """The first-order (LR) logit: a scalar weight per field value, summed over fields.
+
+    Equation (Rendle, "Factorization Machines", ICDM 2010, Eq. 1, first two terms)::
+
+        y_lin = b + sum_f w_f(x)
+        w_f(x) = W_f[f_id]        (categorical, W_f in R^{vocab_f})
+               = w_f * f_z        (numerical, scaled)
+               = W_f[f_bucket]    (numerical, bucket, W_f in R^{num_buckets})
+
+    It is ``FieldEmbedding`` with every ``d_f = 1``, summed, plus an optional bias ``b``.
+
+    Example:
+
+    >>> layer = FieldLinear(categorical=["user"], numerical=["age"], vocab_sizes={"user": 10})
+    >>> tuple(layer({"user_id": tf.constant([1, 2], tf.int64),
+    ...              "age_z": tf.constant([0.5, -1.0])}).shape)
+    (2, 1)
+
+    Args:
+      categorical, numerical, vocab_sizes, numeric_encoding, num_buckets, l2: as in
+        ``FieldEmbedding``.
+      use_bias: whether to add a learned bias ``b``.
+      embeddings_initializer: initializer of the per-field weights (zeros by default, so the
+        model starts at the bias).
+
+    Input shape: as ``FieldEmbedding``.
+    Output shape: ``[B, 1]``.
+    """
+
+    def __init__(self, categorical: Sequence[str], numerical: Sequence[str],
+                 vocab_sizes: Mapping[str, int], numeric_encoding: Mapping[str, str] | None = None,
+                 num_buckets: int = 20, l2: float = 0.0, use_bias: bool = True,
+                 embeddings_initializer: Any = "zeros", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.use_bias = bool(use_bias)
+        self.weights_per_field = FieldEmbedding(
+            categorical, numerical, vocab_sizes,
+            embedding_dims={f: 1 for f in [*categorical, *numerical]},
+            numeric_encoding=numeric_encoding, num_buckets=num_buckets, l2=l2,
+            embeddings_initializer=embeddings_initializer, name="weights_per_field")
+        self.bias: tf.Variable | None = None
+
+    def build(self, input_shape: Any) -> None:
+        self.weights_per_field.build(input_shape)
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros",
+                                        trainable=True)
+        super().build(input_shape)
+
+    def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        logit = tf.add_n(self.weights_per_field(inputs))
+        if self.bias is not None:
+            logit = logit + tf.cast(self.bias, self.compute_dtype)
+        return logit
+
+    def get_config(self) -> dict[str, Any]:
+        inner = self.weights_per_field.get_config()
+        return {
+            **super().get_config(),
+            **{key: inner[key] for key in ("categorical", "numerical", "vocab_sizes",
+                                           "numeric_encoding", "num_buckets", "l2",
+                                           "embeddings_initializer")},
+            "use_bias": self.use_bias,
+        }

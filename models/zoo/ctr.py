@@ -1,0 +1,168 @@
+"""CTR models (LR, FM, DeepFM, DNN, DCN) assembled from shared layers, built from an Architecture.
+
+Every model reads a dict of Transform's features keyed by name (``model_input_names``), sums
+the logits of its parts into the layer named ``logit`` and returns ``sigmoid(logit)`` as
+``[B, 1]`` probabilities from the layer named ``probability``::
+
+    lr:     y = b + sum_f w_f(x)
+    fm:     y = lr + sum_{(i, j) kept} <e_i, e_j>                      (Rendle, ICDM 2010)
+    deepfm: y = fm + w^T MLP([e_1; ...; e_F])                          (Guo et al., IJCAI 2017)
+    dnn:    y = w^T MLP([e_1; ...; e_F]) + b
+    dcn:    y = w^T [Cross^L(x_0); MLP(x_0)] + b,  x_0 = [e_1; ...; e_F]  (Wang et al., WWW 2021)
+
+Example:
+
+>>> arch = Architecture.uniform("deepfm", ["user", "item"], ["price"],
+...                             {"user": 100, "item": 50}, embedding_dim=8, hidden_units=[16])
+>>> model = build_ctr_model(arch)
+>>> model_input_names(arch)
+['user_id', 'item_id', 'price_z']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras as keras
+
+from models.architecture import Architecture, ArchitectureError
+from models.layers.embeddings import (
+    FieldEmbedding,
+    FieldLinear,
+    concat_embeddings,
+    field_input_dtypes,
+    stack_embeddings,
+)
+from models.layers.interactions import FMInteraction
+from models.layers.mlp import MLP
+
+LOGIT_LAYER = "logit"
+PROBABILITY_LAYER = "probability"
+
+
+def model_input_dtypes(arch: Architecture) -> dict[str, tf.DType]:
+    """The transformed features the model for ``arch`` reads, by name, with their dtypes."""
+    return field_input_dtypes(arch.categorical, arch.numerical, arch.numeric_encoding)
+
+
+def model_input_names(arch: Architecture) -> list[str]:
+    """Names of the model's inputs: ``f_id`` per categorical field, ``f_z`` or ``f_bucket``
+    per numerical field (by its encoding), in field order."""
+    return list(model_input_dtypes(arch))
+
+
+def model_input_specs(arch: Architecture) -> dict[str, tf.TensorSpec]:
+    """``[B]`` tensor specs of the model's inputs, e.g. for a serving signature."""
+    return {name: tf.TensorSpec([None], dtype, name=name)
+            for name, dtype in model_input_dtypes(arch).items()}
+
+
+def build_ctr_model(arch: Architecture) -> keras.Model:
+    """Builds the functional Keras model that ``arch`` describes.
+
+    Args:
+      arch: the architecture; ``arch.model`` picks the family.
+
+    Returns:
+      A model named ``arch.model`` taking a dict of ``[B]`` tensors keyed by
+      ``model_input_names(arch)`` (int64 ids and buckets, float32 scaled values) and returning
+      ``[B, 1]`` click probabilities. Its layer ``logit`` holds the pre-sigmoid score.
+
+    Raises:
+      ArchitectureError: when the family cannot be built from ``arch`` (FM-based models need one
+        embedding dim for all fields; ``cross_layers`` must be >= 0).
+    """
+    inputs = {name: keras.Input(shape=(), dtype=dtype, name=name)
+              for name, dtype in model_input_dtypes(arch).items()}
+    parts = _LOGIT_PARTS[arch.model](arch, inputs)
+    summed = parts[0] if len(parts) == 1 else keras.layers.Add(name="logit_sum")(parts)
+    logit = keras.layers.Identity(name=LOGIT_LAYER)(summed)
+    probability = keras.layers.Activation("sigmoid", dtype="float32",
+                                          name=PROBABILITY_LAYER)(logit)
+    return keras.Model(inputs=inputs, outputs=probability, name=arch.model)
+
+
+def _field_linear(arch: Architecture) -> FieldLinear:
+    return FieldLinear(arch.categorical, arch.numerical, arch.vocab_sizes,
+                       numeric_encoding=arch.numeric_encoding, num_buckets=arch.num_buckets,
+                       l2=arch.l2, name="field_linear")
+
+
+def _field_embedding(arch: Architecture) -> FieldEmbedding:
+    return FieldEmbedding(arch.categorical, arch.numerical, arch.vocab_sizes,
+                          arch.embedding_dims, numeric_encoding=arch.numeric_encoding,
+                          num_buckets=arch.num_buckets, l2=arch.l2, name="field_embedding")
+
+
+def _mlp(arch: Architecture) -> MLP:
+    return MLP(arch.hidden_units, dropout=arch.dropout, l2=arch.l2, name="mlp")
+
+
+def _dense_logit(arch: Architecture, name: str, use_bias: bool) -> keras.layers.Dense:
+    regularizer = keras.regularizers.L2(arch.l2) if arch.l2 > 0 else None
+    return keras.layers.Dense(1, use_bias=use_bias, kernel_regularizer=regularizer, name=name)
+
+
+def _kept_pairs(arch: Architecture) -> list[tuple[int, int]] | None:
+    """``arch.kept_interactions`` as field index pairs (field order: categorical, numerical)."""
+    if arch.kept_interactions is None:
+        return None
+    index = {f: i for i, f in enumerate(arch.fields)}
+    return [(index[a], index[b]) for a, b in arch.kept_interactions]
+
+
+def _fm_term(arch: Architecture, embeddings: list[tf.Tensor]) -> tf.Tensor:
+    dims = sorted({arch.embedding_dims[f] for f in arch.fields})
+    if len(dims) != 1:
+        raise ArchitectureError(f"Model {arch.model!r} needs one embedding dim for all fields. "
+                                f"Received: embedding_dims={arch.embedding_dims}")
+    return FMInteraction(pair_mask=_kept_pairs(arch), name="fm_interaction")(
+        stack_embeddings(embeddings))
+
+
+def _lr_parts(arch: Architecture, inputs: dict[str, tf.Tensor]) -> list[tf.Tensor]:
+    return [_field_linear(arch)(inputs)]
+
+
+def _fm_parts(arch: Architecture, inputs: dict[str, tf.Tensor]) -> list[tf.Tensor]:
+    embeddings = _field_embedding(arch)(inputs)
+    return [_field_linear(arch)(inputs), _fm_term(arch, embeddings)]
+
+
+def _deepfm_parts(arch: Architecture, inputs: dict[str, tf.Tensor]) -> list[tf.Tensor]:
+    embeddings = _field_embedding(arch)(inputs)
+    deep = _mlp(arch)(concat_embeddings(embeddings))
+    return [_field_linear(arch)(inputs), _fm_term(arch, embeddings),
+            _dense_logit(arch, "deep_logit", use_bias=False)(deep)]
+
+
+def _dnn_parts(arch: Architecture, inputs: dict[str, tf.Tensor]) -> list[tf.Tensor]:
+    embeddings = _field_embedding(arch)(inputs)
+    deep = _mlp(arch)(concat_embeddings(embeddings))
+    return [_dense_logit(arch, "deep_logit", use_bias=True)(deep)]
+
+
+def _dcn_parts(arch: Architecture, inputs: dict[str, tf.Tensor]) -> list[tf.Tensor]:
+    if arch.cross_layers < 0:
+        raise ArchitectureError(f"cross_layers must be >= 0. "
+                                f"Received: cross_layers={arch.cross_layers}")
+    x0 = concat_embeddings(_field_embedding(arch)(inputs))
+    regularizer = keras.regularizers.L2(arch.l2) if arch.l2 > 0 else None
+    crossed = x0
+    for index in range(arch.cross_layers):
+        crossed = tfrs.layers.dcn.Cross(kernel_regularizer=regularizer,
+                                        name=f"cross_{index}")(x0, crossed)
+    deep = _mlp(arch)(x0)
+    tower = keras.layers.Concatenate(name="cross_and_deep")([crossed, deep])
+    return [_dense_logit(arch, "deep_logit", use_bias=True)(tower)]
+
+
+_LOGIT_PARTS: dict[str, Callable[[Architecture, dict[str, tf.Tensor]], list[tf.Tensor]]] = {
+    "lr": _lr_parts,
+    "fm": _fm_parts,
+    "deepfm": _deepfm_parts,
+    "dnn": _dnn_parts,
+    "dcn": _dcn_parts,
+}

@@ -1,0 +1,151 @@
+"""The ``autorecsys`` command line: demo, run, predict, bench, data.
+
+Every failure caused by input (data, config, names) prints one ``autorecsys: error: ...`` line
+naming the file, row or field, and exits with status 2; nothing is pushed or published then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from pipeline.configs import ConfigError, PipelineConfig  # noqa: E402
+from pipeline.datasets.base import DatasetError  # noqa: E402
+
+
+def _csv_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _add_run_options(parser: argparse.ArgumentParser, default_dir: str) -> None:
+    parser.add_argument("--config", help="JSON file with a PipelineConfig; flags override it")
+    parser.add_argument("--output-dir", default=None, help=f"run directory (default {default_dir})")
+    parser.add_argument("--data-dir", default=None,
+                        help="public datasets root (default: $AUTORECSYS_DATA_DIR, "
+                        "else ../shared/data)")
+    parser.add_argument("--model", default=None, help="lr, fm, deepfm, dcn, dnn")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--max-epochs", type=int, default=None)
+    parser.add_argument("--runner", default=None, help="Beam runner for the components")
+
+
+def _config_from_args(args: argparse.Namespace, default_dir: str) -> PipelineConfig:
+    config = PipelineConfig.from_json_file(args.config) if args.config else PipelineConfig()
+    config.output_dir = args.output_dir or (config.output_dir if args.config else default_dir)
+    if args.data_dir:
+        config.data_dir = args.data_dir
+    if args.model:
+        config.train.model = args.model
+    if args.seed is not None:
+        config.seed = config.train.seed = args.seed
+    if args.max_epochs is not None:
+        config.train.max_epochs = args.max_epochs
+    if args.runner:
+        config.runner = args.runner
+    return config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autorecsys", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the main job on a dataset (default synthetic)")
+    demo.add_argument("--dataset", default=None)
+    _add_run_options(demo, "runs/demo")
+
+    run = commands.add_parser("run", help="run the pipeline on your own CSV data")
+    run.add_argument("--data", help="one CSV file, split 8:1:1 by the seed")
+    run.add_argument("--train", help="train CSV (with --eval and --test instead of --data)")
+    run.add_argument("--eval", help="eval CSV")
+    run.add_argument("--test", help="test CSV")
+    run.add_argument("--label", help="label column (0/1)")
+    run.add_argument("--categorical", type=_csv_list, default=None)
+    run.add_argument("--numerical", type=_csv_list, default=None)
+    _add_run_options(run, "runs/csv")
+
+    predict = commands.add_parser("predict", help="score a CSV with an exported model")
+    predict.add_argument("--model-dir", required=True)
+    predict.add_argument("--input", required=True, help="CSV with header; label optional")
+
+    data = commands.add_parser("data", help="prepare a dataset's CSV splits")
+    data.add_argument("--dataset", required=True)
+    data.add_argument("--output-dir", required=True)
+    data.add_argument("--data-dir", default=None)
+    data.add_argument("--seed", type=int, default=2021)
+
+    bench = commands.add_parser("bench", help="train and test (dataset, model, seed) rows")
+    from benchmarks.bench import add_bench_arguments  # noqa: PLC0415
+
+    add_bench_arguments(bench)
+    return parser
+
+
+def _run_config(args: argparse.Namespace) -> PipelineConfig:
+    config = _config_from_args(args, "runs/csv")
+    config.dataset = "csv"
+    options = dict(config.dataset_options)
+    for key in ("data", "train", "eval", "test", "label", "categorical", "numerical"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    if "label" not in options:
+        raise ConfigError("run: --label is required.")
+    if not options.get("data") and not all(options.get(k) for k in ("train", "eval", "test")):
+        raise ConfigError("run: give --data FILE, or all of --train, --eval and --test.")
+    if not options.get("categorical") and not options.get("numerical"):
+        raise ConfigError("run: give --categorical and/or --numerical columns.")
+    config.dataset_options = options
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("demo", "run"):
+            from pipeline.run import NotPushedError, run  # noqa: PLC0415
+
+            if args.command == "demo":
+                config = _config_from_args(args, "runs/demo")
+                if args.dataset:
+                    config.dataset = args.dataset
+            else:
+                config = _run_config(args)
+            try:
+                summary = run(config)
+            except NotPushedError as e:
+                print(f"autorecsys: not pushed: {e}", file=sys.stderr)
+                return 3
+            print(json.dumps({k: summary[k] for k in ("dataset", "pushed_model_dir",
+                                                      "raw_test_file", "metrics")}, indent=2))
+            print(f"summary: {os.path.join(config.output_dir, 'summary.json')}")
+        elif args.command == "predict":
+            from pipeline.predict import score_csv  # noqa: PLC0415
+
+            scores, _ = score_csv(args.model_dir, args.input)
+            sys.stdout.write("probability\n")
+            sys.stdout.writelines(f"{p:.6f}\n" for p in scores)
+        elif args.command == "data":
+            from pipeline.datasets import prepare_dataset  # noqa: PLC0415
+
+            dataset = prepare_dataset(args.dataset, args.output_dir, data_dir=args.data_dir,
+                                      seed=args.seed)
+            print(json.dumps({"dataset": dataset.name, "directory": dataset.directory,
+                              "spec": dataset.spec.to_dict()}, indent=2))
+        elif args.command == "bench":
+            from benchmarks.bench import run_bench  # noqa: PLC0415
+
+            run_bench(args)
+    except (DatasetError, ConfigError, FileNotFoundError) as e:
+        print(f"autorecsys: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

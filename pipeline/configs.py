@@ -1,0 +1,159 @@
+"""Typed configuration of a run: dataset, model and training, search, pipeline and runner.
+
+One ``PipelineConfig`` is built by the CLI or read from a JSON file, passed down explicitly, and
+serialised into the TFX components' ``custom_config`` (which makes it part of the cache key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.architecture import MODELS
+
+SEARCH_STRATEGIES = ("none",)
+RUNNERS = ("direct", "direct-multiprocess", "flink", "spark", "dataflow")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key."""
+
+
+@dataclass
+class TrainConfig:
+    """Model family and the training hyper-parameters (the search space's fixed point).
+
+    Attributes:
+      model: one of ``models.architecture.MODELS``.
+      embedding_dim: embedding size of every field before any search.
+      hidden_units: MLP widths of deep models.
+      dropout: MLP dropout rate.
+      l2: L2 strength on embeddings.
+      learning_rate: Adam learning rate.
+      batch_size: global batch size (split across replicas under MirroredStrategy).
+      max_epochs: upper bound on epochs; early stopping usually ends sooner.
+      patience: epochs without validation-AUC improvement before stopping; the best epoch's
+        weights are restored.
+      numeric_encoding: how numerical fields enter the model (``scaled`` or ``bucket``).
+      seed: seed of weight init and shuffling.
+    """
+
+    model: str = "deepfm"
+    embedding_dim: int = 10
+    hidden_units: list[int] = field(default_factory=lambda: [400, 400, 400])
+    dropout: float = 0.0
+    l2: float = 0.0
+    learning_rate: float = 1e-3
+    batch_size: int = 4096
+    max_epochs: int = 30
+    patience: int = 2
+    numeric_encoding: str = "scaled"
+    cross_layers: int = 3
+    seed: int = 2021
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"train.model: unknown model {self.model!r}; known: {list(MODELS)}.")
+        for key in ("embedding_dim", "batch_size", "max_epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1. Received: {getattr(self, key)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate must be > 0. Received: {self.learning_rate}")
+        if self.numeric_encoding not in ("scaled", "bucket"):
+            raise ConfigError(f"train.numeric_encoding must be 'scaled' or 'bucket'. "
+                              f"Received: {self.numeric_encoding!r}")
+
+
+@dataclass
+class TunerConfig:
+    """keras-tuner search over the baseline's hyper-parameters (optional pipeline node)."""
+
+    enabled: bool = False
+    max_trials: int = 4
+    epochs_per_trial: int = 2
+
+
+@dataclass
+class PipelineConfig:
+    """Everything one pipeline run needs.
+
+    Attributes:
+      pipeline_name: TFX pipeline name (MLMD context).
+      output_dir: run directory: prepared data, pipeline root, MLMD, serving dir, summary.
+      dataset: registered dataset name, or ``csv`` for bring-your-own data.
+      data_dir: where public datasets live (None: ``AUTORECSYS_DATA_DIR`` or ``../shared/data``).
+      seed: data-split and training seed.
+      train: model and training hyper-parameters.
+      search_strategy: architecture search run before retraining (``none``: fixed architecture).
+      tuner: optional keras-tuner node.
+      min_eval_auc: the Evaluator blesses only above this validation AUC.
+      slice_feature: raw feature the Evaluator slices by (None: first categorical field).
+      runner: Beam runner for the components (see ``pipeline.runners``).
+      beam_pipeline_args: extra Beam flags appended to the runner's.
+      enable_cache: reuse MLMD-cached executions.
+      dataset_options: adapter arguments (for ``csv``: path, label, categorical, numerical...).
+    """
+
+    pipeline_name: str = "autorecsys"
+    output_dir: str = "runs/demo"
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    seed: int = 2021
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search_strategy: str = "none"
+    tuner: TunerConfig = field(default_factory=TunerConfig)
+    min_eval_auc: float = 0.55
+    slice_feature: str | None = None
+    runner: str = "direct"
+    beam_pipeline_args: list[str] = field(default_factory=list)
+    enable_cache: bool = True
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        self.train.validate()
+        if self.search_strategy not in SEARCH_STRATEGIES:
+            raise ConfigError(f"search_strategy: unknown {self.search_strategy!r}; "
+                              f"known: {list(SEARCH_STRATEGIES)}.")
+        if self.runner not in RUNNERS:
+            raise ConfigError(f"runner: unknown {self.runner!r}; known: {list(RUNNERS)}.")
+        if not 0.0 <= self.min_eval_auc <= 1.0:
+            raise ConfigError(f"min_eval_auc must be in [0, 1]. Received: {self.min_eval_auc}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
+        data = dict(data)
+        _reject_unknown(cls, data, "")
+        train = dict(data.pop("train", {}))
+        tuner = dict(data.pop("tuner", {}))
+        _reject_unknown(TrainConfig, train, "train.")
+        _reject_unknown(TunerConfig, tuner, "tuner.")
+        config = cls(train=TrainConfig(**train), tuner=TunerConfig(**tuner), **data)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_json_file(cls, path: str) -> PipelineConfig:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e}).") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file holds one JSON object.")
+        return cls.from_dict(data)
+
+
+def _reject_unknown(cls: type, data: dict[str, Any], prefix: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"Unknown config keys {[prefix + k for k in unknown]}; "
+                          f"known: {sorted(prefix + k for k in known)}.")

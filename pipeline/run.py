@@ -1,0 +1,122 @@
+"""One run end to end: prepare data, run the TFX pipeline, score the pushed model on test once.
+
+The test split is read exactly once, at the end, through the pushed SavedModel's serving
+signature (so the reported numbers are what serving gives); nothing before it sees test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+from tfx.orchestration import metadata
+
+from pipeline import metrics
+from pipeline.configs import PipelineConfig
+from pipeline.datasets import prepare_dataset
+from pipeline.datasets.base import PreparedDataset
+from pipeline.examples import write_tfrecords
+from pipeline.pipeline import PipelinePaths, code_version, create_pipeline
+from pipeline.predict import score_csv
+from pipeline.runners import beam_pipeline_args
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUMMARY_FILE = "summary.json"
+
+
+class NotPushedError(RuntimeError):
+    """The Evaluator did not bless the model, so nothing was pushed."""
+
+
+def run_paths(output_dir: str) -> PipelinePaths:
+    return PipelinePaths(
+        examples_dir=os.path.join(output_dir, "examples"),
+        pipeline_root=os.path.join(output_dir, "pipeline"),
+        metadata_path=os.path.join(output_dir, "metadata.sqlite"),
+        serving_dir=os.path.join(output_dir, "serving"),
+    )
+
+
+def prepare(config: PipelineConfig) -> PreparedDataset:
+    """Runs the dataset adapter and the validated CSV -> TFRecord conversion."""
+    data_out = os.path.join(config.output_dir, "data")
+    dataset = prepare_dataset(config.dataset, data_out, data_dir=config.data_dir,
+                              seed=config.seed, **config.dataset_options)
+    counts = write_tfrecords(dataset, run_paths(config.output_dir).examples_dir)
+    logging.info("Prepared %s: %s examples per split.", dataset.name, counts)
+    return dataset
+
+
+def _latest_artifact(store: Any, type_name: str, pipeline_name: str) -> Any | None:
+    """The newest artifact of ``type_name`` in this pipeline's MLMD store."""
+    artifacts = store.get_artifacts_by_type(type_name)
+    return max(artifacts, key=lambda a: (a.create_time_since_epoch, a.id), default=None)
+
+
+def pushed_model_dir(metadata_path: str, pipeline_name: str, since_ms: int) -> str:
+    """Where this run's Pusher put the model; raises NotPushedError if it did not push."""
+    config = metadata.sqlite_metadata_connection_config(metadata_path)
+    with metadata.Metadata(config) as m:
+        pushed = _latest_artifact(m.store, "PushedModel", pipeline_name)
+        blessing = _latest_artifact(m.store, "ModelBlessing", pipeline_name)
+    if pushed is None or pushed.create_time_since_epoch < since_ms:
+        raise NotPushedError("The Pusher did not run in this invocation.")
+    props = pushed.custom_properties
+    if not props.get("pushed", metadata_store_pb2.Value()).int_value:
+        blessed = blessing.custom_properties if blessing else {}
+        detail = "not blessed" if blessed and not blessed["blessed"].int_value else "not pushed"
+        raise NotPushedError(f"The model was {detail} by the Evaluator (see the Evaluator's "
+                             f"output under {os.path.dirname(metadata_path)}/pipeline).")
+    return props["pushed_destination"].string_value
+
+
+def architecture_of(model_dir: str) -> dict[str, Any]:
+    with open(os.path.join(model_dir, "assets.extra", "architecture.json")) as f:
+        return json.load(f)
+
+
+def run(config: PipelineConfig) -> dict[str, Any]:
+    """Runs the whole job for ``config`` and writes ``output_dir/summary.json``."""
+    config.validate()
+    config.output_dir = os.path.abspath(config.output_dir)
+    os.makedirs(config.output_dir, exist_ok=True)
+    summary_path = os.path.join(config.output_dir, SUMMARY_FILE)
+    if os.path.exists(summary_path):
+        os.remove(summary_path)
+    dataset = prepare(config)
+    paths = run_paths(config.output_dir)
+    spec = {"label": dataset.spec.label, "categorical": list(dataset.spec.categorical),
+            "numerical": list(dataset.spec.numerical)}
+    pipeline = create_pipeline(config, spec, paths,
+                               beam_pipeline_args(config.runner, config.beam_pipeline_args),
+                               code_version(REPO_ROOT))
+    started_ms = int(time.time() * 1000)
+    start = time.perf_counter()
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    pipeline_seconds = time.perf_counter() - start
+    model_dir = pushed_model_dir(paths.metadata_path, config.pipeline_name, started_ms)
+    raw_test_file = dataset.split_path("test")
+    scores, labels = score_csv(model_dir, raw_test_file)
+    summary = {
+        "dataset": dataset.name,
+        "pushed_model_dir": model_dir,
+        "raw_test_file": raw_test_file,
+        "metrics": {"test_auc": metrics.roc_auc(labels, scores),
+                    "test_logloss": metrics.log_loss(labels, scores),
+                    "test_examples": int(scores.size)},
+        "architecture": architecture_of(model_dir),
+        "pipeline_seconds": pipeline_seconds,
+        "config": config.to_dict(),
+        "dataset_metadata": dataset.metadata,
+    }
+    staging = summary_path + ".partial"
+    with open(staging, "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    os.replace(staging, summary_path)
+    return summary
+
