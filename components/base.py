@@ -109,11 +109,13 @@ def count_examples(ds: tf.data.Dataset) -> int:
 
 def train_model(arch: Architecture, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset, *,
                 learning_rate: float, max_epochs: int, patience: int, seed: int,
-                log_dir: str | None = None,
+                lr_decay: float = 0.1, log_dir: str | None = None,
                 strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Builds the model from ``arch`` and fits it with early stopping on validation AUC.
 
-    The weights of the best validation epoch are restored. ``train_seconds`` counts training
+    An epoch without validation-AUC improvement multiplies the learning rate by ``lr_decay``
+    (1 disables it); ``patience`` such epochs stop training, and the weights of the best
+    validation epoch are restored. ``train_seconds`` counts training
     steps only, which is what examples/second is measured over.
     """
     keras.utils.set_random_seed(seed)
@@ -129,6 +131,9 @@ def train_model(arch: Architecture, train_ds: tf.data.Dataset, eval_ds: tf.data.
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
                                       restore_best_weights=True, verbose=1),
     ]
+    if lr_decay < 1.0:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_auc", mode="max", factor=lr_decay, patience=1, min_lr=1e-6, verbose=1))
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
     start = time.perf_counter()

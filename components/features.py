@@ -3,8 +3,8 @@
 Transform turns each raw field into a fixed set of transformed features:
 
 * categorical ``f``  -> ``f_id``     int64 id in [0, vocab + OOV), ordered by train frequency
-* numerical ``f``    -> ``f_z``      float32, robust scaled: clip to train [q01, q99], log1p when the
-                                      field is non-negative and skewed, then z-score
+* numerical ``f``    -> ``f_z``      float32, robust scaled: clip to train [q01, q99], log1p
+                                      when the field is non-negative, then z-score
                      -> ``f_raw``    float32, raw value clipped to train [q01, q99] (for AutoDis)
                      -> ``f_bucket`` int64 equal-frequency bucket in [0, NUM_BUCKETS)
 * label ``y``        -> ``y``        float32 0/1, kept untransformed (TFMA reads it from here)

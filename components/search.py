@@ -33,7 +33,8 @@ def fixed_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int]
         embedding_dim=int(values["embedding_dim"]),
         numeric_encoding={f: train.numeric_encoding for f in spec["numerical"]},
         hidden_units=list(train.hidden_units), dropout=float(values["dropout"]),
-        l2=float(values["l2"]), cross_layers=train.cross_layers,
+        l2=float(values["l2"]), net_l2=train.net_l2, batch_norm=train.batch_norm,
+        cross_layers=train.cross_layers,
         search={"strategy": "none", "tuned": tuned or {}},
     )
 

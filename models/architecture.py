@@ -34,7 +34,9 @@ class Architecture:
         ``"bucket"`` (embedding of its quantile bucket).
       hidden_units: MLP widths for deep models.
       dropout: MLP dropout rate.
-      l2: L2 strength on embeddings and kernels.
+      batch_norm: batch normalisation in the MLP blocks.
+      l2: L2 strength on embedding tables (and first-order weights).
+      net_l2: L2 strength on MLP, cross and output kernels.
       cross_layers: number of DCN cross layers.
       kept_interactions: pairs of fields whose FM interaction is kept; ``None`` keeps all pairs.
       search: what produced this architecture (strategy name and its own report).
@@ -50,7 +52,9 @@ class Architecture:
     numeric_encoding: dict[str, str] = field(default_factory=dict)
     hidden_units: list[int] = field(default_factory=lambda: [400, 400, 400])
     dropout: float = 0.0
+    batch_norm: bool = False
     l2: float = 0.0
+    net_l2: float = 0.0
     cross_layers: int = 3
     kept_interactions: list[list[str]] | None = None
     search: dict = field(default_factory=lambda: {"strategy": "none"})
@@ -75,8 +79,9 @@ class Architecture:
                                         f"expected one of {NUMERIC_ENCODINGS}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ArchitectureError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
-        if self.l2 < 0:
-            raise ArchitectureError(f"l2 must be >= 0. Received: l2={self.l2}")
+        for key in ("l2", "net_l2"):
+            if getattr(self, key) < 0:
+                raise ArchitectureError(f"{key} must be >= 0. Received: {key}={getattr(self, key)}")
         fields = set(self.categorical) | set(self.numerical)
         for pair in self.kept_interactions or []:
             if len(pair) != 2 or not set(pair) <= fields:

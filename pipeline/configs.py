@@ -30,12 +30,16 @@ class TrainConfig:
       embedding_dim: embedding size of every field before any search.
       hidden_units: MLP widths of deep models.
       dropout: MLP dropout rate.
-      l2: L2 strength on embeddings.
+      batch_norm: batch normalisation in MLP blocks.
+      l2: L2 strength on embedding tables.
+      net_l2: L2 strength on network kernels.
       learning_rate: Adam learning rate.
       batch_size: global batch size (split across replicas under MirroredStrategy).
       max_epochs: upper bound on epochs; early stopping usually ends sooner.
       patience: epochs without validation-AUC improvement before stopping; the best epoch's
         weights are restored.
+      lr_decay: factor applied to the learning rate after an epoch without improvement
+        (1.0 disables it).
       numeric_encoding: how numerical fields enter the model (``scaled`` or ``bucket``).
       seed: seed of weight init and shuffling.
     """
@@ -44,11 +48,14 @@ class TrainConfig:
     embedding_dim: int = 10
     hidden_units: list[int] = field(default_factory=lambda: [400, 400, 400])
     dropout: float = 0.0
+    batch_norm: bool = False
     l2: float = 0.0
+    net_l2: float = 0.0
     learning_rate: float = 1e-3
     batch_size: int = 4096
     max_epochs: int = 30
     patience: int = 2
+    lr_decay: float = 0.1
     numeric_encoding: str = "scaled"
     cross_layers: int = 3
     seed: int = 2021
@@ -59,6 +66,8 @@ class TrainConfig:
         for key in ("embedding_dim", "batch_size", "max_epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1. Received: {getattr(self, key)}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ConfigError(f"train.lr_decay must be in (0, 1]. Received: {self.lr_decay}")
         if self.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate must be > 0. Received: {self.learning_rate}")
         if self.numeric_encoding not in ("scaled", "bucket"):

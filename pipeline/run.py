@@ -80,8 +80,14 @@ def architecture_of(model_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def run(config: PipelineConfig) -> dict[str, Any]:
-    """Runs the whole job for ``config`` and writes ``output_dir/summary.json``."""
+def run(config: PipelineConfig, orchestrator: str = "local") -> dict[str, Any]:
+    """Runs the whole job for ``config`` and writes ``output_dir/summary.json``.
+
+    Args:
+      config: the run's configuration.
+      orchestrator: ``local`` (LocalDagRunner, in-process, sequential) or ``beam`` (TFX's
+        BeamDagRunner: every component is a step of one Beam pipeline).
+    """
     config.validate()
     config.output_dir = os.path.abspath(config.output_dir)
     os.makedirs(config.output_dir, exist_ok=True)
@@ -97,7 +103,12 @@ def run(config: PipelineConfig) -> dict[str, Any]:
                                code_version(REPO_ROOT))
     started_ms = int(time.time() * 1000)
     start = time.perf_counter()
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    if orchestrator == "beam":
+        from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner  # noqa: PLC0415
+
+        BeamDagRunner().run(pipeline)
+    else:
+        tfx.orchestration.LocalDagRunner().run(pipeline)
     pipeline_seconds = time.perf_counter() - start
     model_dir = pushed_model_dir(paths.metadata_path, config.pipeline_name, started_ms)
     raw_test_file = dataset.split_path("test")

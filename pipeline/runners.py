@@ -30,6 +30,8 @@ BEAM_ARGS_BY_RUNNER: dict[str, list[str]] = {
                  "--extra_package={extra_package}"],
 }
 
+RUNNER_NAMES = tuple(BEAM_ARGS_BY_RUNNER)
+
 # Placeholders of the remote runners and the environment variables that fill them.
 _PLACEHOLDER_ENV = {
     "flink_master": ("AUTORECSYS_FLINK_MASTER", "localhost:8081"),

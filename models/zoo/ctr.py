@@ -97,11 +97,12 @@ def _field_embedding(arch: Architecture) -> FieldEmbedding:
 
 
 def _mlp(arch: Architecture) -> MLP:
-    return MLP(arch.hidden_units, dropout=arch.dropout, l2=arch.l2, name="mlp")
+    return MLP(arch.hidden_units, dropout=arch.dropout, batch_norm=arch.batch_norm,
+               l2=arch.net_l2, name="mlp")
 
 
 def _dense_logit(arch: Architecture, name: str, use_bias: bool) -> keras.layers.Dense:
-    regularizer = keras.regularizers.L2(arch.l2) if arch.l2 > 0 else None
+    regularizer = keras.regularizers.L2(arch.net_l2) if arch.net_l2 > 0 else None
     return keras.layers.Dense(1, use_bias=use_bias, kernel_regularizer=regularizer, name=name)
 
 
@@ -149,7 +150,7 @@ def _dcn_parts(arch: Architecture, inputs: dict[str, tf.Tensor]) -> list[tf.Tens
         raise ArchitectureError(f"cross_layers must be >= 0. "
                                 f"Received: cross_layers={arch.cross_layers}")
     x0 = concat_embeddings(_field_embedding(arch)(inputs))
-    regularizer = keras.regularizers.L2(arch.l2) if arch.l2 > 0 else None
+    regularizer = keras.regularizers.L2(arch.net_l2) if arch.net_l2 > 0 else None
     crossed = x0
     for index in range(arch.cross_layers):
         crossed = tfrs.layers.dcn.Cross(kernel_regularizer=regularizer,

@@ -1,0 +1,57 @@
+"""Config JSON round trip and errors; runner flags as data."""
+
+import json
+
+import pytest
+
+from pipeline.configs import ConfigError, PipelineConfig
+from pipeline.runners import BEAM_ARGS_BY_RUNNER, beam_pipeline_args
+
+
+def test_config_round_trip(tmp_path):
+    config = PipelineConfig(dataset="frappe86k")
+    config.train.model = "fm"
+    path = tmp_path / "c.json"
+    path.write_text(config.to_json())
+    assert PipelineConfig.from_json_file(str(path)) == config
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"datset": "x"}, "Unknown config keys \\['datset'\\]"),
+    ({"train": {"modle": "fm"}}, "train.modle"),
+    ({"train": {"model": "xgboost"}}, "train.model: unknown model 'xgboost'"),
+    ({"train": {"batch_size": 0}}, "train.batch_size must be >= 1"),
+    ({"runner": "yarn"}, "runner: unknown 'yarn'"),
+    ({"search_strategy": "magic"}, "search_strategy: unknown 'magic'"),
+])
+def test_bad_config_names_the_key(data, needle):
+    with pytest.raises(ConfigError, match=needle):
+        PipelineConfig.from_dict(data)
+
+
+def test_config_file_not_json(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match=f"{path}: not valid JSON"):
+        PipelineConfig.from_json_file(str(path))
+
+
+def test_direct_runners_avoid_prism():
+    for runner in ("direct", "direct-multiprocess"):
+        args = beam_pipeline_args(runner)
+        assert any("FnApiRunner" in a for a in args)
+    assert "--direct_running_mode=multi_processing" in beam_pipeline_args("direct-multiprocess")
+
+
+def test_remote_runner_needs_its_settings(monkeypatch):
+    monkeypatch.delenv("AUTORECSYS_GCP_PROJECT", raising=False)
+    with pytest.raises(ValueError, match="AUTORECSYS_GCP_PROJECT"):
+        beam_pipeline_args("dataflow")
+    for key, value in (("PROJECT", "p"), ("REGION", "r"), ("TEMP_LOCATION", "gs://b/t"),
+                       ("EXTRA_PACKAGE", "dist/a.whl")):
+        monkeypatch.setenv(f"AUTORECSYS_{'GCP_' if key in ('PROJECT', 'REGION') else ''}{key}",
+                           value)
+    args = beam_pipeline_args("dataflow", ["--machine_type=n1-standard-4"])
+    assert "--project=p" in args and args[-1] == "--machine_type=n1-standard-4"
+    assert json.dumps(sorted(BEAM_ARGS_BY_RUNNER)) == json.dumps(
+        ["dataflow", "direct", "direct-multiprocess", "flink", "spark"])

@@ -1,0 +1,86 @@
+"""Bad input gets an error naming the file, row and field; nothing half-written is left."""
+
+import os
+
+import pytest
+import tensorflow as tf
+
+from pipeline.datasets.base import DatasetError, FeatureSpec, PreparedDataset
+from pipeline.examples import read_rows, to_example, write_tfrecords
+
+SPEC = FeatureSpec(label="y", categorical=("user", "item"), numerical=("price",))
+GOOD = "y,user,item,price\n1,u1,i1,2.5\n0,u2,i2,3\n"
+
+
+def _write(tmp_path, name: str, text: str) -> str:
+    path = os.path.join(tmp_path, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def test_good_rows_parse_with_declared_types(tmp_path):
+    rows = list(read_rows(_write(tmp_path, "a.csv", GOOD), SPEC))
+    assert rows == [{"y": 1, "user": "u1", "item": "i1", "price": 2.5},
+                    {"y": 0, "user": "u2", "item": "i2", "price": 3.0}]
+    example = to_example(rows[0], SPEC)
+    assert example.features.feature["user"].bytes_list.value == [b"u1"]
+    assert example.features.feature["price"].float_list.value == [2.5]
+    assert example.features.feature["y"].int64_list.value == [1]
+
+
+@pytest.mark.parametrize("text, row, needle", [
+    (GOOD + "1,u3,i3\n", 4, "has 3 fields"),
+    (GOOD + "1,u3,i3,4,5\n", 4, "has 5 fields"),
+    (GOOD + "1,u3,i3,cheap\n", 4, "field 'price' is numerical"),
+    (GOOD + "1,u3,i3,nan\n", 4, "field 'price' is 'nan'"),
+    (GOOD + "1,u3,i3,inf\n", 4, "field 'price' is 'inf'"),
+    (GOOD + "2,u3,i3,1\n", 4, "field 'y' (label) must be 0 or 1"),
+    ("y,user,item,price\n", 2, "no data rows"),
+])
+def test_bad_rows_name_file_row_and_field(tmp_path, text, row, needle):
+    path = _write(tmp_path, "bad.csv", text)
+    with pytest.raises(DatasetError) as info:
+        list(read_rows(path, SPEC))
+    message = str(info.value)
+    assert path in message
+    assert needle in message
+    if "no data rows" not in needle:
+        assert f"row {row}" in message
+
+
+def test_empty_file(tmp_path):
+    path = _write(tmp_path, "empty.csv", "")
+    with pytest.raises(DatasetError, match=f"{path}: the file is empty"):
+        list(read_rows(path, SPEC))
+
+
+def test_missing_label_column_is_named(tmp_path):
+    path = _write(tmp_path, "nolabel.csv", "user,item,price\nu1,i1,2\n")
+    with pytest.raises(DatasetError, match=r"row 1 \(header\): missing column\(s\) \['y'\]"):
+        list(read_rows(path, SPEC))
+    assert list(read_rows(path, SPEC, require_label=False)) == [
+        {"user": "u1", "item": "i1", "price": 2.0}]
+
+
+def _dataset(tmp_path, test_text: str) -> PreparedDataset:
+    directory = os.path.join(tmp_path, "data")
+    os.makedirs(directory)
+    for split, text in (("train", GOOD), ("eval", GOOD), ("test", test_text)):
+        _write(directory, f"{split}.csv", text)
+    return PreparedDataset("toy", directory, SPEC)
+
+
+def test_write_tfrecords_counts_and_reads_back(tmp_path):
+    out = os.path.join(tmp_path, "examples")
+    assert write_tfrecords(_dataset(tmp_path, GOOD), out) == {"train": 2, "eval": 2, "test": 2}
+    records = list(tf.data.TFRecordDataset(os.path.join(out, "test", "data.tfrecord")))
+    assert len(records) == 2
+
+
+def test_write_tfrecords_leaves_nothing_on_bad_input(tmp_path):
+    out = os.path.join(tmp_path, "examples")
+    with pytest.raises(DatasetError, match="test.csv: row 3"):
+        write_tfrecords(_dataset(tmp_path, "y,user,item,price\n1,u,i,1\n1,u,i,x\n"), out)
+    assert not os.path.exists(out)
+    assert not os.path.exists(out + ".partial")

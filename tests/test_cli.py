@@ -1,0 +1,56 @@
+"""The CLI's error paths: each names what is wrong, exits non-zero, pushes nothing."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main
+
+
+def test_unknown_dataset_is_named(tmp_path, capsys):
+    assert main(["demo", "--dataset", "nope", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown dataset 'nope'" in err and "frappe86k" in err
+
+
+def test_unknown_model_is_named(tmp_path, capsys):
+    assert main(["demo", "--model", "xgboost", "--output-dir", str(tmp_path)]) == 2
+    assert "train.model: unknown model 'xgboost'" in capsys.readouterr().err
+
+
+def test_unknown_bench_model_is_named(tmp_path, capsys):
+    code = main(["bench", "--datasets", "synthetic", "--models", "deepfm+magic",
+                 "--out", str(tmp_path / "b.json")])
+    assert code == 2
+    assert "variant 'magic'" in capsys.readouterr().err
+
+
+def test_run_requires_a_label(tmp_path, capsys):
+    assert main(["run", "--data", "x.csv", "--categorical", "a"]) == 2
+    assert "--label is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("y,a,x\n1,u,1\n0,v,2\n1,w\n", "row 4: has 2 fields"),
+    ("y,a,x\n1,u,1\n0,v,abc\n", "row 3: field 'x' is numerical"),
+    ("y,a,x\n1,u,1\n0,v,inf\n", "row 3: field 'x'"),
+    ("", "empty"),
+    ("a,x\nu,1\n", "'y'"),
+])
+def test_run_on_bad_csv_exits_nonzero_naming_file_and_row_and_pushes_nothing(
+        tmp_path, body, needle):
+    data = tmp_path / "data.csv"
+    data.write_text(body)
+    out_dir = tmp_path / "run"
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--data", str(data), "--label", "y",
+         "--categorical", "a", "--numerical", "x", "--output-dir", str(out_dir)],
+        capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 2, result.stderr
+    assert str(data) in result.stderr
+    assert needle in result.stderr
+    assert not (out_dir / "serving").exists()
+    assert not (out_dir / "summary.json").exists()
