@@ -10,6 +10,7 @@ so nothing half-written is ever read by the pipeline.
 from __future__ import annotations
 
 import csv
+import filecmp
 import math
 import os
 import shutil
@@ -145,6 +146,19 @@ def write_tfrecords(dataset: PreparedDataset, out_dir: str) -> dict[str, int]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(staging, out_dir)
+    if _same_files(staging, out_dir):
+        # Unchanged data keeps its files (and mtimes), so ExampleGen's fingerprint, and with it
+        # every cached execution downstream, stays valid.
+        shutil.rmtree(staging)
+    else:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(staging, out_dir)
     return counts
+
+
+def _same_files(new_dir: str, old_dir: str) -> bool:
+    for split in SPLITS:
+        new, old = (os.path.join(d, split, "data.tfrecord") for d in (new_dir, old_dir))
+        if not os.path.exists(old) or not filecmp.cmp(new, old, shallow=False):
+            return False
+    return True

@@ -84,3 +84,17 @@ def test_write_tfrecords_leaves_nothing_on_bad_input(tmp_path):
         write_tfrecords(_dataset(tmp_path, "y,user,item,price\n1,u,i,1\n1,u,i,x\n"), out)
     assert not os.path.exists(out)
     assert not os.path.exists(out + ".partial")
+
+
+def test_rewriting_identical_data_keeps_the_files(tmp_path):
+    out = os.path.join(tmp_path, "examples")
+    dataset = _dataset(tmp_path, GOOD)
+    write_tfrecords(dataset, out)
+    path = os.path.join(out, "train", "data.tfrecord")
+    os.utime(path, (1, 1))
+    write_tfrecords(dataset, out)
+    assert os.stat(path).st_mtime == 1
+    with open(dataset.split_path("train"), "a") as f:
+        f.write("0,u9,i9,1\n")
+    assert write_tfrecords(dataset, out)["train"] == 3
+    assert os.stat(path).st_mtime != 1

@@ -1,0 +1,34 @@
+"""`autorecsys bench` on tiny synthetic data writes rows with every field, a table and a plot."""
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+
+ROW_KEYS = {"dataset", "model", "seed", "test_auc", "test_logloss", "embedding_params",
+            "total_params", "search_seconds", "train_seconds", "train_examples_per_second",
+            "architecture"}
+
+
+@pytest.mark.slow
+def test_bench_rows_report_and_plot(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"train": {"max_epochs": 2, "batch_size": 512,
+                                            "hidden_units": [16]}}))
+    out = tmp_path / "bench" / "b.json"
+    code = main(["bench", "--datasets", "synthetic", "--models", "lr,deepfm+buckets",
+                 "--seeds", "1,2", "--config", str(config), "--out", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["model"], r["seed"]) for r in rows] == [
+        ("lr", 1), ("deepfm+buckets", 1), ("lr", 2), ("deepfm+buckets", 2)]
+    for row in rows:
+        assert ROW_KEYS <= set(row)
+        assert 0.5 < row["test_auc"] <= 1.0
+        assert row["train_examples_per_second"] > 0
+    bucketed = rows[1]["architecture"]
+    assert set(bucketed["numeric_encoding"].values()) == {"bucket"}
+    table = out.with_suffix(".md").read_text()
+    assert "| synthetic | deepfm+buckets | 2 |" in table
+    assert out.with_suffix(".png").stat().st_size > 1000
