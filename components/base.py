@@ -69,6 +69,22 @@ def make_dataset(file_patterns: list[str] | str, tf_transform_output: tft.TFTran
     return ds.cache().prefetch(tf.data.AUTOTUNE) if not shuffle else ds.prefetch(tf.data.AUTOTUNE)
 
 
+MONITORS = ("auc", "auc_minus_logloss")
+
+
+class _ValidationScore(keras.callbacks.Callback):
+    """Adds ``val_auc_minus_logloss`` to the epoch logs (FuxiCTR/BARS' default monitor).
+
+    AUC alone is a noisy signal while a slow learner (LR, FM) is still improving its
+    calibration: logloss keeps falling when AUC wobbles, so stopping on AUC alone ends such
+    models epochs too early. Must run before the callbacks that read it.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None and "val_auc" in logs and "val_logloss" in logs:
+            logs["val_auc_minus_logloss"] = logs["val_auc"] - logs["val_logloss"]
+
+
 class _TrainClock(keras.callbacks.Callback):
     """Seconds spent in training steps only (validation inside ``fit`` excluded)."""
 
@@ -109,14 +125,16 @@ def count_examples(ds: tf.data.Dataset) -> int:
 
 def train_model(arch: Architecture, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset, *,
                 learning_rate: float, max_epochs: int, patience: int, seed: int,
-                lr_decay: float = 0.1, log_dir: str | None = None,
+                lr_decay: float = 0.1, monitor: str = "auc_minus_logloss",
+                log_dir: str | None = None,
                 strategy: tf.distribute.Strategy | None = None) -> TrainResult:
-    """Builds the model from ``arch`` and fits it with early stopping on validation AUC.
+    """Builds the model from ``arch`` and fits it with early stopping on the validation split.
 
-    An epoch without validation-AUC improvement multiplies the learning rate by ``lr_decay``
-    (1 disables it); ``patience`` such epochs stop training, and the weights of the best
-    validation epoch are restored. ``train_seconds`` counts training
-    steps only, which is what examples/second is measured over.
+    ``monitor`` is the validation score: ``auc``, or ``auc_minus_logloss`` (AUC - logloss, the
+    FuxiCTR/BARS default). An epoch without improvement of it multiplies the learning rate by
+    ``lr_decay`` (1 disables it); ``patience`` such epochs stop training, and the weights of the
+    best validation epoch are restored. ``train_seconds`` counts training steps only, which is
+    what examples/second is measured over.
     """
     keras.utils.set_random_seed(seed)
     strategy = strategy or choose_strategy()
@@ -124,28 +142,33 @@ def train_model(arch: Architecture, train_ds: tf.data.Dataset, eval_ds: tf.data.
         model = build_ctr_model(arch)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       loss=keras.losses.BinaryCrossentropy(),
-                      metrics=[keras.metrics.AUC(name="auc")])
+                      metrics=[keras.metrics.AUC(name="auc", num_thresholds=1000),
+                               keras.metrics.BinaryCrossentropy(name="logloss")])
+    if monitor not in MONITORS:
+        raise ValueError(f"monitor must be one of {MONITORS}. Received: monitor={monitor!r}")
     clock = _TrainClock()
     callbacks: list[keras.callbacks.Callback] = [
         clock,
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
+        _ValidationScore(),
+        keras.callbacks.EarlyStopping(monitor="val_" + monitor, mode="max", patience=patience,
                                       restore_best_weights=True, verbose=1),
     ]
     if lr_decay < 1.0:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_auc", mode="max", factor=lr_decay, patience=1, min_lr=1e-6, verbose=1))
+            monitor="val_" + monitor, mode="max", factor=lr_decay, patience=1, min_lr=1e-6,
+            verbose=1))
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=eval_ds, epochs=max_epochs,
                         callbacks=callbacks, verbose=2)
     wall = time.perf_counter() - start
-    val_auc = history.history.get("val_auc", [0.0])
-    epochs_run = len(val_auc)
+    scores = history.history.get("val_" + monitor, [0.0])
+    epochs_run = len(scores)
     train_examples = count_examples(train_ds) * epochs_run
     return TrainResult(model=model, history={k: [float(v) for v in vs]
                                              for k, vs in history.history.items()},
-                       best_epoch=int(max(range(epochs_run), key=val_auc.__getitem__)) + 1,
+                       best_epoch=int(max(range(epochs_run), key=scores.__getitem__)) + 1,
                        train_seconds=clock.train_seconds, wall_seconds=wall,
                        train_examples=train_examples)
 

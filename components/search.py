@@ -34,6 +34,7 @@ def fixed_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int]
         numeric_encoding={f: train.numeric_encoding for f in spec["numerical"]},
         hidden_units=list(train.hidden_units), dropout=float(values["dropout"]),
         l2=float(values["l2"]), net_l2=train.net_l2, batch_norm=train.batch_norm,
+        embedding_init_std=train.embedding_init_std,
         cross_layers=train.cross_layers,
         search={"strategy": "none", "tuned": tuned or {}},
     )

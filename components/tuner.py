@@ -56,7 +56,7 @@ class BaselineTuner(keras_tuner.RandomSearch):
         result = base.train_model(arch, *datasets, learning_rate=values["learning_rate"],
                                   max_epochs=self.config.tuner.epochs_per_trial,
                                   patience=train.patience, lr_decay=train.lr_decay,
-                                  seed=train.seed)
+                                  monitor=train.monitor, seed=train.seed)
         return max(result.history["val_auc"])
 
 

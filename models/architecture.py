@@ -37,6 +37,8 @@ class Architecture:
       batch_norm: batch normalisation in the MLP blocks.
       l2: L2 strength on embedding tables (and first-order weights).
       net_l2: L2 strength on MLP, cross and output kernels.
+      embedding_init_std: standard deviation of the normal initialisation of embeddings (small,
+        so that rarely seen ids stay near zero instead of adding noise).
       cross_layers: number of DCN cross layers.
       kept_interactions: pairs of fields whose FM interaction is kept; ``None`` keeps all pairs.
       search: what produced this architecture (strategy name and its own report).
@@ -55,6 +57,7 @@ class Architecture:
     batch_norm: bool = False
     l2: float = 0.0
     net_l2: float = 0.0
+    embedding_init_std: float = 1e-4
     cross_layers: int = 3
     kept_interactions: list[list[str]] | None = None
     search: dict = field(default_factory=lambda: {"strategy": "none"})

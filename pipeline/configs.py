@@ -33,11 +33,14 @@ class TrainConfig:
       batch_norm: batch normalisation in MLP blocks.
       l2: L2 strength on embedding tables.
       net_l2: L2 strength on network kernels.
+      embedding_init_std: standard deviation of the embeddings' normal initialisation.
       learning_rate: Adam learning rate.
       batch_size: global batch size (split across replicas under MirroredStrategy).
       max_epochs: upper bound on epochs; early stopping usually ends sooner.
       patience: epochs without validation-AUC improvement before stopping; the best epoch's
         weights are restored.
+      monitor: validation score for early stopping and LR decay: ``auc`` or
+        ``auc_minus_logloss`` (FuxiCTR/BARS' default; robust for slow learners such as LR/FM).
       lr_decay: factor applied to the learning rate after an epoch without improvement
         (1.0 disables it).
       numeric_encoding: how numerical fields enter the model (``scaled`` or ``bucket``).
@@ -51,11 +54,13 @@ class TrainConfig:
     batch_norm: bool = False
     l2: float = 0.0
     net_l2: float = 0.0
+    embedding_init_std: float = 1e-4
     learning_rate: float = 1e-3
     batch_size: int = 4096
-    max_epochs: int = 30
+    max_epochs: int = 100
     patience: int = 2
     lr_decay: float = 0.1
+    monitor: str = "auc_minus_logloss"
     numeric_encoding: str = "scaled"
     cross_layers: int = 3
     seed: int = 2021
@@ -66,6 +71,9 @@ class TrainConfig:
         for key in ("embedding_dim", "batch_size", "max_epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1. Received: {getattr(self, key)}")
+        if self.monitor not in ("auc", "auc_minus_logloss"):
+            raise ConfigError(f"train.monitor must be 'auc' or 'auc_minus_logloss'. "
+                              f"Received: {self.monitor!r}")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ConfigError(f"train.lr_decay must be in (0, 1]. Received: {self.lr_decay}")
         if self.learning_rate <= 0:

@@ -93,7 +93,10 @@ def _field_linear(arch: Architecture) -> FieldLinear:
 def _field_embedding(arch: Architecture) -> FieldEmbedding:
     return FieldEmbedding(arch.categorical, arch.numerical, arch.vocab_sizes,
                           arch.embedding_dims, numeric_encoding=arch.numeric_encoding,
-                          num_buckets=arch.num_buckets, l2=arch.l2, name="field_embedding")
+                          num_buckets=arch.num_buckets, l2=arch.l2,
+                          embeddings_initializer=keras.initializers.RandomNormal(
+                              stddev=arch.embedding_init_std),
+                          name="field_embedding")
 
 
 def _mlp(arch: Architecture) -> MLP:

@@ -7,106 +7,25 @@ Output is written to a staging directory and moved into place only when everythi
 
 from __future__ import annotations
 
-import csv
-import math
 import os
 from collections.abc import Sequence
 
-from pipeline.datasets._common import MISSING, publish_dataset, take_splits
+from pipeline.datasets._common import publish_dataset, take_splits
 from pipeline.datasets.base import DatasetError, FeatureSpec, PreparedDataset
+from pipeline.datasets.rows import read_rows
 
 NAME = "csv"
 
 
-def _error(path: str, row: int, message: str) -> DatasetError:
-    return DatasetError(f"{path}, row {row}: {message}")
-
-
-def _header_index(path: str, header: list[str], spec: FeatureSpec) -> list[int]:
-    """Column positions of ``spec.columns`` in ``header``; raises naming any missing column."""
-    names = [h.strip() for h in header]
-    missing = [c for c in spec.columns if c not in names]
-    if missing:
-        raise _error(path, 1, f"header lacks declared columns {missing}; header is {names}")
-    duplicated = sorted({c for c in spec.columns if names.count(c) > 1})
-    if duplicated:
-        raise _error(path, 1, f"header names columns more than once: {duplicated}")
-    return [names.index(c) for c in spec.columns]
-
-
-def _label(path: str, row: int, value: str) -> str:
-    text = value.strip()
-    try:
-        number = float(text)
-    except ValueError:
-        number = math.nan
-    if number not in (0.0, 1.0):
-        raise _error(path, row, f"label {value!r} is not 0 or 1")
-    return "1" if number == 1.0 else "0"
-
-
-def _number(path: str, row: int, column: str, value: str) -> str:
-    text = value.strip()
-    try:
-        number = float(text)
-    except ValueError:
-        raise _error(
-            path, row, f"numerical column {column!r} holds non-numeric text {value!r}"
-        ) from None
-    if not math.isfinite(number):
-        raise _error(path, row, f"numerical column {column!r} holds {value!r} (NaN/inf)")
-    return text
-
-
-def _convert(path: str, row_no: int, fields: list[str], spec: FeatureSpec) -> list[str]:
-    """One row in ``spec.columns`` order, validated; ``fields`` is already in that order."""
-    n_cat = len(spec.categorical)
-    out = [_label(path, row_no, fields[0])]
-    out += [v if v.strip() else MISSING for v in fields[1 : 1 + n_cat]]
-    out += [
-        _number(path, row_no, column, value)
-        for column, value in zip(spec.numerical, fields[1 + n_cat :], strict=True)
-    ]
-    return out
-
-
 def read_validated(path: str, spec: FeatureSpec) -> list[list[str]]:
-    """Reads and validates one CSV file; returns its rows in ``spec.columns`` order.
+    """Reads and validates one CSV file; returns its rows as text in ``spec.columns`` order.
 
-    Args:
-      path: the CSV file (comma separated, header row, UTF-8 with or without BOM).
-      spec: the declared columns.
-
-    Returns:
-      Data rows; empty categorical values become ``__missing__``, the label ``0``/``1``.
-
-    Raises:
-      DatasetError: missing/empty file, missing header columns, ragged rows, non-numeric or
-        non-finite numerical values, labels other than 0/1, or no data rows. The message names
-        the file and the 1-based row number (header = row 1).
+    Empty categorical values become ``__missing__``, the label ``0``/``1``. Raises
+    ``DatasetError`` naming the file, the 1-based row and the field (see ``rows.read_rows``).
     """
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: file not found.")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
-            raise _error(path, 1, "file is empty (no header row)")
-        index = _header_index(path, header, spec)
-        rows = []
-        for row_no, fields in enumerate(reader, start=2):
-            if not fields:
-                continue  # A blank line.
-            if len(fields) != len(header):
-                raise _error(
-                    path,
-                    row_no,
-                    f"expected {len(header)} fields as in the header, got {len(fields)}",
-                )
-            rows.append(_convert(path, row_no, [fields[i] for i in index], spec))
-    if not rows:
-        raise _error(path, 2, "no data rows after the header")
-    return rows
+    return [[str(values[spec.label]), *(str(values[c]) for c in spec.categorical),
+             *(repr(values[c]) for c in spec.numerical)]
+            for values in read_rows(path, spec)]
 
 
 def prepare_csv(

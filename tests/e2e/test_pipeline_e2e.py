@@ -20,7 +20,7 @@ from pipeline.run import run, run_paths
 pytestmark = pytest.mark.e2e
 
 CACHEABLE = {"ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
-             "AnomaliesGate", "Transform", "ArchitectureSearch", "Trainer"}
+             "AnomaliesGate", "Transform", "Tuner", "ArchitectureSearch", "Trainer"}
 
 
 def tiny_config(output_dir: str) -> PipelineConfig:
@@ -29,6 +29,7 @@ def tiny_config(output_dir: str) -> PipelineConfig:
         "dataset": "synthetic",
         "dataset_options": {"n_rows": 3000},
         "min_eval_auc": 0.5,
+        "tuner": {"enabled": True, "max_trials": 2, "epochs_per_trial": 1},
         "train": {"model": "deepfm", "max_epochs": 3, "batch_size": 256,
                   "hidden_units": [32, 32], "learning_rate": 0.005},
     })
@@ -82,6 +83,10 @@ def test_summary_and_pushed_model(two_runs):
     assert os.path.exists(os.path.join(summary["pushed_model_dir"], "saved_model.pb"))
     assert summary["architecture"]["model"] == "deepfm"
     assert summary["architecture"]["search"]["strategy"] == "none"
+    tuned = summary["architecture"]["search"]["tuned"]
+    assert set(tuned) == {"learning_rate", "embedding_dim", "dropout", "l2"}
+    assert all(summary["architecture"]["embedding_dims"][f] == tuned["embedding_dim"]
+               for f in summary["architecture"]["categorical"])
     assert 0.55 < summary["metrics"]["test_auc"] <= 1.0
     assert first["metrics"]["test_examples"] == 300
 

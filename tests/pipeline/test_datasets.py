@@ -185,7 +185,7 @@ def test_byo_bad_split_file_leaves_existing_output_untouched(tmp_path):
     out = tmp_path / "out"
     prepare_csv(None, str(out), **BYO, train=good, eval=good, test=good)
     before = sorted(os.listdir(out))
-    with pytest.raises(DatasetError, match=r"bad\.csv, row 3:"):
+    with pytest.raises(DatasetError, match=r"bad\.csv: row 3:"):
         prepare_csv(None, str(out), **BYO, train=good, eval=good, test=bad)
     assert sorted(os.listdir(out)) == before
     assert sorted(os.listdir(tmp_path)) == ["bad.csv", "good.csv", "out"]

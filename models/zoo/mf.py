@@ -1,0 +1,157 @@
+"""Matrix factorization for top-k retrieval, trained with the BPR pairwise loss.
+
+Every user ``u`` and item ``i`` owns a vector; the preference score is their dot product::
+
+    y(u, i) = <e_u, e_i>,    e_u = E_user[u],  e_i = E_item[i]
+
+BPR (Rendle et al., "BPR: Bayesian Personalized Ranking from Implicit Feedback", UAI 2009, Eq. 3)
+ranks an observed item ``i`` above a sampled unobserved item ``j`` for each triple ``(u, i, j)``
+of a batch ``B``. The L2 term is LightGCN's (He et al., SIGIR 2020, Eq. 15, and its reference
+code): half the squared norm of the batch's embeddings, divided by the batch size::
+
+    L = -1/|B| sum_{(u,i,j) in B} ln sigmoid(y(u, i) - y(u, j))
+        + l2 * 1/2 * (||E_B^u||^2 + ||E_B^i||^2 + ||E_B^j||^2) / |B|
+
+Initialization follows LightGCN's MF baseline: ``N(0, 0.1^2)`` for both tables.
+
+Example:
+
+>>> model = MatrixFactorization(num_users=3, num_items=4, embedding_dim=2)
+>>> vectors = model({"user": tf.constant([0, 2]), "item": tf.constant([1, 3])})
+>>> tuple(vectors["user"].shape), tuple(model.score(tf.constant([0]), tf.constant([1])).shape)
+((2, 2), (1,))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import tensorflow as tf
+import tf_keras as keras
+
+USER_KEY = "user"
+ITEM_KEYS = ("item", "negative")
+
+
+def bpr_loss(pos_scores: tf.Tensor, neg_scores: tf.Tensor, *,
+             embeddings: Sequence[tf.Tensor] = (), l2: float = 0.0) -> tf.Tensor:
+    """The BPR loss of a batch, plus LightGCN's L2 penalty on the batch's embeddings.
+
+    ``-mean(ln sigmoid(pos - neg)) + l2 * 1/2 * sum_t ||t||^2 / B`` (see the module docstring),
+    with ``ln sigmoid(x)`` computed stably as ``-softplus(-x)``.
+
+    Args:
+      pos_scores: ``[B]`` scores of the observed items.
+      neg_scores: ``[B]`` scores of the sampled negatives, aligned with ``pos_scores``.
+      embeddings: the ``[B, D]`` tensors the penalty covers (user, positive, negative vectors).
+      l2: the penalty's weight; 0 disables it.
+
+    Returns:
+      A scalar.
+    """
+    pos_scores = tf.convert_to_tensor(pos_scores)
+    neg_scores = tf.cast(neg_scores, pos_scores.dtype)
+    loss = tf.reduce_mean(tf.nn.softplus(neg_scores - pos_scores))
+    if l2 and embeddings:
+        batch = tf.cast(tf.shape(pos_scores)[0], pos_scores.dtype)
+        squared = tf.add_n([tf.reduce_sum(tf.square(tf.cast(t, pos_scores.dtype)))
+                            for t in embeddings])
+        loss += l2 * 0.5 * squared / batch
+    return loss
+
+
+@keras.utils.register_keras_serializable(package="autorec")
+class MatrixFactorization(keras.Model):
+    """User and item embedding tables scored by the dot product (see the module docstring).
+
+    ``call`` looks up a dict of id tensors: ``"user"`` in the user table, ``"item"`` and
+    ``"negative"`` in the item table, and returns the vectors under the same keys. ``score`` is the
+    dot product of aligned users and items; ``embedding_tables`` returns both whole tables, what
+    full ranking needs (a graph model such as LightGCN returns its propagated tables instead).
+
+    Args:
+      num_users: rows of the user table.
+      num_items: rows of the item table.
+      embedding_dim: the vectors' size ``D``.
+      l2: weight of the L2 penalty in :meth:`compute_bpr_loss`.
+      init_std: standard deviation of the normal initializer of both tables.
+      seed: initializer seed; ``None`` draws one.
+
+    Input shape: a dict of ``[B]`` (or ``[B, N]``) integer ids under ``"user"``, ``"item"``,
+      ``"negative"``; any subset.
+    Output shape: a dict with the same keys of ``[B, D]`` (or ``[B, N, D]``) vectors.
+    """
+
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
+                 l2: float = 1e-4, init_std: float = 0.1, seed: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name, value in (("num_users", num_users), ("num_items", num_items),
+                            ("embedding_dim", embedding_dim)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer. Received: {name}={value}")
+        if l2 < 0:
+            raise ValueError(f"l2 must be non-negative. Received: l2={l2}")
+        if init_std <= 0:
+            raise ValueError(f"init_std must be positive. Received: init_std={init_std}")
+        self.num_users = int(num_users)
+        self.num_items = int(num_items)
+        self.embedding_dim = int(embedding_dim)
+        self.l2 = float(l2)
+        self.init_std = float(init_std)
+        self.seed = seed
+        item_seed = None if seed is None else seed + 1
+        self.user_embedding = keras.layers.Embedding(
+            self.num_users, self.embedding_dim, name="user_embedding",
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=init_std, seed=seed))
+        self.item_embedding = keras.layers.Embedding(
+            self.num_items, self.embedding_dim, name="item_embedding",
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=init_std,
+                                                                   seed=item_seed))
+
+    def build(self, input_shape: Any = None) -> None:
+        self.user_embedding.build((None,))
+        self.item_embedding.build((None,))
+        self.built = True  # Model.build would trace call on a placeholder; the tables suffice.
+
+    def call(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        unknown = sorted(set(inputs) - {USER_KEY, *ITEM_KEYS})
+        if unknown:
+            raise ValueError(f"MatrixFactorization reads ids under {[USER_KEY, *ITEM_KEYS]}. "
+                             f"Received: unknown keys {unknown}")
+        return {key: (self.user_embedding if key == USER_KEY else self.item_embedding)(ids)
+                for key, ids in inputs.items()}
+
+    def score(self, user_ids: tf.Tensor, item_ids: tf.Tensor) -> tf.Tensor:
+        """``<e_u, e_i>`` for aligned ``[B]`` user and item ids; returns ``[B]``."""
+        vectors = self({USER_KEY: user_ids, "item": item_ids})
+        return tf.reduce_sum(vectors[USER_KEY] * vectors["item"], axis=-1)
+
+    def compute_bpr_loss(self, user_ids: tf.Tensor, pos_item_ids: tf.Tensor,
+                         neg_item_ids: tf.Tensor) -> tf.Tensor:
+        """:func:`bpr_loss` of ``[B]`` triples ``(u, i, j)`` with this model's ``l2``."""
+        vectors = self({USER_KEY: user_ids, "item": pos_item_ids, "negative": neg_item_ids})
+        user, pos, neg = vectors[USER_KEY], vectors["item"], vectors["negative"]
+        return bpr_loss(tf.reduce_sum(user * pos, axis=-1), tf.reduce_sum(user * neg, axis=-1),
+                        embeddings=(user, pos, neg), l2=self.l2)
+
+    def embedding_tables(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """The whole ``[num_users, D]`` user and ``[num_items, D]`` item tables."""
+        if not self.built:
+            self.build()
+        return (tf.convert_to_tensor(self.user_embedding.embeddings),
+                tf.convert_to_tensor(self.item_embedding.embeddings))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            **super().get_config(),
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "embedding_dim": self.embedding_dim,
+            "l2": self.l2,
+            "init_std": self.init_std,
+            "seed": self.seed,
+        }
