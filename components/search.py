@@ -25,7 +25,7 @@ ARCHITECTURE_HPARAMS = ("embedding_dim", "dropout", "l2")
 def fixed_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int],
                        tuned: dict | None = None) -> Architecture:
     """The ``none`` strategy: the configured model with one embedding size for every field."""
-    train = config.train
+    train = config.train.resolved()
     values = {k: getattr(train, k) for k in ARCHITECTURE_HPARAMS}
     values.update({k: v for k, v in (tuned or {}).items() if k in ARCHITECTURE_HPARAMS})
     return Architecture.uniform(

@@ -23,6 +23,7 @@ OBJECTIVE = keras_tuner.Objective("val_auc", direction="max")
 
 def tuning_space(hp: keras_tuner.HyperParameters, train: TrainConfig) -> dict[str, Any]:
     """Registers the tuned hyper-parameters around ``train``'s values and returns them."""
+    train = train.resolved()
     return {
         "learning_rate": hp.Choice("learning_rate", sorted({1e-3, 3e-3, train.learning_rate})),
         "embedding_dim": hp.Choice("embedding_dim", sorted({8, 16, train.embedding_dim})),

@@ -8,7 +8,6 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-
 # Moving-average momentum of batch norm. Keras' default 0.99 needs hundreds of steps before the
 # inference statistics are usable; CTR datasets of ~50k rows give ~13 steps an epoch at batch
 # 4096, so validation sees badly calibrated outputs for many epochs. 0.9 is PyTorch's default.

@@ -55,3 +55,12 @@ def test_remote_runner_needs_its_settings(monkeypatch):
     assert "--project=p" in args and args[-1] == "--machine_type=n1-standard-4"
     assert json.dumps(sorted(BEAM_ARGS_BY_RUNNER)) == json.dumps(
         ["dataflow", "direct", "direct-multiprocess", "flink", "spark"])
+
+
+def test_model_presets_fill_only_unset_regularisation():
+    deep = PipelineConfig.from_dict({"train": {"model": "deepfm"}}).train.resolved()
+    assert (deep.l2, deep.dropout, deep.batch_norm) == (0.05, 0.2, True)
+    shallow = PipelineConfig.from_dict({"train": {"model": "fm"}}).train.resolved()
+    assert (shallow.l2, shallow.dropout, shallow.batch_norm) == (0.0, 0.0, False)
+    explicit = PipelineConfig.from_dict({"train": {"model": "deepfm", "l2": 0.0}}).train
+    assert explicit.resolved().l2 == 0.0 and explicit.resolved().dropout == 0.2
