@@ -72,8 +72,7 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
     result = base.train_model(arch, train_ds, eval_ds, learning_rate=config.train.learning_rate,
                               max_epochs=config.train.max_epochs,
                               patience=config.train.patience,
-                              lr_decay=config.train.lr_decay,
-                              monitor=config.train.monitor, seed=seed)
+                              lr_decay=config.train.lr_decay, seed=seed)
     test_ds = transformed_dataset(data, "test", names, 8192, shuffle=False, seed=seed)
     labels = np.concatenate([y.numpy().ravel() for _, y in test_ds])
     scores = result.model.predict(test_ds, verbose=0).ravel()

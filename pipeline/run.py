@@ -98,9 +98,9 @@ def run(config: PipelineConfig, orchestrator: str = "local") -> dict[str, Any]:
     paths = run_paths(config.output_dir)
     spec = {"label": dataset.spec.label, "categorical": list(dataset.spec.categorical),
             "numerical": list(dataset.spec.numerical)}
-    pipeline = create_pipeline(config, spec, paths,
-                               beam_pipeline_args(config.runner, config.beam_pipeline_args),
-                               code_version(REPO_ROOT))
+    beam_args = beam_pipeline_args(config.runner, config.beam_pipeline_args)
+    logging.info("Orchestrator %s; components' Beam args: %s", orchestrator, " ".join(beam_args))
+    pipeline = create_pipeline(config, spec, paths, beam_args, code_version(REPO_ROOT))
     started_ms = int(time.time() * 1000)
     start = time.perf_counter()
     if orchestrator == "beam":

@@ -158,7 +158,7 @@ def test_train_bpr_learns_planted_clusters_and_keeps_the_best_weights():
 def test_train_bpr_stops_on_patience_and_on_time():
     data = _planted(clusters=2)
     by_patience = train_bpr(data, dim=4, learning_rate=0.0, batch_size=64, max_epochs=20,
-                            patience=2, k=5)
+                            patience=2, k=5, jit_compile=False)
     assert by_patience.stop_reason == "patience" and by_patience.best_epoch == 1
     assert len(by_patience.history) == 3
     by_time = train_bpr(data, dim=4, batch_size=64, max_epochs=20, max_seconds=0.0, k=5)
