@@ -16,7 +16,7 @@ import apache_beam as beam
 import tensorflow as tf
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
-from tensorflow_transform.tf_metadata import schema_utils
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 from tfx_bsl.public import tfxio
 
 from components import base
@@ -59,6 +59,10 @@ def analyze(examples_dir: str, spec: dict, transform_dir: str) -> tft.TFTransfor
                 raw = pipeline | "ReadTrain" >> source.BeamSource()
                 transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(fn)
                 _ = transform_fn | tft_beam.WriteTransformFn(transform_dir)
+    # The raw schema too, as the Transform component writes it: the serving signature parses
+    # raw examples with it.
+    metadata_io.write_metadata(dataset_metadata.DatasetMetadata(raw_schema),
+                               os.path.join(transform_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
     return tft.TFTransformOutput(transform_dir)
 
 

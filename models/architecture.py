@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 ARCHITECTURE_VERSION = 1
 MODELS = ("lr", "fm", "deepfm", "dcn", "dnn")
 NUMERIC_ENCODINGS = ("scaled", "bucket")
+FIRST_ORDER_MODELS = ("lr", "fm", "deepfm")  # models with a per-field linear (LR) term
 
 
 class ArchitectureError(ValueError):
@@ -95,11 +96,17 @@ class Architecture:
         return [*self.categorical, *self.numerical]
 
     def embedding_params(self) -> int:
-        """Parameters in embedding tables (categorical tables + numeric field/bucket tables)."""
-        total = sum(self.vocab_sizes[f] * self.embedding_dims[f] for f in self.categorical)
+        """Parameters in the embedding tables the model builds: per-field vector tables (all
+        models but ``lr``) plus one-dimensional first-order tables (``lr``, ``fm``, ``deepfm``)."""
+        widths = {f: 0 for f in self.fields}
+        if self.model != "lr":
+            widths = dict(self.embedding_dims)
+        if self.model in FIRST_ORDER_MODELS:
+            widths = {f: widths[f] + 1 for f in self.fields}
+        total = sum(self.vocab_sizes[f] * widths[f] for f in self.categorical)
         for f in self.numerical:
             rows = self.num_buckets if self.numeric_encoding[f] == "bucket" else 1
-            total += rows * self.embedding_dims[f]
+            total += rows * widths[f]
         return total
 
     def to_json(self) -> str:

@@ -18,7 +18,7 @@ def test_bench_rows_report_and_plot(tmp_path):
                                             "hidden_units": [16]}}))
     out = tmp_path / "bench" / "b.json"
     code = main(["bench", "--datasets", "synthetic", "--models", "lr,deepfm+buckets",
-                 "--seeds", "1,2", "--config", str(config), "--out", str(out)])
+                 "--seeds", "1,2", "--config", str(config), "--out", str(out), "--serving"])
     assert code == 0
     rows = json.loads(out.read_text())["results"]
     assert [(r["model"], r["seed"]) for r in rows] == [
@@ -29,6 +29,12 @@ def test_bench_rows_report_and_plot(tmp_path):
         assert row["train_examples_per_second"] > 0
     bucketed = rows[1]["architecture"]
     assert set(bucketed["numeric_encoding"].values()) == {"bucket"}
+    serving = json.loads(out.read_text())["serving"]
+    assert [s["model"] for s in serving] == ["lr", "deepfm+buckets"]
+    for entry in serving:
+        for batch in ("1", "256"):
+            latency = entry["latency_ms"][batch]
+            assert 0 < latency["p50"] <= latency["p99"]
     table = out.with_suffix(".md").read_text()
     assert "| synthetic | deepfm+buckets | 2 |" in table
     assert out.with_suffix(".png").stat().st_size > 1000
