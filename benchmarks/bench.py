@@ -18,6 +18,7 @@ import numpy as np
 
 from benchmarks.data import BenchData, prepare_bench_data, transformed_dataset
 from benchmarks.report import write_report
+from benchmarks.topk import TOPK_MODELS, is_topk, run_topk
 from components import base
 from components.search import fixed_architecture
 from models.zoo import model_input_names
@@ -110,12 +111,17 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(f"--seeds must be integers: {args.seeds!r}") from e
     for model in models:
-        parse_model(model, config)
+        if model not in TOPK_MODELS:
+            parse_model(model, config)
     out = os.path.abspath(args.out)
     work_dir = args.work_dir or os.path.join(os.path.dirname(out), "bench-work")
     rows: list[dict[str, Any]] = []
     serving: list[dict[str, Any]] = []
     for dataset in datasets:
+        if is_topk(dataset):
+            rows += run_topk(dataset, models, seeds, config, work_dir, args.data_dir)
+            _write(out, rows, serving, config)
+            continue
         for seed in seeds:
             data = prepare_bench_data(dataset, work_dir, args.data_dir, seed)
             for model in models:

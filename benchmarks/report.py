@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-METRICS = ("test_auc", "test_logloss", "embedding_params", "train_seconds",
-           "train_examples_per_second", "search_seconds")
+METRICS = ("test_auc", "test_logloss", "recall@20", "ndcg@20", "embedding_params",
+           "train_seconds", "train_examples_per_second", "search_seconds")
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -29,8 +29,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    lines = ["| dataset | model | seeds | test AUC | test logloss | emb. params | train s | "
-             "train ex/s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | model | seeds | test AUC | test logloss | Recall@20 | NDCG@20 | "
+             "emb. params | train s | train ex/s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for e in aggregate(report["results"]):
         def cell(metric: str, fmt: str, e: dict[str, Any] = e) -> str:
             if metric not in e:
@@ -38,7 +38,8 @@ def markdown_table(report: dict[str, Any]) -> str:
             mean, std = e[metric]
             return f"{mean:{fmt}} ± {std:{fmt}}"
         lines.append(f"| {e['dataset']} | {e['model']} | {e['n']} | {cell('test_auc', '.4f')} | "
-                     f"{cell('test_logloss', '.4f')} | {e['embedding_params'][0]:,.0f} | "
+                     f"{cell('test_logloss', '.4f')} | {cell('recall@20', '.4f')} | "
+                     f"{cell('ndcg@20', '.4f')} | {e['embedding_params'][0]:,.0f} | "
                      f"{cell('train_seconds', '.1f')} | "
                      f"{cell('train_examples_per_second', ',.0f')} |")
     if report.get("serving"):
@@ -55,7 +56,7 @@ def write_report(report: dict[str, Any], out_json: str) -> None:
     stem = os.path.splitext(out_json)[0]
     with open(stem + ".md", "w") as f:
         f.write(markdown_table(report))
-    entries = aggregate(report["results"])
+    entries = [e for e in aggregate(report["results"]) if "test_auc" in e]
     if not entries:
         return
     import matplotlib  # noqa: PLC0415

@@ -1,10 +1,12 @@
 """`autorecsys bench` on tiny synthetic data writes rows with every field, a table and a plot."""
 
 import json
+import os
 
 import pytest
 
 from pipeline.cli import main
+from pipeline.datasets import DatasetError, resolve_data_dir
 
 ROW_KEYS = {"dataset", "model", "seed", "test_auc", "test_logloss", "embedding_params",
             "total_params", "search_seconds", "train_seconds", "train_examples_per_second",
@@ -38,3 +40,34 @@ def test_bench_rows_report_and_plot(tmp_path):
     table = out.with_suffix(".md").read_text()
     assert "| synthetic | deepfm+buckets | 2 |" in table
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def _has_data(name: str) -> bool:
+    try:
+        return os.path.isdir(os.path.join(resolve_data_dir(), name))
+    except DatasetError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_data("movielens_1m_topk_lightgcnpp"), reason="no ml1m_topk data")
+def test_bench_topk_rows_carry_recall_and_ndcg(tmp_path):
+    out = tmp_path / "topk.json"
+    assert main(["bench", "--datasets", "ml1m_topk", "--models", "mf", "--seeds", "1",
+                 "--max-epochs", "2", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert {"recall@20", "ndcg@20", "embedding_params", "train_seconds"} <= set(row)
+    assert "test_auc" not in row
+    assert 0.02 < row["recall@20"] < 1.0 and 0.0 < row["ndcg@20"] < 1.0
+    assert row["embedding_params"] == 64 * (row["architecture"]["num_users"]
+                                            + row["architecture"]["num_items"])
+    assert "| ml1m_topk | mf | 1 |" in out.with_suffix(".md").read_text()
+
+
+def test_ctr_model_on_a_topk_dataset_is_refused(tmp_path, capsys):
+    if not _has_data("movielens_1m_topk_lightgcnpp"):
+        pytest.skip("no ml1m_topk data")
+    code = main(["bench", "--datasets", "ml1m_topk", "--models", "deepfm", "--out",
+                 str(tmp_path / "x.json")])
+    assert code == 2
+    assert "top-k dataset" in capsys.readouterr().err
