@@ -124,6 +124,8 @@ class PipelineConfig:
       runner: Beam runner for the components (see ``pipeline.runners``).
       beam_pipeline_args: extra Beam flags appended to the runner's.
       enable_cache: reuse MLMD-cached executions.
+      beam_prep_min_bytes: inputs whose largest split has this many bytes or more are converted
+        to TFRecords by a Beam job on ``runner`` (smaller ones in-process).
       dataset_options: adapter arguments (for ``csv``: path, label, categorical, numerical...).
     """
 
@@ -140,6 +142,7 @@ class PipelineConfig:
     runner: str = "direct"
     beam_pipeline_args: list[str] = field(default_factory=list)
     enable_cache: bool = True
+    beam_prep_min_bytes: int = 64 * 2**20
     dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

@@ -34,24 +34,35 @@ def to_example(values: dict[str, object], spec: FeatureSpec) -> tf.train.Example
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def write_tfrecords(dataset: PreparedDataset, out_dir: str) -> dict[str, int]:
-    """Converts ``dataset``'s three CSV splits into ``out_dir/<split>/data.tfrecord``.
+# Inputs from this size on are converted by a Beam job (``pipeline.prepare_beam``).
+LARGE_INPUT_BYTES = 64 * 2**20
+
+
+def write_tfrecords(dataset: PreparedDataset, out_dir: str, beam_args: list[str] | None = None,
+                    beam_min_bytes: int = LARGE_INPUT_BYTES) -> dict[str, int]:
+    """Converts ``dataset``'s three CSV splits into TFRecords under ``out_dir/<split>/``.
+
+    Args:
+      dataset: the prepared CSV splits.
+      out_dir: destination; replaced only when every split converted without error.
+      beam_args: Beam flags; with them, inputs of ``beam_min_bytes`` or more are converted by a
+        Beam job on that runner instead of in this process.
+      beam_min_bytes: the size of the largest split from which the Beam job is used.
 
     Returns:
       Rows written per split.
     """
     staging = out_dir.rstrip("/") + ".partial"
     shutil.rmtree(staging, ignore_errors=True)
-    counts: dict[str, int] = {}
+    largest = max(os.path.getsize(dataset.split_path(s)) if os.path.exists(dataset.split_path(s))
+                  else 0 for s in SPLITS)
     try:
-        for split in SPLITS:
-            os.makedirs(os.path.join(staging, split))
-            count = 0
-            with tf.io.TFRecordWriter(os.path.join(staging, split, "data.tfrecord")) as writer:
-                for values in read_rows(dataset.split_path(split), dataset.spec):
-                    writer.write(to_example(values, dataset.spec).SerializeToString())
-                    count += 1
-            counts[split] = count
+        if beam_args is not None and largest >= beam_min_bytes:
+            from pipeline.prepare_beam import convert_with_beam  # noqa: PLC0415
+
+            counts = convert_with_beam(dataset, staging, beam_args)
+        else:
+            counts = _convert_in_process(dataset, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -65,9 +76,28 @@ def write_tfrecords(dataset: PreparedDataset, out_dir: str) -> dict[str, int]:
     return counts
 
 
+def _convert_in_process(dataset: PreparedDataset, staging: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for split in SPLITS:
+        os.makedirs(os.path.join(staging, split))
+        count = 0
+        with tf.io.TFRecordWriter(os.path.join(staging, split, "data.tfrecord")) as writer:
+            for values in read_rows(dataset.split_path(split), dataset.spec):
+                writer.write(to_example(values, dataset.spec).SerializeToString())
+                count += 1
+        counts[split] = count
+    return counts
+
+
 def _same_files(new_dir: str, old_dir: str) -> bool:
     for split in SPLITS:
-        new, old = (os.path.join(d, split, "data.tfrecord") for d in (new_dir, old_dir))
-        if not os.path.exists(old) or not filecmp.cmp(new, old, shallow=False):
+        new_split, old_split = (os.path.join(d, split) for d in (new_dir, old_dir))
+        if not os.path.isdir(old_split):
+            return False
+        names = sorted(os.listdir(new_split))
+        if names != sorted(os.listdir(old_split)):
+            return False
+        if not all(filecmp.cmp(os.path.join(new_split, n), os.path.join(old_split, n),
+                               shallow=False) for n in names):
             return False
     return True

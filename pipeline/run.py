@@ -42,12 +42,14 @@ def run_paths(output_dir: str) -> PipelinePaths:
     )
 
 
-def prepare(config: PipelineConfig) -> PreparedDataset:
-    """Runs the dataset adapter and the validated CSV -> TFRecord conversion."""
+def prepare(config: PipelineConfig, beam_args: list[str]) -> PreparedDataset:
+    """Runs the dataset adapter and the validated CSV -> TFRecord conversion (a Beam job on the
+    configured runner for large inputs)."""
     data_out = os.path.join(config.output_dir, "data")
     dataset = prepare_dataset(config.dataset, data_out, data_dir=config.data_dir,
                               seed=config.seed, **config.dataset_options)
-    counts = write_tfrecords(dataset, run_paths(config.output_dir).examples_dir)
+    counts = write_tfrecords(dataset, run_paths(config.output_dir).examples_dir, beam_args,
+                             config.beam_prep_min_bytes)
     logging.info("Prepared %s: %s examples per split.", dataset.name, counts)
     return dataset
 
@@ -94,11 +96,11 @@ def run(config: PipelineConfig, orchestrator: str = "local") -> dict[str, Any]:
     summary_path = os.path.join(config.output_dir, SUMMARY_FILE)
     if os.path.exists(summary_path):
         os.remove(summary_path)
-    dataset = prepare(config)
+    beam_args = beam_pipeline_args(config.runner, config.beam_pipeline_args)
+    dataset = prepare(config, beam_args)
     paths = run_paths(config.output_dir)
     spec = {"label": dataset.spec.label, "categorical": list(dataset.spec.categorical),
             "numerical": list(dataset.spec.numerical)}
-    beam_args = beam_pipeline_args(config.runner, config.beam_pipeline_args)
     logging.info("Orchestrator %s; components' Beam args: %s", orchestrator, " ".join(beam_args))
     pipeline = create_pipeline(config, spec, paths, beam_args, code_version(REPO_ROOT))
     started_ms = int(time.time() * 1000)
