@@ -73,7 +73,8 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
     result = base.train_model(arch, train_ds, eval_ds, learning_rate=config.train.learning_rate,
                               max_epochs=config.train.max_epochs,
                               patience=config.train.patience,
-                              lr_decay=config.train.lr_decay, seed=seed)
+                              lr_decay=config.train.lr_decay,
+                              lr_patience=config.train.lr_patience, seed=seed)
     test_ds = transformed_dataset(data, "test", names, 8192, shuffle=False, seed=seed)
     labels = np.concatenate([y.numpy().ravel() for _, y in test_ds])
     scores = result.model.predict(test_ds, verbose=0).ravel()

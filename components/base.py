@@ -73,21 +73,26 @@ class PlateauControl(keras.callbacks.Callback):
     """Early stopping and learning-rate decay on the validation split, FuxiCTR-style.
 
     An epoch *improves* when its validation AUC or its validation logloss beats the best seen so
-    far. Each epoch that does not multiplies the learning rate by ``lr_decay``; ``patience``
-    such epochs in a row stop training. Judging by both keeps slow learners (LR, FM: AUC wobbles
-    while logloss still falls) and batch-norm warm-up (logloss jumps while AUC rises) from being
-    cut short. The weights of the best-AUC epoch are restored at the end.
+    far. Every ``lr_patience`` non-improving epochs in a row multiply the learning rate by
+    ``lr_decay``; ``patience`` of them in a row stop training. Judging by both keeps slow
+    learners (LR, FM: AUC wobbles while logloss still falls) and batch-norm warm-up (logloss
+    jumps while AUC rises) from being cut short. The weights of the best-AUC epoch are restored
+    at the end.
 
     Args:
       patience: non-improving epochs in a row that stop training.
-      lr_decay: factor applied to the learning rate after a non-improving epoch (1: off).
+      lr_decay: factor applied to the learning rate after ``lr_patience`` non-improving epochs
+        in a row (1: off).
+      lr_patience: non-improving epochs in a row before each decay.
       min_lr: floor of the decayed learning rate.
     """
 
-    def __init__(self, patience: int, lr_decay: float, min_lr: float = 1e-6) -> None:
+    def __init__(self, patience: int, lr_decay: float, lr_patience: int = 1,
+                 min_lr: float = 1e-6) -> None:
         super().__init__()
         self.patience = patience
         self.lr_decay = lr_decay
+        self.lr_patience = lr_patience
         self.min_lr = min_lr
         self.best_auc = -float("inf")
         self.best_logloss = float("inf")
@@ -109,7 +114,7 @@ class PlateauControl(keras.callbacks.Callback):
         self.wait += 1
         if self.wait >= self.patience:
             self.model.stop_training = True
-        elif self.lr_decay < 1.0:
+        elif self.lr_decay < 1.0 and self.wait % self.lr_patience == 0:
             lr = self.model.optimizer.learning_rate
             lr.assign(max(float(lr.numpy()) * self.lr_decay, self.min_lr))
             logging.info("Epoch %d did not improve; learning rate now %.2g.", epoch + 1,
@@ -160,7 +165,7 @@ def count_examples(ds: tf.data.Dataset) -> int:
 
 def train_model(arch: Architecture, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset, *,
                 learning_rate: float, max_epochs: int, patience: int, seed: int,
-                lr_decay: float = 0.1, log_dir: str | None = None,
+                lr_decay: float = 0.1, lr_patience: int = 1, log_dir: str | None = None,
                 strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Builds the model from ``arch`` and fits it with ``PlateauControl`` on the eval split.
 
@@ -175,7 +180,7 @@ def train_model(arch: Architecture, train_ds: tf.data.Dataset, eval_ds: tf.data.
                       metrics=[keras.metrics.AUC(name="auc", num_thresholds=1000),
                                keras.metrics.BinaryCrossentropy(name="logloss")])
     clock = _TrainClock()
-    plateau = PlateauControl(patience, lr_decay)
+    plateau = PlateauControl(patience, lr_decay, lr_patience)
     callbacks: list[keras.callbacks.Callback] = [clock, plateau]
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
@@ -248,12 +253,20 @@ def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransfor
         "serving_default": module.serve,
         "transform_features": module.transform_features,
     })
+    write_assets_extra(export_dir, arch, label, extra_assets)
+
+
+def write_assets_extra(export_dir: str, arch: Architecture, label: str,
+                       extra_raw: dict[str, Any] | None = None) -> str:
+    """Writes ``architecture.json`` and ``raw_features.json`` (the raw declaration, updated with
+    ``extra_raw``) under ``export_dir/assets.extra``; returns that folder."""
     assets = os.path.join(export_dir, ASSETS_EXTRA)
     tf.io.gfile.makedirs(assets)
     with tf.io.gfile.GFile(os.path.join(assets, ARCHITECTURE_ASSET), "w") as f:
         f.write(arch.to_json())
     raw = {"label": label, "categorical": arch.categorical, "numerical": arch.numerical}
-    raw.update(extra_assets or {})
+    raw.update(extra_raw or {})
     with tf.io.gfile.GFile(os.path.join(assets, RAW_FEATURES_ASSET), "w") as f:
         f.write(json.dumps(raw, indent=2))
+    return assets
 

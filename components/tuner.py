@@ -56,7 +56,8 @@ class BaselineTuner(keras_tuner.RandomSearch):
                                            (self.fn_args.eval_files, False))]
         result = base.train_model(arch, *datasets, learning_rate=values["learning_rate"],
                                   max_epochs=self.config.tuner.epochs_per_trial,
-                                  patience=train.patience, lr_decay=train.lr_decay, seed=train.seed)
+                                  patience=train.patience, lr_decay=train.lr_decay,
+                                  lr_patience=train.lr_patience, seed=train.seed)
         return max(result.history["val_auc"])
 
 

@@ -52,8 +52,9 @@ class TrainConfig:
       max_epochs: upper bound on epochs; early stopping usually ends sooner.
       patience: epochs in a row improving neither validation AUC nor logloss before stopping;
         the best-AUC epoch's weights are restored (``components.base.PlateauControl``).
-      lr_decay: factor applied to the learning rate after an epoch without improvement
-        (1.0 disables it).
+      lr_decay: factor applied to the learning rate after ``lr_patience`` epochs in a row
+        without improvement (1.0 disables it).
+      lr_patience: non-improving epochs in a row before each learning-rate decay.
       numeric_encoding: how numerical fields enter the model (``scaled`` or ``bucket``).
       seed: seed of weight init and shuffling.
     """
@@ -71,6 +72,7 @@ class TrainConfig:
     max_epochs: int = 100
     patience: int = 2
     lr_decay: float = 0.1
+    lr_patience: int = 1
     numeric_encoding: str = "scaled"
     cross_layers: int = 3
     seed: int = 2021
@@ -85,7 +87,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.model not in MODELS:
             raise ConfigError(f"train.model: unknown model {self.model!r}; known: {list(MODELS)}.")
-        for key in ("embedding_dim", "batch_size", "max_epochs"):
+        for key in ("embedding_dim", "batch_size", "max_epochs", "patience", "lr_patience"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1. Received: {getattr(self, key)}")
         if not 0.0 < self.lr_decay <= 1.0:
@@ -107,6 +109,38 @@ class TunerConfig:
 
 
 @dataclass
+class TopkConfig:
+    """MF-BPR settings of top-k datasets (``task == "topk"``); the defaults are the bench's
+    LightGCN MF baseline. Epochs, patience and seed come from ``train``.
+
+    Attributes:
+      embedding_dim: size of the user and item vectors.
+      learning_rate: Adam learning rate.
+      batch_size: BPR triples per step.
+      l2: LightGCN's L2 weight on the batch's embeddings.
+      eval_every: epochs between two eval rankings (early stopping counts evaluations);
+        0 picks 1, or 5 when users x items exceeds 5e8.
+    """
+
+    embedding_dim: int = 64
+    learning_rate: float = 1e-3
+    batch_size: int = 2048
+    l2: float = 1e-4
+    eval_every: int = 0
+
+    def validate(self) -> None:
+        for key in ("embedding_dim", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"topk.{key} must be >= 1. Received: {getattr(self, key)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"topk.learning_rate must be > 0. Received: {self.learning_rate}")
+        if self.l2 < 0:
+            raise ConfigError(f"topk.l2 must be >= 0. Received: {self.l2}")
+        if self.eval_every < 0:
+            raise ConfigError(f"topk.eval_every must be >= 0. Received: {self.eval_every}")
+
+
+@dataclass
 class PipelineConfig:
     """Everything one pipeline run needs.
 
@@ -120,6 +154,9 @@ class PipelineConfig:
       search_strategy: architecture search run before retraining (``none``: fixed architecture).
       tuner: optional keras-tuner node.
       min_eval_auc: the Evaluator blesses only above this validation AUC.
+      min_eval_recall: top-k datasets: ``TopkBlessing`` blesses only from this validation
+        Recall@20 on.
+      topk: MF-BPR settings used on top-k datasets.
       slice_feature: raw feature the Evaluator slices by (None: first categorical field).
       runner: Beam runner for the components (see ``pipeline.runners``).
       beam_pipeline_args: extra Beam flags appended to the runner's.
@@ -138,6 +175,8 @@ class PipelineConfig:
     search_strategy: str = "none"
     tuner: TunerConfig = field(default_factory=TunerConfig)
     min_eval_auc: float = 0.55
+    min_eval_recall: float = 0.01
+    topk: TopkConfig = field(default_factory=TopkConfig)
     slice_feature: str | None = None
     runner: str = "direct"
     beam_pipeline_args: list[str] = field(default_factory=list)
@@ -147,6 +186,7 @@ class PipelineConfig:
 
     def validate(self) -> None:
         self.train.validate()
+        self.topk.validate()
         if self.search_strategy not in SEARCH_STRATEGIES:
             raise ConfigError(f"search_strategy: unknown {self.search_strategy!r}; "
                               f"known: {list(SEARCH_STRATEGIES)}.")
@@ -154,6 +194,9 @@ class PipelineConfig:
             raise ConfigError(f"runner: unknown {self.runner!r}; known: {list(RUNNERS)}.")
         if not 0.0 <= self.min_eval_auc <= 1.0:
             raise ConfigError(f"min_eval_auc must be in [0, 1]. Received: {self.min_eval_auc}")
+        if not 0.0 <= self.min_eval_recall <= 1.0:
+            raise ConfigError(f"min_eval_recall must be in [0, 1]. "
+                              f"Received: {self.min_eval_recall}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,9 +210,12 @@ class PipelineConfig:
         _reject_unknown(cls, data, "")
         train = dict(data.pop("train", {}))
         tuner = dict(data.pop("tuner", {}))
+        topk = dict(data.pop("topk", {}))
         _reject_unknown(TrainConfig, train, "train.")
         _reject_unknown(TunerConfig, tuner, "tuner.")
-        config = cls(train=TrainConfig(**train), tuner=TunerConfig(**tuner), **data)
+        _reject_unknown(TopkConfig, topk, "topk.")
+        config = cls(train=TrainConfig(**train), tuner=TunerConfig(**tuner),
+                     topk=TopkConfig(**topk), **data)
         config.validate()
         return config
 
