@@ -10,15 +10,17 @@ import os
 from typing import Any
 
 from components.topk import evaluate_split, load_topk, train_bpr
-from pipeline.configs import ConfigError, PipelineConfig
+from components.topk_trainer import LARGE_RANKING
+from pipeline.configs import ConfigError, PipelineConfig, TopkConfig
 from pipeline.datasets import prepare_dataset
 from pipeline.datasets.base import PreparedDataset
 
-TOPK_DATASETS = ("gowalla", "ml1m_topk")
+TOPK_DATASETS = ("gowalla", "ml1m_topk", "synthetic_topk")
 TOPK_MODELS = ("mf",)
-MF_SETTINGS = {"dim": 64, "learning_rate": 1e-3, "batch_size": 2048, "l2": 1e-4}
-# Full ranking costs users x items per evaluation; on large catalogues evaluate less often.
-LARGE_RANKING = 5e8
+# The pipeline's top-k defaults (``PipelineConfig.topk``), so a bench row is a pipeline number.
+_MF = TopkConfig()
+MF_SETTINGS = {"dim": _MF.embedding_dim, "learning_rate": _MF.learning_rate,
+               "batch_size": _MF.batch_size, "l2": _MF.l2}
 
 
 def is_topk(dataset: str) -> bool:

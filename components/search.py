@@ -20,6 +20,7 @@ from pipeline.configs import PipelineConfig
 ARCHITECTURE_FILE = "architecture.json"
 # Tuned keys that change the architecture; the rest (learning_rate) are training settings.
 ARCHITECTURE_HPARAMS = ("embedding_dim", "dropout", "l2")
+MF_INIT_STD = 0.1  # LightGCN's MF baseline: N(0, 0.1^2) for both tables.
 
 
 def fixed_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int],
@@ -40,8 +41,26 @@ def fixed_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int]
     )
 
 
+def topk_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int]) -> Architecture:
+    """Top-k datasets (``spec["task"] == "topk"``): MF over the user then the item field, sized
+    by Transform's vocabularies, with ``config.topk``'s dim and L2 (``train.model`` is ignored)."""
+    user, item = spec["user"], spec["item"]
+    return Architecture.uniform(
+        "mf", [user, item], [], {f: vocab[f] for f in (user, item)},
+        embedding_dim=config.topk.embedding_dim, l2=config.topk.l2, hidden_units=[],
+        embedding_init_std=MF_INIT_STD, search={"strategy": "none", "tuned": {}})
+
+
+def is_topk(spec: dict) -> bool:
+    return spec.get("task", "ctr") == "topk"
+
+
 def search_payload(arch: Architecture, config: PipelineConfig, tuned: dict | None) -> dict:
     """What the Trainer receives: the architecture plus the training settings."""
+    if arch.model == "mf":
+        return {"architecture": json.loads(arch.to_json()),
+                "training": {"learning_rate": config.topk.learning_rate,
+                             "batch_size": config.topk.batch_size}}
     learning_rate = (tuned or {}).get("learning_rate", config.train.learning_rate)
     return {"architecture": json.loads(arch.to_json()),
             "training": {"learning_rate": float(learning_rate)}}
@@ -66,7 +85,10 @@ def ArchitectureSearch(
         tuned = _read_tuned(hyperparameters.uri)
     tf_transform_output = tft.TFTransformOutput(transform_graph.uri)
     vocab = base.vocab_sizes(tf_transform_output, spec["categorical"])
-    arch = fixed_architecture(config, spec, vocab, tuned)
+    if is_topk(spec):
+        arch = topk_architecture(config, spec, vocab)
+    else:
+        arch = fixed_architecture(config, spec, vocab, tuned)
     with open(os.path.join(architecture.uri, ARCHITECTURE_FILE), "w") as f:
         json.dump(search_payload(arch, config, tuned), f, indent=2, sort_keys=True)
     architecture.set_string_custom_property("strategy", config.search_strategy)

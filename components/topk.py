@@ -180,7 +180,7 @@ def topk_data_from_interactions(train_ids: tuple[np.ndarray, np.ndarray],
                     test_items_by_user=tables["test"], dropped=dropped)
 
 
-def _read_split(dataset: PreparedDataset, split: str) -> tuple[np.ndarray, np.ndarray]:
+def read_split(dataset: PreparedDataset, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The ``(user, item)`` raw ids of the positive-label rows of one split's CSV."""
     spec = dataset.spec
     path = dataset.split_path(split)
@@ -208,7 +208,7 @@ def load_topk(dataset: PreparedDataset) -> TopkData:
     if spec.task != "topk" or spec.user is None or spec.item is None:
         raise DatasetError(f"{dataset.name}: load_topk needs task 'topk' with user and item "
                            f"columns. Received: task={spec.task!r}")
-    return topk_data_from_interactions(*(_read_split(dataset, s) for s in SPLITS))
+    return topk_data_from_interactions(*(read_split(dataset, s) for s in SPLITS))
 
 
 def _as_user_items(table: UserItems | Sequence[Sequence[int]]) -> UserItems:

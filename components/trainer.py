@@ -2,7 +2,8 @@
 
 Reads ``fn_args.hyperparameters`` (the search stage's ``architecture.json``), trains on the
 transformed train split with early stopping on the eval split, writes TensorBoard logs and a
-``training_report.json`` into the ModelRun artifact, and exports the serving SavedModel.
+``training_report.json`` into the ModelRun artifact, and exports the serving SavedModel. A top-k
+architecture (``mf``) is trained with BPR instead (``components.topk_trainer``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import tensorflow_transform as tft
 from tfx import v1 as tfx
 
 from components import base
-from models.architecture import Architecture
+from models.architecture import TOPK_MODELS, Architecture
 from models.zoo import model_input_names
 from pipeline.configs import PipelineConfig
 
@@ -31,6 +32,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                          "hyperparameters channel.")
     arch = Architecture.from_json(json.dumps(fn_args.hyperparameters["architecture"]))
     training = fn_args.hyperparameters.get("training", {})
+    if arch.model in TOPK_MODELS:
+        from components.topk_trainer import run_topk_fn  # noqa: PLC0415
+
+        run_topk_fn(fn_args, config, arch, training, label)
+        return
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     strategy = base.choose_strategy()
     batch_size = config.train.batch_size

@@ -11,7 +11,9 @@ import json
 from dataclasses import dataclass, field
 
 ARCHITECTURE_VERSION = 1
-MODELS = ("lr", "fm", "deepfm", "dcn", "dnn")
+CTR_MODELS = ("lr", "fm", "deepfm", "dcn", "dnn")  # pointwise click models (models.zoo.ctr)
+TOPK_MODELS = ("mf",)  # user-item retrieval models (models.zoo.mf), trained with BPR
+MODELS = CTR_MODELS + TOPK_MODELS
 NUMERIC_ENCODINGS = ("scaled", "bucket")
 FIRST_ORDER_MODELS = ("lr", "fm", "deepfm")  # models with a per-field linear (LR) term
 
@@ -25,7 +27,8 @@ class Architecture:
     """A complete, buildable model description.
 
     Attributes:
-      model: model family, one of ``MODELS``.
+      model: model family, one of ``MODELS``; ``mf`` (top-k) has two categorical fields, the
+        user then the item, whose tables hold ``vocab_sizes[f] x embedding_dims[f]`` parameters.
       categorical: categorical field names (raw names), in input order.
       numerical: numerical field names (raw names), in input order.
       vocab_sizes: per categorical field, the id range including OOV buckets.

@@ -7,6 +7,7 @@ naming the file, row or field, and exits with status 2; nothing is pushed or pub
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--numerical", type=_csv_list, default=None)
     _add_run_options(run, "runs/csv")
 
-    predict = commands.add_parser("predict", help="score a CSV with an exported model")
+    predict = commands.add_parser("predict", help="score a CSV with an exported model (top-k "
+                                  "models: CSV user,items with the top-20 items)")
     predict.add_argument("--model-dir", required=True)
     predict.add_argument("--input", required=True, help="CSV with header; label optional")
 
@@ -125,11 +127,17 @@ def main(argv: list[str] | None = None) -> int:
                                                       "raw_test_file", "metrics")}, indent=2))
             print(f"summary: {os.path.join(config.output_dir, 'summary.json')}")
         elif args.command == "predict":
-            from pipeline.predict import score_csv  # noqa: PLC0415
+            from pipeline.predict import is_topk_model, recommend_csv, score_csv  # noqa: PLC0415
 
-            scores, _ = score_csv(args.model_dir, args.input)
-            sys.stdout.write("probability\n")
-            sys.stdout.writelines(f"{p:.6f}\n" for p in scores)
+            if is_topk_model(args.model_dir):
+                users, items = recommend_csv(args.model_dir, args.input)
+                writer = csv.writer(sys.stdout, lineterminator="\n")
+                writer.writerow(["user", "items"])
+                writer.writerows([u, " ".join(i)] for u, i in zip(users, items, strict=True))
+            else:
+                scores, _ = score_csv(args.model_dir, args.input)
+                sys.stdout.write("probability\n")
+                sys.stdout.writelines(f"{p:.6f}\n" for p in scores)
         elif args.command == "data":
             from pipeline.datasets import prepare_dataset  # noqa: PLC0415
 

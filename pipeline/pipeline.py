@@ -2,6 +2,9 @@
 
 ImportExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomaliesGate -> Transform
 -> [Tuner] -> ArchitectureSearch -> Trainer (retrain) -> Evaluator (TFMA) -> Pusher.
+
+Top-k datasets (``spec["task"] == "topk"``) train MF-BPR and replace the Evaluator (and its
+baseline resolver) with ``TopkBlessing``, which blesses on the Trainer's eval Recall@20.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from dataclasses import dataclass
 from tensorflow_model_analysis.proto import config_pb2 as tfma
 from tfx import v1 as tfx
 
-from components.search import ArchitectureSearch
+from components.search import ArchitectureSearch, is_topk
+from components.topk_eval import TopkBlessing
 from components.validation import AnomaliesGate
-from pipeline.configs import PipelineConfig
+from pipeline.configs import ConfigError, PipelineConfig
 
 SPLIT_PATTERNS = {"train": "train/*", "eval": "eval/*", "test": "test/*"}
 
@@ -64,7 +68,8 @@ def create_pipeline(config: PipelineConfig, spec: dict, paths: PipelinePaths,
 
     Args:
       config: the run's configuration (validated).
-      spec: the dataset's feature spec as a dict (``label``, ``categorical``, ``numerical``).
+      spec: the dataset's feature spec as a dict (``label``, ``categorical``, ``numerical``;
+        ``task``, ``user`` and ``item`` for top-k datasets).
       paths: input examples and output locations.
       beam_pipeline_args: flags for every Beam-based component.
       code_version: hash of ``components/`` and ``models/``; part of the cache key, since code
@@ -72,7 +77,14 @@ def create_pipeline(config: PipelineConfig, spec: dict, paths: PipelinePaths,
 
     Returns:
       The TFX pipeline.
+
+    Raises:
+      ConfigError: the Tuner is enabled on a top-k dataset (it tunes CTR models only).
     """
+    topk = is_topk(spec)
+    if topk and config.tuner.enabled:
+        raise ConfigError("tuner.enabled: the Tuner tunes CTR models; top-k datasets train MF "
+                          "with the topk settings.")
     config_json = config.to_json()
     spec_json = json.dumps(spec, sort_keys=True)
     custom_config = {"config": config.to_dict(), "spec": spec, "code_version": code_version}
@@ -120,24 +132,31 @@ def create_pipeline(config: PipelineConfig, spec: dict, paths: PipelinePaths,
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=custom_config)
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
-    slice_feature = config.slice_feature or (spec["categorical"] or spec["numerical"])[0]
-    evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"],
-        model=trainer.outputs["model"],
-        baseline_model=baseline.outputs["model"],
-        example_splits=["eval"],
-        eval_config=eval_config(spec["label"], slice_feature, config.min_eval_auc))
+    if topk:
+        validation = TopkBlessing(model=trainer.outputs["model"],
+                                  model_run=trainer.outputs["model_run"],
+                                  min_recall=config.min_eval_recall)
+        gates = [validation]
+    else:
+        baseline = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id("latest_blessed_model_resolver")
+        slice_feature = config.slice_feature or (spec["categorical"] or spec["numerical"])[0]
+        validation = tfx.components.Evaluator(
+            examples=example_gen.outputs["examples"],
+            model=trainer.outputs["model"],
+            baseline_model=baseline.outputs["model"],
+            example_splits=["eval"],
+            eval_config=eval_config(spec["label"], slice_feature, config.min_eval_auc))
+        gates = [baseline, validation]
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
+        model_blessing=validation.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=paths.serving_dir)))
-    components += [search, trainer, baseline, evaluator, pusher]
+    components += [search, trainer, *gates, pusher]
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=paths.pipeline_root,

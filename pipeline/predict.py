@@ -1,4 +1,9 @@
-"""Scoring raw CSV rows with an exported SavedModel (its ``serving_default`` signature)."""
+"""Scoring raw CSV rows with an exported SavedModel (its ``serving_default`` signature).
+
+CTR models return a click probability per row (:func:`score_csv`); top-k models (architecture
+``mf``) return each row's user's top-20 items (:func:`recommend_csv`), and
+:func:`topk_test_metrics` ranks a prepared dataset's test split with the exported tables.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from components.base import ASSETS_EXTRA, RAW_FEATURES_ASSET
-from pipeline.datasets.base import DatasetError, FeatureSpec
+from pipeline.datasets.base import DatasetError, FeatureSpec, PreparedDataset
 from pipeline.examples import read_rows, to_example
 
 BATCH_SIZE = 4096
@@ -23,7 +28,69 @@ def load_raw_spec(model_dir: str) -> FeatureSpec:
     with open(path) as f:
         raw = json.load(f)
     return FeatureSpec(label=raw["label"], categorical=raw["categorical"],
-                       numerical=raw["numerical"])
+                       numerical=raw["numerical"], task=raw.get("task", "ctr"),
+                       user=raw.get("user"), item=raw.get("item"))
+
+
+def is_topk_model(model_dir: str) -> bool:
+    """Whether ``model_dir`` holds a top-k (``mf``) export."""
+    return load_raw_spec(model_dir).task == "topk"
+
+
+def recommend_csv(model_dir: str, csv_path: str) -> tuple[list[str], list[list[str]]]:
+    """Each row's user and that user's top-k items (best first), in input order.
+
+    Only the user column is read (others, label included, are ignored); unseen users get the
+    most frequent train items.
+    """
+    spec = load_raw_spec(model_dir)
+    user_spec = FeatureSpec(label=spec.label, categorical=(spec.user,))
+    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    users: list[str] = []
+    items: list[list[str]] = []
+    batch: list[bytes] = []
+
+    def flush() -> None:
+        if batch:
+            out = serve(examples=tf.constant(batch))["items"].numpy()
+            items.extend([i.decode() for i in row] for row in out)
+            batch.clear()
+
+    for values in read_rows(csv_path, user_spec, require_label=False):
+        users.append(str(values[spec.user]))
+        batch.append(to_example({spec.user: values[spec.user]}, user_spec).SerializeToString())
+        if len(batch) == BATCH_SIZE:
+            flush()
+    flush()
+    return users, items
+
+
+def topk_test_metrics(model_dir: str, dataset: PreparedDataset, k: int = 20) -> dict[str, float]:
+    """Recall@k and NDCG@k of the exported top-k model on ``dataset``'s test split.
+
+    The LightGCN protocol: every user with test items ranks all train-vocabulary items by the
+    exported vectors, the user's train items (the raw train CSV) excluded; test interactions
+    whose user or item the train vocabulary lacks are dropped (counted in ``test_dropped``).
+    """
+    from components.topk import UserItems, evaluate_topk, read_split  # noqa: PLC0415
+    from components.topk_trainer import load_topk_assets  # noqa: PLC0415
+
+    user_table, item_table, vocab = load_topk_assets(model_dir)
+    index = {f: {v: i for i, v in enumerate(vocab[f])} for f in ("user", "item")}
+    tables = {}
+    dropped = 0
+    for split in ("train", "test"):
+        users, items = read_split(dataset, split)
+        u = np.array([index["user"].get(x, -1) for x in users], np.int64)
+        i = np.array([index["item"].get(x, -1) for x in items], np.int64)
+        seen = (u >= 0) & (i >= 0)
+        if split == "test":
+            dropped = int((~seen).sum())
+        tables[split] = UserItems.from_pairs(u[seen], i[seen], len(user_table))
+    result = evaluate_topk(user_table, item_table[:len(vocab["item"])], tables["train"],
+                           tables["test"], k=k)
+    return {f"test_recall@{k}": result[f"recall@{k}"], f"test_ndcg@{k}": result[f"ndcg@{k}"],
+            "test_users": int(result["users"]), "test_dropped": dropped}
 
 
 def score_csv(model_dir: str, csv_path: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,7 +1,9 @@
 """One run end to end: prepare data, run the TFX pipeline, score the pushed model on test once.
 
 The test split is read exactly once, at the end, through the pushed SavedModel's serving
-signature (so the reported numbers are what serving gives); nothing before it sees test.
+signature (so the reported numbers are what serving gives); nothing before it sees test. Top-k
+models are scored by full ranking with the pushed model's exported tables (``assets.extra``), the
+vectors its signature serves: test Recall@20 and NDCG@20, each user's train items excluded.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
 
+from models.architecture import TOPK_MODELS
 from pipeline import metrics
-from pipeline.configs import PipelineConfig
+from pipeline.configs import ConfigError, PipelineConfig
 from pipeline.datasets import prepare_dataset
 from pipeline.datasets.base import PreparedDataset
 from pipeline.examples import write_tfrecords
 from pipeline.pipeline import PipelinePaths, code_version, create_pipeline
-from pipeline.predict import score_csv
+from pipeline.predict import score_csv, topk_test_metrics
 from pipeline.runners import beam_pipeline_args
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,14 +75,44 @@ def pushed_model_dir(metadata_path: str, pipeline_name: str, since_ms: int) -> s
     if not props.get("pushed", metadata_store_pb2.Value()).int_value:
         blessed = blessing.custom_properties if blessing else {}
         detail = "not blessed" if blessed and not blessed["blessed"].int_value else "not pushed"
-        raise NotPushedError(f"The model was {detail} by the Evaluator (see the Evaluator's "
-                             f"output under {os.path.dirname(metadata_path)}/pipeline).")
+        raise NotPushedError(f"The model was {detail} by the Evaluator (or TopkBlessing; see "
+                             f"its output under {os.path.dirname(metadata_path)}/pipeline).")
     return props["pushed_destination"].string_value
 
 
 def architecture_of(model_dir: str) -> dict[str, Any]:
     with open(os.path.join(model_dir, "assets.extra", "architecture.json")) as f:
         return json.load(f)
+
+
+def pipeline_spec(dataset: PreparedDataset, config: PipelineConfig) -> dict[str, Any]:
+    """The feature spec the components read (``custom_config["spec"]``), as a dict.
+
+    Raises:
+      ConfigError: a top-k model asked for on a CTR dataset.
+    """
+    spec = dataset.spec
+    if spec.task != "topk" and config.train.model in TOPK_MODELS:
+        raise ConfigError(f"train.model {config.train.model!r} is a top-k model; dataset "
+                          f"{dataset.name!r} is a CTR dataset (task {spec.task!r}).")
+    result: dict[str, Any] = {"label": spec.label, "categorical": list(spec.categorical),
+                              "numerical": list(spec.numerical)}
+    if spec.task == "topk":
+        if config.train.model not in TOPK_MODELS:
+            logging.info("%s is a top-k dataset: training mf (train.model %r applies to CTR "
+                         "datasets).", dataset.name, config.train.model)
+        result.update(task=spec.task, user=spec.user, item=spec.item)
+    return result
+
+
+def score_test_split(model_dir: str, dataset: PreparedDataset) -> dict[str, Any]:
+    """The pushed model's test metrics: AUC and logloss (CTR) or Recall/NDCG@20 (top-k)."""
+    if dataset.spec.task == "topk":
+        return topk_test_metrics(model_dir, dataset)
+    scores, labels = score_csv(model_dir, dataset.split_path("test"))
+    return {"test_auc": metrics.roc_auc(labels, scores),
+            "test_logloss": metrics.log_loss(labels, scores),
+            "test_examples": int(scores.size)}
 
 
 def run(config: PipelineConfig, orchestrator: str = "local") -> dict[str, Any]:
@@ -99,8 +132,7 @@ def run(config: PipelineConfig, orchestrator: str = "local") -> dict[str, Any]:
     beam_args = beam_pipeline_args(config.runner, config.beam_pipeline_args)
     dataset = prepare(config, beam_args)
     paths = run_paths(config.output_dir)
-    spec = {"label": dataset.spec.label, "categorical": list(dataset.spec.categorical),
-            "numerical": list(dataset.spec.numerical)}
+    spec = pipeline_spec(dataset, config)
     logging.info("Orchestrator %s; components' Beam args: %s", orchestrator, " ".join(beam_args))
     pipeline = create_pipeline(config, spec, paths, beam_args, code_version(REPO_ROOT))
     started_ms = int(time.time() * 1000)
@@ -114,14 +146,11 @@ def run(config: PipelineConfig, orchestrator: str = "local") -> dict[str, Any]:
     pipeline_seconds = time.perf_counter() - start
     model_dir = pushed_model_dir(paths.metadata_path, config.pipeline_name, started_ms)
     raw_test_file = dataset.split_path("test")
-    scores, labels = score_csv(model_dir, raw_test_file)
     summary = {
         "dataset": dataset.name,
         "pushed_model_dir": model_dir,
         "raw_test_file": raw_test_file,
-        "metrics": {"test_auc": metrics.roc_auc(labels, scores),
-                    "test_logloss": metrics.log_loss(labels, scores),
-                    "test_examples": int(scores.size)},
+        "metrics": score_test_split(model_dir, dataset),
         "architecture": architecture_of(model_dir),
         "pipeline_seconds": pipeline_seconds,
         "config": config.to_dict(),

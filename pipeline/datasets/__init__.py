@@ -22,6 +22,7 @@ from pipeline.datasets.adapters import (
 from pipeline.datasets.base import SPLITS, DatasetError, FeatureSpec, PreparedDataset
 from pipeline.datasets.byo import prepare_csv
 from pipeline.datasets.synthetic import generate_synthetic
+from pipeline.datasets.synthetic_topk import generate_synthetic_topk
 
 DATA_DIR_ENV = "AUTORECSYS_DATA_DIR"
 # Bring-your-own CSV: ``prepare_dataset("csv", out, data=FILE, label=..., categorical=[...])``.
@@ -36,8 +37,15 @@ def _prepare_synthetic(data_dir: str | None, out_dir: str, seed: int) -> Prepare
     return generate_synthetic(out_dir, seed=seed)
 
 
+def _prepare_synthetic_topk(data_dir: str | None, out_dir: str, seed: int) -> PreparedDataset:
+    """Registry entry for the synthetic top-k dataset (needs no data dir)."""
+    del data_dir  # Generated, not read.
+    return generate_synthetic_topk(out_dir, seed=seed)
+
+
 DATASETS: dict[str, Preparer] = {
     "synthetic": _prepare_synthetic,
+    "synthetic_topk": _prepare_synthetic_topk,
     "frappe86k": prepare_frappe86k,
     "frappe": prepare_frappe,
     "criteo10k": prepare_criteo10k,
@@ -47,7 +55,8 @@ DATASETS: dict[str, Preparer] = {
     "ml1m_topk": prepare_ml1m_topk,
 }
 
-NEEDS_NO_DATA = frozenset({"synthetic"})
+NEEDS_NO_DATA = frozenset({"synthetic", "synthetic_topk"})
+GENERATORS = {"synthetic": generate_synthetic, "synthetic_topk": generate_synthetic_topk}
 
 
 def _default_data_dir() -> str:
@@ -100,7 +109,8 @@ def prepare_dataset(
       out_dir: output directory for ``{train,eval,test}.csv`` and ``feature_spec.json``.
       data_dir: raw data folder; see :func:`resolve_data_dir`. Unused for ``synthetic``.
       seed: seed of any random split or sampling.
-      **kwargs: options of :func:`generate_synthetic` (``synthetic``) or of
+      **kwargs: options of :func:`generate_synthetic` (``synthetic``),
+        :func:`generate_synthetic_topk` (``synthetic_topk``) or of
         :func:`pipeline.datasets.byo.prepare_csv` (``csv``, the file given as ``data``).
 
     Returns:
@@ -114,8 +124,8 @@ def prepare_dataset(
         return prepare_csv(options.pop("data", None), out_dir, seed=seed, **options)
     if name not in DATASETS:
         raise DatasetError(f"Unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}.")
-    if name == "synthetic":
-        return generate_synthetic(out_dir, seed=seed, **kwargs)
+    if name in GENERATORS:
+        return GENERATORS[name](out_dir, seed=seed, **kwargs)
     if kwargs:
         raise DatasetError(f"Dataset {name!r} takes no options; got {sorted(kwargs)}.")
     return DATASETS[name](resolve_data_dir(data_dir), out_dir, seed)
@@ -130,6 +140,7 @@ __all__ = [
     "FeatureSpec",
     "PreparedDataset",
     "generate_synthetic",
+    "generate_synthetic_topk",
     "prepare_csv",
     "prepare_dataset",
     "resolve_data_dir",

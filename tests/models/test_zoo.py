@@ -10,7 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl.testing import parameterized
 
-from models.architecture import MODELS, Architecture, ArchitectureError
+from models.architecture import CTR_MODELS, Architecture, ArchitectureError
 from models.zoo import (
     LOGIT_LAYER,
     build_ctr_model,
@@ -52,7 +52,7 @@ class BuildCtrModelTest(tf.test.TestCase, parameterized.TestCase):
         super().setUp()
         keras.utils.set_random_seed(0)
 
-    @parameterized.parameters(*MODELS)
+    @parameterized.parameters(*CTR_MODELS)
     def test_trains_and_serves_any_batch_size(self, model_name):
         arch = _arch(model_name, l2=1e-4, dropout=0.1)
         model = build_ctr_model(arch)
@@ -67,7 +67,7 @@ class BuildCtrModelTest(tf.test.TestCase, parameterized.TestCase):
             self.assertEqual(probabilities.shape, (batch_size, 1))
             self.assertTrue(np.all((probabilities > 0) & (probabilities < 1)))
 
-    @parameterized.parameters(*MODELS)
+    @parameterized.parameters(*CTR_MODELS)
     def test_probability_is_sigmoid_of_logit(self, model_name):
         arch = _arch(model_name)
         model = build_ctr_model(arch)

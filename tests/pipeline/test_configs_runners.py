@@ -23,6 +23,10 @@ def test_config_round_trip(tmp_path):
     ({"train": {"batch_size": 0}}, "train.batch_size must be >= 1"),
     ({"runner": "yarn"}, "runner: unknown 'yarn'"),
     ({"search_strategy": "magic"}, "search_strategy: unknown 'magic'"),
+    ({"min_eval_recall": 1.5}, "min_eval_recall must be in \\[0, 1\\]"),
+    ({"topk": {"batch_size": 0}}, "topk.batch_size must be >= 1"),
+    ({"topk": {"learning_rate": 0}}, "topk.learning_rate must be > 0"),
+    ({"topk": {"dim": 8}}, "topk.dim"),
 ])
 def test_bad_config_names_the_key(data, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -55,3 +55,58 @@ def test_auc_threshold_applies_to_the_overall_slice_only(min_auc):
     (per_slice,) = auc.per_slice_thresholds
     assert [list(s.feature_keys) for s in per_slice.slicing_specs] == [[]]
     assert per_slice.threshold.value_threshold.lower_bound.value == min_auc
+
+
+TOPK_SPEC = {"label": "label", "categorical": ["user", "item"], "numerical": [],
+             "task": "topk", "user": "user", "item": "item"}
+
+
+def _topk_pipeline(tmp_path, **overrides):
+    config = PipelineConfig.from_dict(overrides)
+    paths = PipelinePaths(str(tmp_path / "ex"), str(tmp_path / "root"),
+                          str(tmp_path / "m.sqlite"), str(tmp_path / "serving"))
+    return create_pipeline(config, TOPK_SPEC, paths, [], "abc")
+
+
+def test_topk_blessing_replaces_the_evaluator(tmp_path):
+    pipeline = _topk_pipeline(tmp_path, min_eval_recall=0.2)
+    nodes = {n.id: n for n in pipeline.components}
+    assert set(nodes) == {"ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
+                          "AnomaliesGate", "Transform", "ArchitectureSearch", "Trainer",
+                          "TopkBlessing", "Pusher"}
+    assert _upstream(nodes["TopkBlessing"]) == {"Trainer"}
+    assert nodes["TopkBlessing"].exec_properties["min_recall"] == 0.2
+    assert _upstream(nodes["Pusher"]) == {"Trainer", "TopkBlessing"}
+
+
+def test_topk_rejects_the_tuner(tmp_path):
+    from pipeline.configs import ConfigError
+
+    with pytest.raises(ConfigError, match="tuner.enabled"):
+        _topk_pipeline(tmp_path, tuner={"enabled": True})
+
+
+def test_topk_architecture_is_mf_over_user_and_item():
+    from components.search import search_payload, topk_architecture
+
+    config = PipelineConfig.from_dict({"topk": {"embedding_dim": 16, "l2": 0.01,
+                                                "learning_rate": 0.02}})
+    arch = topk_architecture(config, TOPK_SPEC, {"user": 11, "item": 21})
+    assert (arch.model, arch.categorical, arch.numerical) == ("mf", ["user", "item"], [])
+    assert arch.embedding_dims == {"user": 16, "item": 16} and arch.l2 == 0.01
+    assert arch.embedding_params() == (11 + 21) * 16
+    assert search_payload(arch, config, None)["training"] == {"learning_rate": 0.02,
+                                                              "batch_size": 2048}
+
+
+def test_mf_on_a_ctr_dataset_is_a_config_error(tmp_path):
+    from pipeline.configs import ConfigError
+    from pipeline.datasets import prepare_dataset
+    from pipeline.run import pipeline_spec
+
+    dataset = prepare_dataset("synthetic", str(tmp_path / "d"), n_rows=100)
+    config = PipelineConfig.from_dict({"train": {"model": "mf"}})
+    with pytest.raises(ConfigError, match="'mf' is a top-k model"):
+        pipeline_spec(dataset, config)
+    topk = prepare_dataset("synthetic_topk", str(tmp_path / "t"), n_users=20, n_items=80)
+    assert pipeline_spec(topk, PipelineConfig())["task"] == "topk"

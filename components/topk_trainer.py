@@ -1,0 +1,184 @@
+"""The Trainer's top-k branch: MF-BPR on Transform's user and item ids, exported for serving.
+
+``run_fn`` hands over here when the searched architecture is ``mf``. The transformed train and
+eval splits are read as ``(user_id, item_id)`` pairs; :func:`components.topk.train_bpr` trains
+with early stopping on the eval split's Recall@20 (full ranking, training items excluded); the
+test split is never read here. The export is a SavedModel whose ``serving_default`` signature
+takes serialized raw tf.Examples holding the user field and returns the user's top-k items
+(``items``, strings) and their ``scores``. Unseen users map to Transform's OOV id, whose vector is
+zero: every item ties, and ``top_k`` then returns the most frequent train items (Transform's
+vocabulary order). Serving does not remove items the user already interacted with.
+
+Under ``assets.extra`` the export also holds ``topk_tables.npz`` (``user`` and ``item`` matrices
+indexed by Transform id, OOV rows zero) and ``topk_vocab.json`` (the raw user and item ids by
+Transform id), so the test split can be ranked offline with the exact served vectors.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+
+from components import base, features
+from components.topk import TopkResult, topk_data_from_interactions, train_bpr
+from models.architecture import Architecture
+from pipeline.configs import PipelineConfig
+
+K = 20
+TABLES_ASSET = "topk_tables.npz"
+VOCAB_ASSET = "topk_vocab.json"
+TRAINING_REPORT = "training_report.json"
+# Full ranking costs users x items per evaluation; on large catalogues evaluate less often.
+LARGE_RANKING = 5e8
+
+
+def eval_every(config: PipelineConfig, num_users: int, num_items: int) -> int:
+    """``config.topk.eval_every``, or (0) 1 unless the ranking is large, then 5."""
+    if config.topk.eval_every:
+        return config.topk.eval_every
+    return 5 if num_users * num_items > LARGE_RANKING else 1
+
+
+def read_id_pairs(file_patterns: list[str] | str, tf_transform_output: tft.TFTransformOutput,
+                  user: str, item: str) -> tuple[np.ndarray, np.ndarray]:
+    """All ``(user_id, item_id)`` Transform ids of Transform's gzipped TFRecords, in file order."""
+    names = [features.id_name(user), features.id_name(item)]
+    spec = {k: v for k, v in tf_transform_output.transformed_feature_spec().items() if k in names}
+    patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    files = sorted(f for p in patterns for f in tf.io.gfile.glob(p))
+    if not files:
+        raise FileNotFoundError(f"No transformed examples match {patterns}.")
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(65536).map(
+        lambda x: tf.io.parse_example(x, spec))
+    columns: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for batch in ds.as_numpy_iterator():
+        for n in names:
+            columns[n].append(batch[n].reshape(-1))
+    return tuple(np.concatenate(columns[n]) if columns[n] else np.zeros(0, np.int64)
+                 for n in names)
+
+
+def table_by_transform_id(vectors: np.ndarray, ids: np.ndarray, rows: int) -> np.ndarray:
+    """``[rows, D]`` matrix with ``vectors[r]`` at row ``int(ids[r])``, other rows zero."""
+    table = np.zeros((rows, vectors.shape[1]), np.float32)
+    table[ids.astype(np.int64)] = vectors
+    return table
+
+
+class TopkServingModule(tf.Module):
+    """The exported object: the Transform layer, both tables and the ``serve`` signature."""
+
+    def __init__(self, tf_transform_output: tft.TFTransformOutput, user: str,
+                 user_table: np.ndarray, item_table: np.ndarray, item_vocab: list[str],
+                 k: int = K) -> None:
+        super().__init__()
+        self.tft_layer = tf_transform_output.transform_features_layer()
+        self.user_table = tf.Variable(user_table, trainable=False, name="user_table")
+        self.item_table = tf.Variable(item_table, trainable=False, name="item_table")
+        self.item_vocab = tf.Variable(np.array(item_vocab, dtype=object), trainable=False,
+                                      name="item_vocab")
+        cut = min(k, len(item_vocab))
+        user_spec = {user: tf_transform_output.raw_feature_spec()[user]}
+        user_id = features.id_name(user)
+        signature = [tf.TensorSpec(shape=[None], dtype=tf.string, name="examples")]
+
+        @tf.function(input_signature=signature)
+        def serve(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+            transformed = self.tft_layer(tf.io.parse_example(examples, user_spec))
+            users = tf.gather(self.user_table, tf.reshape(transformed[user_id], [-1]))
+            items = self.item_table[:len(item_vocab)]  # OOV rows are never recommended.
+            top = tf.math.top_k(tf.matmul(users, items, transpose_b=True), k=cut)
+            return {"items": tf.gather(self.item_vocab, top.indices), "scores": top.values}
+
+        self.serve = serve
+
+
+def export_topk_model(export_dir: str, tf_transform_output: tft.TFTransformOutput,
+                      arch: Architecture, label: str, user_table: np.ndarray,
+                      item_table: np.ndarray) -> None:
+    """Writes the SavedModel and its ``assets.extra`` (see the module docstring)."""
+    user, item = arch.categorical
+    vocab = {f: [v.decode() if isinstance(v, bytes) else str(v) for v in
+                 tf_transform_output.vocabulary_by_name(features.vocab_name(f))]
+             for f in (user, item)}
+    module = TopkServingModule(tf_transform_output, user, user_table, item_table, vocab[item])
+    tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})
+    assets = base.write_assets_extra(export_dir, arch, label,
+                                     {"task": "topk", "user": user, "item": item, "k": K})
+    buffer = io.BytesIO()  # np.savez seeks, which a GFile opened for writing cannot.
+    np.savez(buffer, user=user_table, item=item_table)
+    with tf.io.gfile.GFile(os.path.join(assets, TABLES_ASSET), "wb") as f:
+        f.write(buffer.getvalue())
+    with tf.io.gfile.GFile(os.path.join(assets, VOCAB_ASSET), "w") as f:
+        json.dump({"user": vocab[user], "item": vocab[item]}, f)
+
+
+def load_topk_assets(model_dir: str) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
+    """The exported user and item tables (by Transform id) and the raw ids by Transform id."""
+    assets = os.path.join(model_dir, base.ASSETS_EXTRA)
+    with np.load(os.path.join(assets, TABLES_ASSET)) as tables:
+        user_table, item_table = tables["user"], tables["item"]
+    with open(os.path.join(assets, VOCAB_ASSET)) as f:
+        vocab = json.load(f)
+    return user_table, item_table, vocab
+
+
+def _report(result: TopkResult, data_dropped: dict[str, int], arch: Architecture,
+            training: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "best_epoch": result.best_epoch,
+        f"eval_recall@{K}": result.best_eval.get(f"recall@{K}"),
+        f"eval_ndcg@{K}": result.best_eval.get(f"ndcg@{K}"),
+        "eval_users": result.best_eval.get("users"),
+        "eval_dropped_interactions": data_dropped.get("eval", 0),
+        "history": result.history,
+        "stop_reason": result.stop_reason,
+        "train_seconds": result.train_seconds,
+        "train_examples_per_second": result.examples_per_second,
+        "embedding_params": arch.embedding_params(),
+        "training": training,
+    }
+
+
+def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Architecture,
+                training: dict[str, Any], label: str) -> dict[str, Any]:
+    """Trains MF-BPR from ``arch``, exports it to ``fn_args.serving_model_dir`` and writes
+    ``training_report.json`` into ``fn_args.model_run_dir``; returns the report."""
+    user, item = arch.categorical
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+    train_ids = read_id_pairs(fn_args.train_files, tf_transform_output, user, item)
+    eval_ids = read_id_pairs(fn_args.eval_files, tf_transform_output, user, item)
+    empty = np.zeros(0, np.int64)
+    data = topk_data_from_interactions(train_ids, eval_ids, (empty, empty))
+    training = {"learning_rate": float(training.get("learning_rate",
+                                                    config.topk.learning_rate)),
+                "batch_size": int(training.get("batch_size", config.topk.batch_size)),
+                "eval_every": eval_every(config, data.num_users, data.num_items),
+                "patience": max(config.train.patience, 3),
+                "max_epochs": config.train.max_epochs}
+    logging.info("Training MF-BPR on %d users x %d items (%d train pairs; eval pairs with a "
+                 "user or item unseen in train: %d); %s.", data.num_users, data.num_items,
+                 len(data.train_pairs), data.dropped.get("eval", 0), training)
+    result = train_bpr(data, dim=arch.embedding_dims[user], learning_rate=training["learning_rate"],
+                       batch_size=training["batch_size"], l2=arch.l2,
+                       init_std=arch.embedding_init_std,
+                       max_epochs=training["max_epochs"], patience=training["patience"],
+                       seed=config.train.seed, eval_every=training["eval_every"], k=K)
+    users, items = (t.numpy() for t in result.model.embedding_tables())
+    # TopkData indexes Transform ids given as text; map its rows back to the ids.
+    user_table = table_by_transform_id(users, data.user_ids, arch.vocab_sizes[user])
+    item_table = table_by_transform_id(items, data.item_ids, arch.vocab_sizes[item])
+    export_topk_model(fn_args.serving_model_dir, tf_transform_output, arch, label, user_table,
+                      item_table)
+    report = _report(result, data.dropped, arch, training)
+    with open(os.path.join(fn_args.model_run_dir, TRAINING_REPORT), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
