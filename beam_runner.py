@@ -13,6 +13,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 
 from pipeline.configs import PipelineConfig  # noqa: E402
@@ -21,6 +22,7 @@ from pipeline.runners import RUNNER_NAMES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="PipelineConfig JSON")
     parser.add_argument("--dataset", default=None)
