@@ -18,9 +18,10 @@ import numpy as np
 
 from benchmarks.data import BenchData, prepare_bench_data, transformed_dataset
 from benchmarks.report import write_report
-from benchmarks.topk import TOPK_MODELS, is_topk, run_topk
+from benchmarks.topk import is_topk, run_topk
 from components import base
 from components.search import fixed_architecture
+from models.architecture import TOPK_MODELS
 from models.zoo import model_input_names
 from pipeline import metrics
 from pipeline.configs import ConfigError, PipelineConfig

@@ -10,17 +10,13 @@ import os
 from typing import Any
 
 from components.topk import evaluate_split, load_topk, train_bpr
-from components.topk_trainer import LARGE_RANKING
-from pipeline.configs import ConfigError, PipelineConfig, TopkConfig
+from components.topk_trainer import eval_every
+from models.architecture import TOPK_MODELS
+from pipeline.configs import ConfigError, PipelineConfig
 from pipeline.datasets import prepare_dataset
 from pipeline.datasets.base import PreparedDataset
 
 TOPK_DATASETS = ("gowalla", "ml1m_topk", "synthetic_topk")
-TOPK_MODELS = ("mf",)
-# The pipeline's top-k defaults (``PipelineConfig.topk``), so a bench row is a pipeline number.
-_MF = TopkConfig()
-MF_SETTINGS = {"dim": _MF.embedding_dim, "learning_rate": _MF.learning_rate,
-               "batch_size": _MF.batch_size, "l2": _MF.l2}
 
 
 def is_topk(dataset: str) -> bool:
@@ -42,13 +38,17 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
         raise ConfigError(f"Dataset {dataset!r} is a top-k dataset; models {unknown} are CTR "
                           f"models. Top-k models: {list(TOPK_MODELS)}.")
     data = load_topk(_prepare(dataset, work_dir, data_dir))
-    eval_every = 5 if data.num_users * data.num_items > LARGE_RANKING else 1
+    # The pipeline's top-k settings (``PipelineConfig.topk``), so a bench row is a pipeline number.
+    mf = config.topk
+    settings = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,
+                "batch_size": mf.batch_size, "l2": mf.l2}
+    every = eval_every(config, data.num_users, data.num_items)
     rows = []
     for seed in seeds:
         for model in models:
-            result = train_bpr(data, **MF_SETTINGS, max_epochs=config.train.max_epochs,
+            result = train_bpr(data, **settings, max_epochs=config.train.max_epochs,
                                patience=max(config.train.patience, 3), seed=seed,
-                               eval_every=eval_every)
+                               eval_every=every)
             users, items = (t.numpy() for t in result.model.embedding_tables())
             test = evaluate_split(data, users, items, "test")
             rows.append({
@@ -60,8 +60,8 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
                 "total_params": result.embedding_params,
                 "search_seconds": 0.0, "train_seconds": result.train_seconds,
                 "train_examples_per_second": result.examples_per_second,
-                "architecture": {"model": "mf", "embedding_dim": MF_SETTINGS["dim"],
+                "architecture": {"model": "mf", "embedding_dim": settings["dim"],
                                  "num_users": data.num_users, "num_items": data.num_items,
-                                 "l2": MF_SETTINGS["l2"], "search": {"strategy": "none"}},
+                                 "l2": settings["l2"], "search": {"strategy": "none"}},
             })
     return rows
