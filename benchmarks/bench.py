@@ -75,7 +75,8 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
                               max_epochs=config.train.max_epochs,
                               patience=config.train.patience,
                               lr_decay=config.train.lr_decay,
-                              lr_patience=config.train.lr_patience, seed=seed)
+                              lr_patience=config.train.lr_patience, seed=seed,
+                              deterministic=config.train.deterministic)
     test_ds = transformed_dataset(data, "test", names, 8192, shuffle=False, seed=seed)
     labels = np.concatenate([y.numpy().ravel() for _, y in test_ds])
     scores = result.model.predict(test_ds, verbose=0).ravel()

@@ -52,6 +52,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         learning_rate=float(training.get("learning_rate", config.train.learning_rate)),
         max_epochs=config.train.max_epochs, patience=config.train.patience,
         lr_decay=config.train.lr_decay, lr_patience=config.train.lr_patience,
+        deterministic=config.train.deterministic,
         seed=config.train.seed, log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
         strategy=strategy)
     base.export_serving_model(result.model, tf_transform_output, arch, label,

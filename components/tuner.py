@@ -57,7 +57,8 @@ class BaselineTuner(keras_tuner.RandomSearch):
         result = base.train_model(arch, *datasets, learning_rate=values["learning_rate"],
                                   max_epochs=self.config.tuner.epochs_per_trial,
                                   patience=train.patience, lr_decay=train.lr_decay,
-                                  lr_patience=train.lr_patience, seed=train.seed)
+                                  lr_patience=train.lr_patience, seed=train.seed,
+                                  deterministic=train.deterministic)
         return max(result.history["val_auc"])
 
 

@@ -57,6 +57,7 @@ class TrainConfig:
       lr_patience: non-improving epochs in a row before each learning-rate decay.
       numeric_encoding: how numerical fields enter the model (``scaled`` or ``bucket``).
       seed: seed of weight init and shuffling.
+      deterministic: bit-reproducible training for a seed (TensorFlow op determinism; slower).
     """
 
     model: str = "deepfm"
@@ -76,6 +77,7 @@ class TrainConfig:
     numeric_encoding: str = "scaled"
     cross_layers: int = 3
     seed: int = 2021
+    deterministic: bool = False
 
     def resolved(self) -> TrainConfig:
         """A copy whose unset (None) regularisation settings come from the model's preset."""
