@@ -57,18 +57,18 @@ def prepare(config: PipelineConfig, beam_args: list[str]) -> PreparedDataset:
     return dataset
 
 
-def _latest_artifact(store: Any, type_name: str, pipeline_name: str) -> Any | None:
+def _latest_artifact(store: Any, type_name: str) -> Any | None:
     """The newest artifact of ``type_name`` in this pipeline's MLMD store."""
     artifacts = store.get_artifacts_by_type(type_name)
     return max(artifacts, key=lambda a: (a.create_time_since_epoch, a.id), default=None)
 
 
-def pushed_model_dir(metadata_path: str, pipeline_name: str, since_ms: int) -> str:
+def pushed_model_dir(metadata_path: str, since_ms: int) -> str:
     """Where this run's Pusher put the model; raises NotPushedError if it did not push."""
     config = metadata.sqlite_metadata_connection_config(metadata_path)
     with metadata.Metadata(config) as m:
-        pushed = _latest_artifact(m.store, "PushedModel", pipeline_name)
-        blessing = _latest_artifact(m.store, "ModelBlessing", pipeline_name)
+        pushed = _latest_artifact(m.store, "PushedModel")
+        blessing = _latest_artifact(m.store, "ModelBlessing")
     if pushed is None or pushed.create_time_since_epoch < since_ms:
         raise NotPushedError("The Pusher did not run in this invocation.")
     props = pushed.custom_properties
@@ -144,7 +144,7 @@ def run(config: PipelineConfig, orchestrator: str = "local") -> dict[str, Any]:
     else:
         tfx.orchestration.LocalDagRunner().run(pipeline)
     pipeline_seconds = time.perf_counter() - start
-    model_dir = pushed_model_dir(paths.metadata_path, config.pipeline_name, started_ms)
+    model_dir = pushed_model_dir(paths.metadata_path, started_ms)
     raw_test_file = dataset.split_path("test")
     summary = {
         "dataset": dataset.name,

@@ -1,12 +1,10 @@
 """The CLI's error paths: each names what is wrong, exits non-zero, pushes nothing."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 
 from pipeline.cli import main
+from tests.conftest import run_cli
 
 
 def test_unknown_dataset_is_named(tmp_path, capsys):
@@ -44,11 +42,8 @@ def test_run_on_bad_csv_exits_nonzero_naming_file_and_row_and_pushes_nothing(
     data = tmp_path / "data.csv"
     data.write_text(body)
     out_dir = tmp_path / "run"
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--data", str(data), "--label", "y",
-         "--categorical", "a", "--numerical", "x", "--output-dir", str(out_dir)],
-        capture_output=True, text=True, env=env, check=False)
+    result = run_cli("run", "--data", str(data), "--label", "y", "--categorical", "a",
+                     "--numerical", "x", "--output-dir", str(out_dir))
     assert result.returncode == 2, result.stderr
     assert str(data) in result.stderr
     assert needle in result.stderr

@@ -222,14 +222,7 @@ def prepare_movielens1m_ctr(data_dir: str, out_dir: str, seed: int) -> PreparedD
     movies = _read_lines(name, os.path.join(folder, "movies.dat"), "::", 3, "latin-1")
     genres = {r[0]: r[2] for r in movies}
     rows = _movielens_rows(ratings, users, genres, (name, ratings_path))
-    spec = FeatureSpec(label="label", categorical=MOVIELENS_FIELDS)
-    meta = {
-        "source": folder,
-        "label": "rating >= 4",
-        "genres": "full |-joined string",
-        "seed": seed,
-    }
-    return publish_dataset(name, out_dir, spec, take_splits(rows, seed), meta)
+    return _publish_movielens(name, out_dir, folder, rows, seed, "full |-joined string")
 
 
 def _ml100k_genres(name: str, folder: str) -> dict[str, str]:
@@ -258,13 +251,14 @@ def prepare_ml100k_ctr(data_dir: str, out_dir: str, seed: int) -> PreparedDatase
         for r in _read_lines(name, os.path.join(folder, "u.user"), "|", 5, "latin-1")
     }
     rows = _movielens_rows(ratings, users, _ml100k_genres(name, folder), (name, data_path))
+    return _publish_movielens(name, out_dir, folder, rows, seed, "|-joined genre names")
+
+
+def _publish_movielens(name: str, out_dir: str, folder: str, rows: list[list[str]], seed: int,
+                       genres: str) -> PreparedDataset:
+    """Splits the joined MovieLens CTR rows 8:1:1 by ``seed`` and publishes them."""
     spec = FeatureSpec(label="label", categorical=MOVIELENS_FIELDS)
-    meta = {
-        "source": folder,
-        "label": "rating >= 4",
-        "genres": "|-joined genre names",
-        "seed": seed,
-    }
+    meta = {"source": folder, "label": "rating >= 4", "genres": genres, "seed": seed}
     return publish_dataset(name, out_dir, spec, take_splits(rows, seed), meta)
 
 

@@ -8,7 +8,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 from ml_metadata.proto import metadata_store_pb2
@@ -16,6 +15,7 @@ from tfx.orchestration import metadata
 
 from pipeline.configs import PipelineConfig
 from pipeline.run import run, run_paths
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -92,10 +92,7 @@ def test_summary_and_pushed_model(two_runs):
 
 
 def _predict(model_dir: str, csv_path: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", "--model-dir",
-                           model_dir, "--input", csv_path], capture_output=True, text=True,
-                          env=env, check=False)
+    return run_cli("predict", "--model-dir", model_dir, "--input", csv_path)
 
 
 def test_predict_in_a_fresh_process_scores_every_row_in_order(two_runs, tmp_path):

@@ -9,13 +9,13 @@ import csv
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
 from pipeline.configs import PipelineConfig
 from pipeline.run import run, run_paths
+from tests.conftest import run_cli
 from tests.e2e.test_pipeline_e2e import executions_by_node
 
 pytestmark = pytest.mark.e2e
@@ -77,10 +77,7 @@ def test_summary_has_test_ranking_metrics_above_baselines(topk_run):
 
 
 def _predict(model_dir: str, csv_path: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", "--model-dir",
-                           model_dir, "--input", csv_path], capture_output=True, text=True,
-                          env=env, check=False)
+    return run_cli("predict", "--model-dir", model_dir, "--input", csv_path)
 
 
 def test_predict_in_a_fresh_process_returns_20_items_per_user_row(topk_run, tmp_path):
