@@ -20,13 +20,15 @@ from benchmarks.data import BenchData, prepare_bench_data, transformed_dataset
 from benchmarks.report import write_report
 from benchmarks.topk import is_topk, run_topk
 from components import base
-from components.search import fixed_architecture
+from components.search import searched_architecture
 from models.architecture import TOPK_MODELS
+from models.search import METHODS, report_trained
 from models.zoo import model_input_names
 from pipeline import metrics
 from pipeline.configs import ConfigError, PipelineConfig
 
-# Bench model names: a model family, optionally with "+buckets" for quantile-bucket numerics.
+# Bench model names: a model family, then "+"-joined variants: "buckets" (quantile-bucket
+# numerics) and search methods (models.search.METHODS), applied in the order given.
 VARIANTS = {"buckets": {"numeric_encoding": "bucket"}}
 
 
@@ -49,26 +51,45 @@ def parse_model(name: str, config: PipelineConfig) -> PipelineConfig:
     family, *variants = name.split("+")
     data = config.to_dict()
     data["train"]["model"] = family
+    methods = []
     for variant in variants:
-        if variant not in VARIANTS:
+        if variant in METHODS:
+            methods.append(variant)
+        elif variant in VARIANTS:
+            data["train"].update(VARIANTS[variant])
+        else:
             raise ConfigError(f"Unknown bench model {name!r}: variant {variant!r} not in "
-                              f"{sorted(VARIANTS)}.")
-        data["train"].update(VARIANTS[variant])
+                              f"{sorted(VARIANTS) + sorted(METHODS)}.")
+    data["search_strategy"] = "+".join(methods) or "none"
     return PipelineConfig.from_dict(data)
 
 
 def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfig,
-              export_dir: str | None = None) -> dict[str, Any]:
-    """Trains one (dataset, model, seed) and scores its test split once."""
+              export_dir: str | None = None, report_dir: str | None = None) -> dict[str, Any]:
+    """Searches (when the model names methods), retrains and scores the test split once.
+
+    The search sees the train and eval splits only; its pictures go to ``report_dir``.
+    """
     config = parse_model(model_name, config)
     config.seed = config.train.seed = seed
     spec = data.spec
+    batch = config.train.batch_size
+
+    def dataset(split: str, input_names: list[str], shuffle: bool):
+        if split not in ("train", "eval"):
+            raise ValueError(f"A search reads the train and eval splits only. Received: {split!r}")
+        return transformed_dataset(data, split, input_names, batch, shuffle=shuffle, seed=seed)
+
     search_start = time.perf_counter()
     vocab = base.vocab_sizes(data.transform_output, spec["categorical"])
-    arch = fixed_architecture(config, spec, vocab)
+    if report_dir:
+        os.makedirs(report_dir, exist_ok=True)
+    arch = searched_architecture(
+        config, spec, vocab, dataset,
+        counts=base.vocab_counts(data.transform_output, spec["categorical"]),
+        report_dir=report_dir)
     search_seconds = time.perf_counter() - search_start
     names = model_input_names(arch)
-    batch = config.train.batch_size
     train_ds = transformed_dataset(data, "train", names, batch, shuffle=True, seed=seed)
     eval_ds = transformed_dataset(data, "eval", names, batch, shuffle=False, seed=seed)
     result = base.train_model(arch, train_ds, eval_ds, learning_rate=config.train.learning_rate,
@@ -77,6 +98,7 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
                               lr_decay=config.train.lr_decay,
                               lr_patience=config.train.lr_patience, seed=seed,
                               deterministic=config.train.deterministic)
+    report_trained(arch, result.model, report_dir)
     test_ds = transformed_dataset(data, "test", names, 8192, shuffle=False, seed=seed)
     labels = np.concatenate([y.numpy().ravel() for _, y in test_ds])
     scores = result.model.predict(test_ds, verbose=0).ravel()
@@ -132,7 +154,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 export_dir = None
                 if args.serving and seed == seeds[0]:
                     export_dir = os.path.join(work_dir, "export", f"{dataset}-{model}")
-                rows.append(bench_row(data, model, seed, config, export_dir))
+                report_dir = os.path.join(os.path.splitext(out)[0] + "-search",
+                                          f"{dataset}-{model}-seed{seed}")
+                rows.append(bench_row(data, model, seed, config, export_dir, report_dir))
                 if export_dir:
                     from benchmarks.serving import measure_in_fresh_process  # noqa: PLC0415
 

@@ -18,6 +18,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 from components import features
+from components.transform import counts_vocab_name
 from models.architecture import Architecture
 from models.zoo import build_ctr_model
 
@@ -43,6 +44,18 @@ def vocab_sizes(tf_transform_output: tft.TFTransformOutput,
     """Id range of each categorical field: vocabulary plus OOV buckets."""
     return {f: tf_transform_output.vocabulary_size_by_name(features.vocab_name(f))
             + features.NUM_OOV_BUCKETS for f in categorical}
+
+
+def vocab_counts(tf_transform_output: tft.TFTransformOutput,
+                 categorical: list[str]) -> dict[str, list[int]]:
+    """Train frequency of each id per categorical field, in id order (OOV ids count 0)."""
+    counts = {}
+    for f in categorical:
+        path = tf_transform_output.vocabulary_file_by_name(counts_vocab_name(f))
+        with tf.io.gfile.GFile(path) as lines:
+            values = [int(line.split(" ", 1)[0]) for line in lines if line.strip()]
+        counts[f] = values + [0] * features.NUM_OOV_BUCKETS
+    return counts
 
 
 def make_dataset(file_patterns: list[str] | str, tf_transform_output: tft.TFTransformOutput,

@@ -3,18 +3,23 @@
 The architecture travels as a one-file ``HyperParameters`` artifact (``architecture.json``), the
 channel a stock Trainer reads into ``fn_args.hyperparameters`` (TFX has no way to wire a custom
 artifact into the Trainer). Strategy ``none`` is the fixed baseline architecture; searching
-strategies read the transformed train and eval splits only, never test.
+strategies (``models.search``) start from it and read the transformed train and eval splits only,
+never test. Their pictures go to a separate ``search_report`` artifact (the Trainer requires the
+HyperParameters folder to hold exactly one file).
 """
 
 
 import json
 import os
+import time
+from collections.abc import Callable
 
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 
 from components import base
 from models.architecture import Architecture
+from models.search import SearchContext, parse_strategy, run_strategy
 from pipeline.configs import PipelineConfig
 
 ARCHITECTURE_FILE = "architecture.json"
@@ -39,6 +44,35 @@ def fixed_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int]
         cross_layers=train.cross_layers,
         search={"strategy": "none", "tuned": tuned or {}},
     )
+
+
+def searched_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int],
+                          dataset: Callable, *, tuned: dict | None = None,
+                          counts: dict[str, list[int]] | None = None,
+                          report_dir: str | None = None) -> Architecture:
+    """The fixed architecture, then ``config.search_strategy``'s methods in order.
+
+    ``dataset(split, input_names, shuffle)`` gives transformed train/eval batches. The result's
+    ``search["seconds"]`` is the time the methods took.
+    """
+    arch = fixed_architecture(config, spec, vocab, tuned)
+    if not parse_strategy(config.search_strategy):
+        return arch
+    train = config.train
+    learning_rate = float((tuned or {}).get("learning_rate", train.learning_rate))
+
+    def context(current: Architecture, name: str) -> SearchContext:
+        return SearchContext(arch=current, dataset=dataset, learning_rate=learning_rate,
+                             batch_size=train.batch_size, max_epochs=train.max_epochs,
+                             patience=train.patience, seed=train.seed,
+                             options=dict(config.search_options.get(name, {})),
+                             vocab_counts=counts, report_dir=report_dir)
+
+    start = time.perf_counter()
+    arch = run_strategy(config.search_strategy, context, arch)
+    arch.search["seconds"] = time.perf_counter() - start
+    arch.search.setdefault("tuned", tuned or {})
+    return arch
 
 
 def topk_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int]) -> Architecture:
@@ -73,10 +107,14 @@ def ArchitectureSearch(
     config_json: tfx.dsl.components.Parameter[str],
     spec_json: tfx.dsl.components.Parameter[str],
     code_version: tfx.dsl.components.Parameter[str],
+    search_report: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelRun],
     hyperparameters: tfx.dsl.components.InputArtifact[
         tfx.types.standard_artifacts.HyperParameters] = None,
+    transformed_examples: tfx.dsl.components.InputArtifact[
+        tfx.types.standard_artifacts.Examples] = None,
 ) -> None:
-    """Runs the configured search strategy and writes ``architecture.json``."""
+    """Runs the configured search strategy and writes ``architecture.json``; pictures and the
+    search's own files go to ``search_report``."""
     del code_version  # part of the cache key only
     config = PipelineConfig.from_dict(json.loads(config_json))
     spec = json.loads(spec_json)
@@ -88,11 +126,35 @@ def ArchitectureSearch(
     if is_topk(spec):
         arch = topk_architecture(config, spec, vocab)
     else:
-        arch = fixed_architecture(config, spec, vocab, tuned)
+        dataset = _split_reader(transformed_examples, tf_transform_output, spec["label"],
+                                config)
+        arch = searched_architecture(
+            config, spec, vocab, dataset, tuned=tuned,
+            counts=base.vocab_counts(tf_transform_output, spec["categorical"]),
+            report_dir=search_report.uri)
+    with open(os.path.join(search_report.uri, ARCHITECTURE_FILE), "w") as f:
+        f.write(arch.to_json())
     with open(os.path.join(architecture.uri, ARCHITECTURE_FILE), "w") as f:
         json.dump(search_payload(arch, config, tuned), f, indent=2, sort_keys=True)
     architecture.set_string_custom_property("strategy", config.search_strategy)
     architecture.set_int_custom_property("architecture_version", arch.version)
+
+
+def _split_reader(examples, tf_transform_output, label: str, config: PipelineConfig) -> Callable:
+    """``dataset(split, input_names, shuffle)`` over the transformed ``train``/``eval`` splits."""
+
+    def dataset(split: str, input_names: list[str], shuffle: bool):
+        if split not in ("train", "eval"):
+            raise ValueError(f"A search reads the train and eval splits only. Received: {split!r}")
+        if examples is None:
+            raise ValueError(f"Search strategy {config.search_strategy!r} needs the transformed "
+                             f"examples wired into ArchitectureSearch.")
+        pattern = os.path.join(examples.uri, f"Split-{split}", "*")
+        return base.make_dataset(pattern, tf_transform_output, label, config.train.batch_size,
+                                 shuffle=shuffle, seed=config.train.seed,
+                                 input_names=input_names)
+
+    return dataset
 
 
 def _read_tuned(uri: str) -> dict:

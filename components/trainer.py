@@ -17,10 +17,12 @@ from tfx import v1 as tfx
 
 from components import base
 from models.architecture import TOPK_MODELS, Architecture
+from models.search import report_trained
 from models.zoo import model_input_names
 from pipeline.configs import PipelineConfig
 
 TRAINING_REPORT = "training_report.json"
+SEARCH_PICTURES = "search"  # ModelRun subfolder for the search methods' pictures of the model
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
@@ -55,6 +57,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         deterministic=config.train.deterministic,
         seed=config.train.seed, log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
         strategy=strategy)
+    report_trained(arch, result.model, os.path.join(fn_args.model_run_dir, SEARCH_PICTURES))
     base.export_serving_model(result.model, tf_transform_output, arch, label,
                               fn_args.serving_model_dir)
     report = {

@@ -14,7 +14,7 @@ ARCHITECTURE_VERSION = 1
 CTR_MODELS = ("lr", "fm", "deepfm", "dcn", "dnn")  # pointwise click models (models.zoo.ctr)
 TOPK_MODELS = ("mf",)  # user-item retrieval models (models.zoo.mf), trained with BPR
 MODELS = CTR_MODELS + TOPK_MODELS
-NUMERIC_ENCODINGS = ("scaled", "bucket")
+NUMERIC_ENCODINGS = ("scaled", "bucket", "autodis")
 FIRST_ORDER_MODELS = ("lr", "fm", "deepfm")  # models with a per-field linear (LR) term
 
 
@@ -34,8 +34,10 @@ class Architecture:
       vocab_sizes: per categorical field, the id range including OOV buckets.
       num_buckets: number of quantile buckets per numerical field.
       embedding_dims: per field (categorical and numerical), its embedding size.
-      numeric_encoding: per numerical field, ``"scaled"`` (value times a field embedding) or
-        ``"bucket"`` (embedding of its quantile bucket).
+      numeric_encoding: per numerical field, ``"scaled"`` (value times a field embedding),
+        ``"bucket"`` (embedding of its quantile bucket) or ``"autodis"`` (AutoDis: a learned
+        soft discretisation over meta-embeddings, ``models.layers.autodis``).
+      autodis: AutoDis settings of ``"autodis"``-encoded fields (see ``models.layers.autodis``).
       hidden_units: MLP widths for deep models.
       dropout: MLP dropout rate.
       batch_norm: batch normalisation in the MLP blocks.
@@ -45,6 +47,11 @@ class Architecture:
         so that rarely seen ids stay near zero instead of adding noise).
       cross_layers: number of DCN cross layers.
       kept_interactions: pairs of fields whose FM interaction is kept; ``None`` keeps all pairs.
+      gated_interactions: FM pairs pass through AutoFIS gates (batch-norm without affine, then a
+        trainable scalar gate per kept pair; ``models.layers.autofis``) instead of being summed.
+      unified_dim: when set, every field embedding of its own size ``d_f`` is projected to this
+        common size before the interaction and MLP parts (AutoDim's dimension unification);
+        FM-based models then accept mixed ``embedding_dims``.
       search: what produced this architecture (strategy name and its own report).
       version: schema version of this JSON.
     """
@@ -64,6 +71,9 @@ class Architecture:
     embedding_init_std: float = 1e-4
     cross_layers: int = 3
     kept_interactions: list[list[str]] | None = None
+    gated_interactions: bool = False
+    autodis: dict = field(default_factory=dict)
+    unified_dim: int | None = None
     search: dict = field(default_factory=lambda: {"strategy": "none"})
     version: int = ARCHITECTURE_VERSION
 
@@ -89,6 +99,9 @@ class Architecture:
         for key in ("l2", "net_l2"):
             if getattr(self, key) < 0:
                 raise ArchitectureError(f"{key} must be >= 0. Received: {key}={getattr(self, key)}")
+        if self.unified_dim is not None and self.unified_dim < 1:
+            raise ArchitectureError(f"unified_dim must be >= 1 or None. "
+                                    f"Received: unified_dim={self.unified_dim}")
         fields = set(self.categorical) | set(self.numerical)
         for pair in self.kept_interactions or []:
             if len(pair) != 2 or not set(pair) <= fields:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.architecture import MODELS
+from models.search import METHODS, SearchError, check_applies, parse_strategy
 
-SEARCH_STRATEGIES = ("none",)
 RUNNERS = ("direct", "direct-multiprocess", "flink", "spark", "dataflow")
 
 
@@ -153,7 +153,9 @@ class PipelineConfig:
       data_dir: where public datasets live (None: ``AUTORECSYS_DATA_DIR`` or ``../shared/data``).
       seed: data-split and training seed.
       train: model and training hyper-parameters.
-      search_strategy: architecture search run before retraining (``none``: fixed architecture).
+      search_strategy: architecture search run before retraining: ``none`` (the fixed
+        architecture), a method of ``models.search.METHODS`` or several joined by ``+``.
+      search_options: per method name, its settings (see each method's module).
       tuner: optional keras-tuner node.
       min_eval_auc: the Evaluator blesses only above this validation AUC.
       min_eval_recall: top-k datasets: ``TopkBlessing`` blesses only from this validation
@@ -175,6 +177,7 @@ class PipelineConfig:
     seed: int = 2021
     train: TrainConfig = field(default_factory=TrainConfig)
     search_strategy: str = "none"
+    search_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     tuner: TunerConfig = field(default_factory=TunerConfig)
     min_eval_auc: float = 0.55
     min_eval_recall: float = 0.01
@@ -189,9 +192,16 @@ class PipelineConfig:
     def validate(self) -> None:
         self.train.validate()
         self.topk.validate()
-        if self.search_strategy not in SEARCH_STRATEGIES:
-            raise ConfigError(f"search_strategy: unknown {self.search_strategy!r}; "
-                              f"known: {list(SEARCH_STRATEGIES)}.")
+        try:
+            methods = parse_strategy(self.search_strategy)
+            for method in methods:
+                check_applies(method, self.train.model)
+        except SearchError as e:
+            raise ConfigError(f"search_strategy: {e}") from e
+        unknown = sorted(set(self.search_options) - set(METHODS))
+        if unknown:
+            raise ConfigError(f"search_options: unknown methods {unknown}; "
+                              f"known: {sorted(METHODS)}.")
         if self.runner not in RUNNERS:
             raise ConfigError(f"runner: unknown {self.runner!r}; known: {list(RUNNERS)}.")
         if not 0.0 <= self.min_eval_auc <= 1.0:

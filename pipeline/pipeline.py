@@ -122,6 +122,7 @@ def create_pipeline(config: PipelineConfig, spec: dict, paths: PipelinePaths,
         tuned = tuner.outputs["best_hyperparameters"]
     search = ArchitectureSearch(
         transform_graph=transform.outputs["transform_graph"], hyperparameters=tuned,
+        transformed_examples=transform.outputs["transformed_examples"],
         config_json=config_json, spec_json=spec_json, code_version=code_version)
     trainer = tfx.components.Trainer(
         run_fn="components.trainer.run_fn",

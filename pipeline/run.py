@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
 
+from components.trainer import SEARCH_PICTURES
 from models.architecture import TOPK_MODELS
 from pipeline import metrics
 from pipeline.configs import ConfigError, PipelineConfig
@@ -30,6 +32,7 @@ from pipeline.runners import beam_pipeline_args
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUMMARY_FILE = "summary.json"
+SEARCH_REPORT_DIR = "search"  # output_dir subfolder: the search's pictures and architecture
 
 
 class NotPushedError(RuntimeError):
@@ -78,6 +81,31 @@ def pushed_model_dir(metadata_path: str, since_ms: int) -> str:
         raise NotPushedError(f"The model was {detail} by the Evaluator (or TopkBlessing; see "
                              f"its output under {os.path.dirname(metadata_path)}/pipeline).")
     return props["pushed_destination"].string_value
+
+
+def collect_search_report(metadata_path: str, out_dir: str) -> list[str]:
+    """Copies the latest search report (ArchitectureSearch's ``search_report``, and the
+    pictures the Trainer drew of the retrained model) into ``out_dir``; returns the files."""
+    config = metadata.sqlite_metadata_connection_config(metadata_path)
+    with metadata.Metadata(config) as m:
+        runs = m.store.get_artifacts_by_type("ModelRun")
+    sources = []
+    for component, sub in (("ArchitectureSearch", ""), ("Trainer", SEARCH_PICTURES)):
+        mine = [a for a in runs if f"{os.sep}{component}{os.sep}" in a.uri]
+        latest = max(mine, key=lambda a: (a.create_time_since_epoch, a.id), default=None)
+        if latest is not None:
+            sources.append(os.path.join(latest.uri, sub))
+    copied = []
+    for source in sources:
+        if not os.path.isdir(source):
+            continue
+        for name in sorted(os.listdir(source)):
+            path = os.path.join(source, name)
+            if os.path.isfile(path) and name.endswith((".png", ".json")):
+                os.makedirs(out_dir, exist_ok=True)
+                shutil.copyfile(path, os.path.join(out_dir, name))
+                copied.append(os.path.join(out_dir, name))
+    return copied
 
 
 def architecture_of(model_dir: str) -> dict[str, Any]:
@@ -146,7 +174,10 @@ def run(config: PipelineConfig, orchestrator: str = "local") -> dict[str, Any]:
     pipeline_seconds = time.perf_counter() - start
     model_dir = pushed_model_dir(paths.metadata_path, started_ms)
     raw_test_file = dataset.split_path("test")
+    search_dir = os.path.join(config.output_dir, SEARCH_REPORT_DIR)
+    shutil.rmtree(search_dir, ignore_errors=True)
     summary = {
+        "search_report": collect_search_report(paths.metadata_path, search_dir),
         "dataset": dataset.name,
         "pushed_model_dir": model_dir,
         "raw_test_file": raw_test_file,

@@ -1,0 +1,133 @@
+"""Search algorithms: each turns a starting ``Architecture`` into a searched one.
+
+A method lives in its own module ``models.search.<name>``, registered in ``METHODS``
+with the model families it can search, and exposes::
+
+    def search(ctx: SearchContext) -> Architecture
+    def report_trained(arch, model, report_dir) -> None    # optional: pictures of the retrained
+                                                           # model (e.g. learned bucket weights)
+
+``search`` reads train and validation batches only (``ctx.dataset``; never test), returns a new
+``Architecture`` that the retrain stage builds alone, records what it found under
+``arch.search[<name>]`` (plain JSON data) and may write pictures into ``ctx.report_dir``.
+Layers live in ``models.layers``; the search algorithms here only drive them.
+
+A strategy is one method name or several joined by ``+`` (``"autodis+autofis"``), applied in
+order, each starting from the previous one's result; ``"none"`` is the fixed architecture.
+
+Example:
+
+>>> parse_strategy("autodis+autofis")
+['autodis', 'autofis']
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from models.architecture import Architecture
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+# Method name -> (module, model families it searches). Modules are imported on use, so a
+# method's dependencies load only when it runs.
+METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "autofis": ("models.search.autofis", ("fm", "deepfm")),
+    "autodis": ("models.search.autodis", ("fm", "deepfm", "dnn", "dcn")),
+    "autodim": ("models.search.autodim", ("fm", "deepfm", "dnn", "dcn")),
+}
+
+
+class SearchError(ValueError):
+    """A strategy that cannot run on this model or data; the message names the method."""
+
+
+@dataclass
+class SearchContext:
+    """What a search method may use.
+
+    Attributes:
+      arch: the starting architecture (the fixed baseline, or the previous method's result).
+      dataset: ``dataset(split, input_names, shuffle)`` -> batches of ``(features, label)`` of
+        Transform's features; ``split`` is ``"train"`` or ``"eval"`` (the test split is not
+        reachable from here). ``input_names`` are transformed feature names
+        (``models.zoo.model_input_names``).
+      learning_rate: the model's Adam learning rate.
+      batch_size: training batch size.
+      max_epochs: the retrain stage's epoch bound (searches usually use fewer).
+      patience: the retrain stage's early-stopping patience (in epochs).
+      seed: seed of initialisation and sampling.
+      options: this method's settings from ``PipelineConfig.search_options[<name>]``.
+      vocab_counts: per categorical field, the train frequency of each id (Transform's counts,
+        id order), for frequency-aware methods; None when unavailable.
+      report_dir: a folder for the method's pictures and extra files; None writes none.
+    """
+
+    arch: Architecture
+    dataset: Callable[[str, list[str], bool], tf.data.Dataset]
+    learning_rate: float
+    batch_size: int
+    max_epochs: int
+    patience: int
+    seed: int
+    options: dict[str, Any] = field(default_factory=dict)
+    vocab_counts: dict[str, Any] | None = None
+    report_dir: str | None = None
+
+
+def parse_strategy(strategy: str) -> list[str]:
+    """Method names of a strategy string; ``"none"`` (or empty) is no method."""
+    if strategy in ("", "none"):
+        return []
+    names = strategy.split("+")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise SearchError(f"Unknown search method(s) {unknown} in strategy {strategy!r}; "
+                          f"known: {sorted(METHODS)}.")
+    return names
+
+
+def method_module(name: str) -> Any:
+    if name not in METHODS:
+        raise SearchError(f"Unknown search method {name!r}; known: {sorted(METHODS)}.")
+    return importlib.import_module(METHODS[name][0])
+
+
+def check_applies(name: str, model: str) -> None:
+    """Raises ``SearchError`` when method ``name`` cannot search model family ``model``."""
+    if name not in METHODS:
+        raise SearchError(f"Unknown search method {name!r}; known: {sorted(METHODS)}.")
+    applies_to = METHODS[name][1]
+    if model not in applies_to:
+        raise SearchError(f"Search method {name!r} works on models {list(applies_to)}, "
+                          f"not {model!r}.")
+
+
+def run_strategy(strategy: str, make_context: Callable[[Architecture, str], SearchContext],
+                 arch: Architecture) -> Architecture:
+    """Applies the strategy's methods in order; ``make_context(arch, name)`` builds each one's
+    context. The result's ``search["strategy"]`` is the strategy string."""
+    for name in parse_strategy(strategy):
+        check_applies(name, arch.model)
+        arch = method_module(name).search(make_context(arch, name))
+        if name not in arch.search:
+            raise SearchError(f"Search method {name!r} did not record its result in "
+                              f"arch.search[{name!r}].")
+    arch.search["strategy"] = strategy or "none"
+    return arch
+
+
+def report_trained(arch: Architecture, model: Any, report_dir: str | None) -> None:
+    """Lets each method of ``arch``'s strategy draw what the retrained ``model`` learned."""
+    if not report_dir:
+        return
+    os.makedirs(report_dir, exist_ok=True)
+    for name in parse_strategy(arch.search.get("strategy", "none")):
+        hook = getattr(method_module(name), "report_trained", None)
+        if hook is not None:
+            hook(arch, model, report_dir)
