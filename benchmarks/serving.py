@@ -7,6 +7,7 @@ serialized tf.Examples from the CSV and times ``serving_default`` at batch 1 and
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -22,19 +23,13 @@ def measure(model_dir: str, csv_path: str) -> dict:
     import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    from pipeline.examples import read_rows, to_example  # noqa: PLC0415
-    from pipeline.predict import load_raw_spec  # noqa: PLC0415
+    from pipeline.predict import csv_examples, load_raw_spec  # noqa: PLC0415
 
     load_start = time.perf_counter()
     serve = tf.saved_model.load(model_dir).signatures["serving_default"]
     load_seconds = time.perf_counter() - load_start
     spec = load_raw_spec(model_dir)
-    examples = []
-    for values in read_rows(csv_path, spec, require_label=False):
-        values.pop(spec.label, None)
-        examples.append(to_example(values, spec).SerializeToString())
-        if len(examples) == max(BATCH_SIZES):
-            break
+    examples = list(itertools.islice(csv_examples(csv_path, spec), max(BATCH_SIZES)))
     latency = {}
     for batch in BATCH_SIZES:
         inputs = tf.constant((examples * batch)[:batch])

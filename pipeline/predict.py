@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -32,6 +33,30 @@ def load_raw_spec(model_dir: str) -> FeatureSpec:
                        user=raw.get("user"), item=raw.get("item"))
 
 
+def csv_examples(csv_path: str, spec: FeatureSpec,
+                 labels: list[int] | None = None) -> Iterator[bytes]:
+    """Serialized raw tf.Examples (label removed) of the validated rows of ``csv_path``, in
+    order; the labels of rows that have one are appended to ``labels`` when given."""
+    for values in read_rows(csv_path, spec, require_label=False):
+        label = values.pop(spec.label, None)
+        if label is not None and labels is not None:
+            labels.append(int(label))
+        yield to_example(values, spec).SerializeToString()
+
+
+def serve_in_batches(serve, examples: Iterable[bytes], output: str) -> Iterator[np.ndarray]:
+    """Runs ``serve`` over serialized tf.Examples, ``BATCH_SIZE`` at a time, in input order,
+    yielding each batch's ``output`` as a numpy array."""
+    batch: list[bytes] = []
+    for example in examples:
+        batch.append(example)
+        if len(batch) == BATCH_SIZE:
+            yield serve(examples=tf.constant(batch))[output].numpy()
+            batch = []
+    if batch:
+        yield serve(examples=tf.constant(batch))[output].numpy()
+
+
 def is_topk_model(model_dir: str) -> bool:
     """Whether ``model_dir`` holds a top-k (``mf``) export."""
     return load_raw_spec(model_dir).task == "topk"
@@ -47,21 +72,14 @@ def recommend_csv(model_dir: str, csv_path: str) -> tuple[list[str], list[list[s
     user_spec = FeatureSpec(label=spec.label, categorical=(spec.user,))
     serve = tf.saved_model.load(model_dir).signatures["serving_default"]
     users: list[str] = []
-    items: list[list[str]] = []
-    batch: list[bytes] = []
 
-    def flush() -> None:
-        if batch:
-            out = serve(examples=tf.constant(batch))["items"].numpy()
-            items.extend([i.decode() for i in row] for row in out)
-            batch.clear()
+    def examples() -> Iterator[bytes]:
+        for values in read_rows(csv_path, user_spec, require_label=False):
+            users.append(str(values[spec.user]))
+            yield to_example({spec.user: values[spec.user]}, user_spec).SerializeToString()
 
-    for values in read_rows(csv_path, user_spec, require_label=False):
-        users.append(str(values[spec.user]))
-        batch.append(to_example({spec.user: values[spec.user]}, user_spec).SerializeToString())
-        if len(batch) == BATCH_SIZE:
-            flush()
-    flush()
+    items = [[i.decode() for i in row]
+             for out in serve_in_batches(serve, examples(), "items") for row in out]
     return users, items
 
 
@@ -101,24 +119,9 @@ def score_csv(model_dir: str, csv_path: str) -> tuple[np.ndarray, np.ndarray | N
     """
     spec = load_raw_spec(model_dir)
     serve = tf.saved_model.load(model_dir).signatures["serving_default"]
-    probabilities: list[np.ndarray] = []
     labels: list[int] = []
-    batch: list[bytes] = []
-
-    def flush() -> None:
-        if batch:
-            out = serve(examples=tf.constant(batch))["probability"]
-            probabilities.append(out.numpy().reshape(-1))
-            batch.clear()
-
-    for values in read_rows(csv_path, spec, require_label=False):
-        if spec.label in values:
-            labels.append(int(values[spec.label]))
-            values = {k: v for k, v in values.items() if k != spec.label}
-        batch.append(to_example(values, spec).SerializeToString())
-        if len(batch) == BATCH_SIZE:
-            flush()
-    flush()
+    probabilities = [out.reshape(-1) for out in serve_in_batches(
+        serve, csv_examples(csv_path, spec, labels), "probability")]
     scores = np.concatenate(probabilities) if probabilities else np.zeros(0)
     has_labels = len(labels) == scores.size and scores.size > 0
     return scores, (np.asarray(labels) if has_labels else None)
