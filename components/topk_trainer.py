@@ -7,7 +7,8 @@ test split is never read here. The export is a SavedModel whose ``serving_defaul
 takes serialized raw tf.Examples holding the user field and returns the user's top-k items
 (``items``, strings) and their ``scores``. Unseen users map to Transform's OOV id, whose vector is
 zero: every item ties, and ``top_k`` then returns the most frequent train items (Transform's
-vocabulary order). Serving does not remove items the user already interacted with.
+vocabulary order). Items the user interacted with in the train split are never recommended to
+that user (``topk.exclude_seen``; the served ranking then matches the offline protocol).
 
 Under ``assets.extra`` the export also holds ``topk_tables.npz`` (``user`` and ``item`` matrices
 indexed by Transform id, OOV rows zero) and ``topk_vocab.json`` (the raw user and item ids by
@@ -78,7 +79,8 @@ class TopkServingModule(tf.Module):
 
     def __init__(self, tf_transform_output: tft.TFTransformOutput, user: str,
                  user_table: np.ndarray, item_table: np.ndarray, item_vocab: list[str],
-                 k: int = K) -> None:
+                 k: int = K, seen: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """``seen``: ``(user_ids, item_ids)`` Transform-id pairs never to recommend."""
         super().__init__()
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.user_table = tf.Variable(user_table, trainable=False, name="user_table")
@@ -86,6 +88,13 @@ class TopkServingModule(tf.Module):
         self.item_vocab = tf.Variable(np.array(item_vocab, dtype=object), trainable=False,
                                       name="item_vocab")
         cut = min(k, len(item_vocab))
+        seen_users, seen_items = seen if seen is not None else (np.zeros(0), np.zeros(0))
+        order = np.argsort(seen_users, kind="stable")
+        splits = np.concatenate([[0], np.cumsum(np.bincount(
+            seen_users.astype(np.int64), minlength=len(user_table)))]).astype(np.int64)
+        self.seen_splits = tf.Variable(splits, trainable=False, name="seen_row_splits")
+        self.seen_items = tf.Variable(seen_items.astype(np.int64)[order], trainable=False,
+                                      name="seen_items")
         user_spec = {user: tf_transform_output.raw_feature_spec()[user]}
         user_id = features.id_name(user)
         signature = [tf.TensorSpec(shape=[None], dtype=tf.string, name="examples")]
@@ -95,7 +104,15 @@ class TopkServingModule(tf.Module):
             transformed = self.tft_layer(tf.io.parse_example(examples, user_spec))
             users = tf.gather(self.user_table, tf.reshape(transformed[user_id], [-1]))
             items = self.item_table[:len(item_vocab)]  # OOV rows are never recommended.
-            top = tf.math.top_k(tf.matmul(users, items, transpose_b=True), k=cut)
+            scores = tf.matmul(users, items, transpose_b=True)
+            user_ids = tf.reshape(transformed[user_id], [-1])
+            seen_rows = tf.gather(tf.RaggedTensor.from_row_splits(
+                self.seen_items, self.seen_splits, validate=False), user_ids)
+            hide = tf.stack([seen_rows.value_rowids(), seen_rows.values], axis=1)
+            hide = tf.boolean_mask(hide, hide[:, 1] < len(item_vocab))
+            scores = tf.tensor_scatter_nd_update(
+                scores, hide, tf.fill([tf.shape(hide)[0]], tf.constant(-np.inf, scores.dtype)))
+            top = tf.math.top_k(scores, k=cut)
             return {"items": tf.gather(self.item_vocab, top.indices), "scores": top.values}
 
         self.serve = serve
@@ -103,13 +120,15 @@ class TopkServingModule(tf.Module):
 
 def export_topk_model(export_dir: str, tf_transform_output: tft.TFTransformOutput,
                       arch: Architecture, label: str, user_table: np.ndarray,
-                      item_table: np.ndarray) -> None:
+                      item_table: np.ndarray,
+                      seen: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Writes the SavedModel and its ``assets.extra`` (see the module docstring)."""
     user, item = arch.categorical
     vocab = {f: [v.decode() if isinstance(v, bytes) else str(v) for v in
                  tf_transform_output.vocabulary_by_name(features.vocab_name(f))]
              for f in (user, item)}
-    module = TopkServingModule(tf_transform_output, user, user_table, item_table, vocab[item])
+    module = TopkServingModule(tf_transform_output, user, user_table, item_table, vocab[item],
+                               seen=seen)
     tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})
     assets = base.write_assets_extra(export_dir, arch, label,
                                      {"task": "topk", "user": user, "item": item, "k": K})
@@ -177,7 +196,7 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
     user_table = table_by_transform_id(users, data.user_ids, arch.vocab_sizes[user])
     item_table = table_by_transform_id(items, data.item_ids, arch.vocab_sizes[item])
     export_topk_model(fn_args.serving_model_dir, tf_transform_output, arch, label, user_table,
-                      item_table)
+                      item_table, seen=train_ids if config.topk.exclude_seen else None)
     report = _report(result, data.dropped, arch, training)
     with open(os.path.join(fn_args.model_run_dir, TRAINING_REPORT), "w") as f:
         json.dump(report, f, indent=2)

@@ -122,6 +122,7 @@ class TopkConfig:
       l2: LightGCN's L2 weight on the batch's embeddings.
       eval_every: epochs between two eval rankings (early stopping counts evaluations);
         0 picks 1, or 5 when users x items exceeds 5e8.
+      exclude_seen: the served top-k never holds items the user interacted with in train.
     """
 
     embedding_dim: int = 64
@@ -129,6 +130,7 @@ class TopkConfig:
     batch_size: int = 2048
     l2: float = 1e-4
     eval_every: int = 0
+    exclude_seen: bool = True
 
     def validate(self) -> None:
         for key in ("embedding_dim", "batch_size"):

@@ -92,6 +92,10 @@ def test_predict_in_a_fresh_process_returns_20_items_per_user_row(topk_run, tmp_
     lines = list(csv.reader(out.stdout.strip().splitlines()))
     assert lines[0] == ["user", "items"]
     assert [line[0] for line in lines[1:]] == users
-    for _, items in lines[1:]:
+    train_file = os.path.join(os.path.dirname(summary["raw_test_file"]), "train.csv")
+    with open(train_file) as f:
+        seen = {(r["user"], r["item"]) for r in csv.DictReader(f)}
+    for user, items in lines[1:]:
         assert len(items.split()) == 20 == len(set(items.split()))
         assert all(i.startswith("i") for i in items.split())
+        assert not [i for i in items.split() if (user, i) in seen], user
