@@ -40,6 +40,8 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "autofis": ("models.search.autofis", ("fm", "deepfm")),
     "autodis": ("models.search.autodis", ("fm", "deepfm", "dnn", "dcn")),
     "autodim": ("models.search.autodim", ("fm", "deepfm", "dnn", "dcn")),
+    "nis": ("models.search.nis", ("fm", "deepfm", "dnn", "dcn")),
+    "esapn": ("models.search.esapn", ("mf", "deepfm")),
 }
 
 
