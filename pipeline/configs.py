@@ -71,7 +71,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     batch_size: int = 4096
     max_epochs: int = 100
-    patience: int = 2
+    patience: int = 3
     lr_decay: float = 0.1
     lr_patience: int = 1
     numeric_encoding: str = "scaled"
