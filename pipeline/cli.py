@@ -33,6 +33,8 @@ def _add_run_options(parser: argparse.ArgumentParser, default_dir: str) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--runner", default=None, help="Beam runner for the components")
+    parser.add_argument("--search", default=None,
+                        help="search strategy: none, or methods joined by + (e.g. autodis+autofis)")
 
 
 def _config_from_args(args: argparse.Namespace, default_dir: str) -> PipelineConfig:
@@ -48,6 +50,9 @@ def _config_from_args(args: argparse.Namespace, default_dir: str) -> PipelineCon
         config.train.max_epochs = args.max_epochs
     if args.runner:
         config.runner = args.runner
+    if args.search:
+        config.search_strategy = args.search
+    config.validate()
     return config
 
 
