@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import numpy as np
+import tf_keras as keras
 
 from benchmarks.data import BenchData, prepare_bench_data, transformed_dataset
 from benchmarks.report import write_report
@@ -90,6 +91,9 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
         report_dir=report_dir)
     search_seconds = time.perf_counter() - search_start
     names = model_input_names(arch)
+    # Seed before the datasets exist: a seeded shuffle combines its seed with the global one,
+    # so a row would otherwise depend on what ran before it in this process.
+    keras.utils.set_random_seed(seed)
     train_ds = transformed_dataset(data, "train", names, batch, shuffle=True, seed=seed)
     eval_ds = transformed_dataset(data, "eval", names, batch, shuffle=False, seed=seed)
     result = base.train_model(arch, train_ds, eval_ds, learning_rate=config.train.learning_rate,
@@ -144,7 +148,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     serving: list[dict[str, Any]] = []
     for dataset in datasets:
         if is_topk(dataset):
-            rows += run_topk(dataset, models, seeds, config, work_dir, args.data_dir)
+            rows += run_topk(dataset, models, seeds, config, work_dir, args.data_dir,
+                             search_dir=os.path.splitext(out)[0] + "-search")
             _write(out, rows, serving, config)
             continue
         for seed in seeds:

@@ -13,6 +13,7 @@ import logging
 import os
 
 import tensorflow_transform as tft
+import tf_keras as keras
 from tfx import v1 as tfx
 
 from components import base
@@ -43,6 +44,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     strategy = base.choose_strategy()
     batch_size = config.train.batch_size
     input_names = model_input_names(arch)
+    keras.utils.set_random_seed(config.train.seed)  # a seeded shuffle also reads the global seed
     train_ds = base.make_dataset(fn_args.train_files, tf_transform_output, label, batch_size,
                                  shuffle=True, seed=config.train.seed, input_names=input_names)
     eval_ds = base.make_dataset(fn_args.eval_files, tf_transform_output, label, batch_size,
