@@ -1,5 +1,9 @@
 """Top-k rows of ``autorecsys bench``: MF-BPR with full-ranking Recall@20 / NDCG@20.
 
+Models: ``mf`` (one size for every row) and ``mf+esapn`` (ESAPN's per-id sizes, searched on the
+train and eval splits by ``models.search.esapn.search_topk``, then retrained from scratch with
+those sizes; its size plot goes to ``<search_dir>/<dataset>-<model>-seed<seed>/``).
+
 The LightGCN/BARS protocol: the published train/eval/test split, every item ranked for every
 user with the user's training items excluded, early stopping on eval Recall@20, test read once.
 """
@@ -7,8 +11,10 @@ user with the user's training items excluded, early stopping on eval Recall@20, 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
+from components.search import MF_INIT_STD
 from components.topk import evaluate_split, load_topk, train_bpr
 from components.topk_trainer import eval_every
 from models.architecture import TOPK_MODELS
@@ -17,6 +23,7 @@ from pipeline.datasets import prepare_dataset
 from pipeline.datasets.base import PreparedDataset
 
 TOPK_DATASETS = ("gowalla", "ml1m_topk", "synthetic_topk")
+TOPK_SEARCHES = ("esapn",)  # bench model "mf+<method>"
 
 
 def is_topk(dataset: str) -> bool:
@@ -31,12 +38,14 @@ def _prepare(name: str, work_dir: str, data_dir: str | None) -> PreparedDataset:
 
 
 def run_topk(dataset: str, models: list[str], seeds: list[int], config: PipelineConfig,
-             work_dir: str, data_dir: str | None) -> list[dict[str, Any]]:
+             work_dir: str, data_dir: str | None,
+             search_dir: str | None = None) -> list[dict[str, Any]]:
     """One row per (model, seed) on a top-k dataset; the split is the published one."""
-    unknown = [m for m in models if m not in TOPK_MODELS]
+    known = [*TOPK_MODELS, *(f"mf+{m}" for m in TOPK_SEARCHES)]
+    unknown = [m for m in models if m not in known]
     if unknown:
         raise ConfigError(f"Dataset {dataset!r} is a top-k dataset; models {unknown} are CTR "
-                          f"models. Top-k models: {list(TOPK_MODELS)}.")
+                          f"models. Top-k models: {known}.")
     data = load_topk(_prepare(dataset, work_dir, data_dir))
     # The pipeline's top-k settings (``PipelineConfig.topk``), so a bench row is a pipeline number.
     mf = config.topk
@@ -46,9 +55,23 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
     rows = []
     for seed in seeds:
         for model in models:
+            search, search_seconds = {"strategy": "none"}, 0.0
+            id_dims = None
+            if model != "mf":
+                from models.search.esapn import search_topk  # noqa: PLC0415
+
+                start = time.perf_counter()
+                report_dir = search_dir and os.path.join(search_dir,
+                                                         f"{dataset}-{model}-seed{seed}")
+                found = search_topk(data, **settings, init_std=MF_INIT_STD, seed=seed,
+                                    options=config.search_options.get("esapn", {}),
+                                    report_dir=report_dir)
+                search_seconds = time.perf_counter() - start
+                id_dims, search = found["id_dims"], {"strategy": "esapn",
+                                                     "esapn": found["report"]}
             result = train_bpr(data, **settings, max_epochs=config.train.max_epochs,
                                patience=max(config.train.patience, 3), seed=seed,
-                               eval_every=every)
+                               eval_every=every, id_dims=id_dims)
             users, items = (t.numpy() for t in result.model.embedding_tables())
             test = evaluate_split(data, users, items, "test")
             rows.append({
@@ -58,10 +81,11 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
                 "best_epoch": result.best_epoch, "epochs": len(result.history),
                 "embedding_params": result.embedding_params,
                 "total_params": result.embedding_params,
-                "search_seconds": 0.0, "train_seconds": result.train_seconds,
+                "search_seconds": search_seconds, "train_seconds": result.train_seconds,
                 "train_examples_per_second": result.examples_per_second,
                 "architecture": {"model": "mf", "embedding_dim": settings["dim"],
                                  "num_users": data.num_users, "num_items": data.num_items,
-                                 "l2": settings["l2"], "search": {"strategy": "none"}},
+                                 "l2": settings["l2"], "search": search,
+                                 "id_dims": id_dims or {}},
             })
     return rows

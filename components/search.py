@@ -125,6 +125,9 @@ def ArchitectureSearch(
     vocab = base.vocab_sizes(tf_transform_output, spec["categorical"])
     if is_topk(spec):
         arch = topk_architecture(config, spec, vocab)
+        if parse_strategy(config.search_strategy):
+            arch = _search_topk(arch, config, transformed_examples, tf_transform_output,
+                                search_report.uri)
     else:
         dataset = _split_reader(transformed_examples, tf_transform_output, spec["label"],
                                 config)
@@ -138,6 +141,47 @@ def ArchitectureSearch(
         json.dump(search_payload(arch, config, tuned), f, indent=2, sort_keys=True)
     architecture.set_string_custom_property("strategy", config.search_strategy)
     architecture.set_int_custom_property("architecture_version", arch.version)
+
+
+def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transform_output,
+                 report_dir: str) -> Architecture:
+    """Top-k strategies (``esapn`` only) on Transform's train and eval id pairs. ESAPN's sizes
+    are indexed by Transform id; ids absent from train keep the smallest size."""
+    import dataclasses  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from components.topk import topk_data_from_interactions  # noqa: PLC0415
+    from components.topk_trainer import read_id_pairs  # noqa: PLC0415
+    from models.search import SearchError  # noqa: PLC0415
+    from models.search.esapn import search_topk  # noqa: PLC0415
+
+    if config.search_strategy != "esapn":
+        raise SearchError(f"Top-k datasets support search strategy 'esapn' only. "
+                          f"Received: {config.search_strategy!r}")
+    if examples is None:
+        raise SearchError("esapn needs the transformed examples wired into ArchitectureSearch.")
+    user, item = arch.categorical
+    train, eval_ = (read_id_pairs(os.path.join(examples.uri, f"Split-{split}", "*"),
+                                  tf_transform_output, user, item) for split in ("train", "eval"))
+    empty = np.zeros(0, np.int64)
+    data = topk_data_from_interactions(train, eval_, (empty, empty))
+    start = time.perf_counter()
+    found = search_topk(data, dim=arch.embedding_dims[user], l2=arch.l2,
+                        learning_rate=config.topk.learning_rate,
+                        batch_size=config.topk.batch_size,
+                        init_std=arch.embedding_init_std, seed=config.train.seed,
+                        options=dict(config.search_options.get("esapn", {})),
+                        report_dir=report_dir)
+    smallest = found["report"]["settings"]["candidate_dims"][0]
+    id_dims = {}
+    for key, field, ids in (("user", user, data.user_ids), ("item", item, data.item_ids)):
+        sizes = np.full(arch.vocab_sizes[field], smallest, np.int64)
+        sizes[ids.astype(np.int64)] = found["id_dims"][key]
+        id_dims[field] = sizes.tolist()
+    return dataclasses.replace(arch, id_dims=id_dims, search={
+        "strategy": "esapn", "esapn": found["report"], "tuned": {},
+        "seconds": time.perf_counter() - start})
 
 
 def _split_reader(examples, tf_transform_output, label: str, config: PipelineConfig) -> Callable:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 ARCHITECTURE_VERSION = 1
 CTR_MODELS = ("lr", "fm", "deepfm", "dcn", "dnn")  # pointwise click models (models.zoo.ctr)
@@ -16,6 +17,34 @@ TOPK_MODELS = ("mf",)  # user-item retrieval models (models.zoo.mf), trained wit
 MODELS = CTR_MODELS + TOPK_MODELS
 NUMERIC_ENCODINGS = ("scaled", "bucket", "autodis")
 FIRST_ORDER_MODELS = ("lr", "fm", "deepfm")  # models with a per-field linear (LR) term
+# AutoDis settings (``models.layers.autodis.AutoDis`` arguments) and their defaults: H = 20
+# meta-embeddings (the paper's Criteo setting), tau = 0.1 and alpha = 0.8 (EasyRec's
+# temperature and keep_prob); top-3-sum beat the weighted average, max-pooling and tau 0.001,
+# 0.01, 1 on criteo10k's validation AUC (README, "AutoDis").
+AUTODIS_AGGREGATIONS = ("weighted_average", "max_pooling", "top_k_sum")
+AUTODIS_DEFAULTS = {"num_meta_embeddings": 20, "temperature": 0.1, "skip_factor": 0.8,
+                    "aggregation": "top_k_sum", "top_k": 3}
+
+
+def id_dims_chain(id_dims: list[int], output_dim: int) -> list[int]:
+    """ESAPN's chain of sizes for per-id sizes ``id_dims``: the distinct sizes used, then
+    ``output_dim`` (the retrain maps each used size up through the larger ones)."""
+    return sorted({*(int(d) for d in id_dims), int(output_dim)})
+
+
+def id_dims_params(id_dims: list[int], chain: list[int], use_bias: bool = True) -> int:
+    """``sum_i d_i`` plus a ``(d_k + bias) x d_{k+1}`` map per step of ``chain`` from the
+    smallest size used (``models.layers.esapn.ESAPNEmbedding``'s stored parameters)."""
+    chain = list(chain)
+    used = chain[chain.index(min(id_dims)):]
+    return int(sum(id_dims)) + sum((d + int(use_bias)) * e for d, e in pairwise(used))
+
+
+def multisize_params(blocks: list[list[int]], output_dim: int) -> int:
+    """NIS multi-size embedding of blocks ``[[n_v, d_v], ...]``: ``sum_v n_v d_v`` plus a
+    ``d_v x output_dim`` projection per block with ``0 < d_v < output_dim``
+    (``models.layers.multisize.MultiSizeEmbedding``'s parameters)."""
+    return sum(n * d + (d * output_dim if 0 < d < output_dim else 0) for n, d in blocks)
 
 
 class ArchitectureError(ValueError):
@@ -52,6 +81,12 @@ class Architecture:
       unified_dim: when set, every field embedding of its own size ``d_f`` is projected to this
         common size before the interaction and MLP parts (AutoDim's dimension unification);
         FM-based models then accept mixed ``embedding_dims``.
+      embedding_blocks: NIS multi-size embeddings: per categorical field, ``[[num_ids, dim],
+        ...]`` blocks in id order (ids are sorted by train frequency, so the first block holds
+        the most frequent ids); the counts sum to the field's vocab size. Fields absent use
+        ``embedding_dims``.
+      id_dims: ESAPN per-value sizes: per categorical field, one embedding size per id (id
+        order). Fields absent use ``embedding_dims``.
       search: what produced this architecture (strategy name and its own report).
       version: schema version of this JSON.
     """
@@ -74,6 +109,8 @@ class Architecture:
     gated_interactions: bool = False
     autodis: dict = field(default_factory=dict)
     unified_dim: int | None = None
+    embedding_blocks: dict[str, list[list[int]]] = field(default_factory=dict)
+    id_dims: dict[str, list[int]] = field(default_factory=dict)
     search: dict = field(default_factory=lambda: {"strategy": "none"})
     version: int = ARCHITECTURE_VERSION
 
@@ -99,9 +136,31 @@ class Architecture:
         for key in ("l2", "net_l2"):
             if getattr(self, key) < 0:
                 raise ArchitectureError(f"{key} must be >= 0. Received: {key}={getattr(self, key)}")
+        unknown_autodis = sorted(set(self.autodis) - set(AUTODIS_DEFAULTS))
+        if unknown_autodis:
+            raise ArchitectureError(f"autodis has unknown settings {unknown_autodis}; expected "
+                                    f"some of {sorted(AUTODIS_DEFAULTS)}. "
+                                    f"Received: autodis={self.autodis}")
         if self.unified_dim is not None and self.unified_dim < 1:
             raise ArchitectureError(f"unified_dim must be >= 1 or None. "
                                     f"Received: unified_dim={self.unified_dim}")
+        for name, dims in self.id_dims.items():
+            limit = self.embedding_dims.get(name, 0)
+            if name not in self.categorical or len(dims) != self.vocab_sizes[name] or not all(
+                    1 <= d <= limit for d in dims):
+                raise ArchitectureError(f"id_dims[{name!r}] needs one size in [1, {limit}] per id "
+                                        f"of a categorical field ({self.vocab_sizes.get(name)} "
+                                        f"ids). Received: {len(dims)} sizes in "
+                                        f"[{min(dims, default=None)}, {max(dims, default=None)}]")
+        for name, blocks in self.embedding_blocks.items():
+            limit = self.embedding_dims.get(name, 0)
+            if name not in self.categorical or name in self.id_dims or not blocks or any(
+                    len(b) != 2 or b[0] < 1 or not 0 <= b[1] <= limit for b in blocks) or sum(
+                    b[0] for b in blocks) != self.vocab_sizes[name]:
+                raise ArchitectureError(
+                    f"embedding_blocks[{name!r}] needs [num_ids >= 1, dim in [0, {limit}]] blocks "
+                    f"of a categorical field without id_dims, summing to its vocab size "
+                    f"{self.vocab_sizes.get(name)}. Received: {blocks}")
         fields = set(self.categorical) | set(self.numerical)
         for pair in self.kept_interactions or []:
             if len(pair) != 2 or not set(pair) <= fields:
@@ -113,17 +172,34 @@ class Architecture:
 
     def embedding_params(self) -> int:
         """Parameters in the embedding tables the model builds: per-field vector tables (all
-        models but ``lr``) plus one-dimensional first-order tables (``lr``, ``fm``, ``deepfm``)."""
-        widths = {f: 0 for f in self.fields}
-        if self.model != "lr":
-            widths = dict(self.embedding_dims)
-        if self.model in FIRST_ORDER_MODELS:
-            widths = {f: widths[f] + 1 for f in self.fields}
-        total = sum(self.vocab_sizes[f] * widths[f] for f in self.categorical)
+        models but ``lr``) plus one-dimensional first-order tables (``lr``, ``fm``, ``deepfm``).
+        An AutoDis field holds ``H x d_f`` meta-embeddings and one first-order scalar. With
+        ``unified_dim`` (AutoDim), each field's projection ``(d_f + 1) x unified_dim`` counts too:
+        it is the price of storing fields at their own sizes. A NIS field (``embedding_blocks``)
+        holds its block tables plus their projections (``multisize_params``)."""
+        vector = {f: 0 if self.model == "lr" else self.embedding_dims[f] for f in self.fields}
+        scalar = 1 if self.model in FIRST_ORDER_MODELS else 0
+        total = sum(self.vocab_sizes[f] * (vector[f] + scalar) for f in self.categorical)
+        vector_rows = {"scaled": 1, "bucket": self.num_buckets,
+                       "autodis": self.autodis_settings()["num_meta_embeddings"]}
         for f in self.numerical:
-            rows = self.num_buckets if self.numeric_encoding[f] == "bucket" else 1
-            total += rows * widths[f]
+            encoding = self.numeric_encoding[f]
+            scalar_rows = self.num_buckets if encoding == "bucket" else 1
+            total += vector_rows[encoding] * vector[f] + scalar_rows * scalar
+        if self.unified_dim is not None and self.model != "lr":
+            total += sum((vector[f] + 1) * self.unified_dim for f in self.fields)
+        if self.model != "lr":  # ESAPN fields store sum_i d_i plus their maps, not vocab x d_f
+            for f, dims in self.id_dims.items():
+                total += id_dims_params(dims, id_dims_chain(dims, vector[f]),
+                                        use_bias=self.model not in TOPK_MODELS)
+                total -= self.vocab_sizes[f] * vector[f]
+            for f, blocks in self.embedding_blocks.items():  # NIS: blocks plus projections
+                total += multisize_params(blocks, vector[f]) - self.vocab_sizes[f] * vector[f]
         return total
+
+    def autodis_settings(self) -> dict:
+        """``autodis`` completed with ``AUTODIS_DEFAULTS``: the ``AutoDis`` layer's arguments."""
+        return {**AUTODIS_DEFAULTS, **self.autodis}
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

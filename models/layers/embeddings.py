@@ -5,9 +5,12 @@ Every field ``f`` becomes one vector ``e_f`` of its own size ``d_f``:
 * categorical ``f``:          ``e_f = E_f[f_id]``,          ``E_f`` of shape ``[vocab_f, d_f]``
 * numerical ``f``, scaled:    ``e_f = f_z * v_f``,          ``v_f`` of shape ``[d_f]``
 * numerical ``f``, bucket:    ``e_f = B_f[f_bucket]``,      ``B_f`` of shape ``[num_buckets, d_f]``
+* numerical ``f``, autodis:   ``e_f = AutoDis(f_z)``,       ``H`` meta-embeddings ``[H, d_f]``
+                              (``models.layers.autodis``)
 
 The first-order term of LR and FM (Rendle, "Factorization Machines", ICDM 2010) is the same
-construction with ``d_f = 1``, summed over fields: ``y_lin = b + sum_f e_f``.
+construction with ``d_f = 1``, summed over fields: ``y_lin = b + sum_f e_f``; an AutoDis field
+enters it as a scaled one.
 
 Ids are looked up as given. Transform maps every value into ``[0, vocab + OOV)`` and every bucket
 into ``[0, num_buckets)``; an id outside its table is a Transform bug, which ``tf.gather`` reports
@@ -24,6 +27,7 @@ import tf_keras as keras
 
 from components.features import bucket_name, id_name, scaled_name
 from models.architecture import NUMERIC_ENCODINGS
+from models.layers.autodis import AutoDis
 
 
 def field_input_dtypes(categorical: Sequence[str], numerical: Sequence[str],
@@ -33,11 +37,12 @@ def field_input_dtypes(categorical: Sequence[str], numerical: Sequence[str],
     Args:
       categorical: categorical field names.
       numerical: numerical field names.
-      numeric_encoding: per numerical field ``"scaled"`` or ``"bucket"``; missing means scaled.
+      numeric_encoding: per numerical field ``"scaled"``, ``"bucket"`` or ``"autodis"``;
+        missing means scaled.
 
     Returns:
       ``{"f_id": int64}`` per categorical field, and per numerical field either
-      ``{"f_z": float32}`` (scaled) or ``{"f_bucket": int64}`` (bucket).
+      ``{"f_z": float32}`` (scaled, autodis) or ``{"f_bucket": int64}`` (bucket).
     """
     encodings = numeric_encoding or {}
     dtypes = {id_name(f): tf.int64 for f in categorical}
@@ -91,6 +96,7 @@ class FieldEmbedding(keras.layers.Layer):
         categorical:      e_f = E_f[f_id]            E_f in R^{vocab_f x d_f}
         numerical scaled: e_f = f_z * v_f            v_f in R^{d_f}
         numerical bucket: e_f = B_f[f_bucket]        B_f in R^{num_buckets x d_f}
+        numerical autodis: e_f = AutoDis(f_z)_f      H meta-embeddings in R^{H x d_f}
 
     The scaled encoding is the "field embedding" of numerical features used by AutoInt and
     AutoDis (Guo et al., "An Embedding Learning Framework for Numerical Features in CTR
@@ -109,10 +115,13 @@ class FieldEmbedding(keras.layers.Layer):
       numerical: numerical field names, in output order (after the categorical ones).
       vocab_sizes: per categorical field, the number of ids (vocabulary plus OOV buckets).
       embedding_dims: per field, its embedding size ``d_f``.
-      numeric_encoding: per numerical field ``"scaled"`` or ``"bucket"``; missing means scaled.
+      numeric_encoding: per numerical field ``"scaled"``, ``"bucket"`` or ``"autodis"``;
+        missing means scaled.
       num_buckets: rows of a bucket-encoded field's table.
-      l2: L2 strength on every table and field vector; 0 adds no loss.
-      embeddings_initializer: initializer of the tables and field vectors.
+      l2: L2 strength on every table, field vector and meta-embedding; 0 adds no loss.
+      embeddings_initializer: initializer of the tables, field vectors and meta-embeddings.
+      autodis: settings of the one ``AutoDis`` sub-layer over all ``"autodis"`` fields (its
+        arguments but the dims, l2 and initializer; missing ones take its defaults).
 
     Input shape:
       A dict holding, per field, the features named by ``field_input_dtypes``, each ``[B]`` or
@@ -127,7 +136,7 @@ class FieldEmbedding(keras.layers.Layer):
                  vocab_sizes: Mapping[str, int], embedding_dims: Mapping[str, int],
                  numeric_encoding: Mapping[str, str] | None = None, num_buckets: int = 20,
                  l2: float = 0.0, embeddings_initializer: Any = "truncated_normal",
-                 **kwargs: Any) -> None:
+                 autodis: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.categorical = list(categorical)
         self.numerical = list(numerical)
@@ -165,6 +174,14 @@ class FieldEmbedding(keras.layers.Layer):
         self.l2 = float(l2)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self._tables: dict[str, tf.Variable] = {}
+        self.autodis = dict(autodis or {})
+        self.autodis_fields = [f for f in self.numerical if self.numeric_encoding[f] == "autodis"]
+        self.autodis_layer: AutoDis | None = None
+        if self.autodis_fields:
+            self.autodis_layer = AutoDis(
+                [self.embedding_dims[f] for f in self.autodis_fields], **self.autodis, l2=self.l2,
+                embeddings_initializer=_clone_initializer(self.embeddings_initializer),
+                name="autodis")
 
     @property
     def fields(self) -> list[str]:
@@ -177,7 +194,11 @@ class FieldEmbedding(keras.layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         regularizer = keras.regularizers.L2(self.l2) if self.l2 > 0 else None
+        if self.autodis_layer is not None:
+            self.autodis_layer.build((None, len(self.autodis_fields)))
         for f in self.fields:
+            if f in self.autodis_fields:
+                continue
             if f in self.vocab_sizes:
                 shape, name = (self.vocab_sizes[f], self.embedding_dims[f]), f"{f}_embedding"
             elif self.numeric_encoding[f] == "bucket":
@@ -195,7 +216,15 @@ class FieldEmbedding(keras.layers.Layer):
             raise ValueError(f"FieldEmbedding is missing input features {missing}. "
                              f"Received: keys={sorted(inputs)}")
         embeddings = []
+        autodis = {}
+        if self.autodis_layer is not None:
+            values = tf.stack([_as_vector(inputs[scaled_name(f)], scaled_name(f))
+                               for f in self.autodis_fields], axis=1)
+            autodis = dict(zip(self.autodis_fields, self.autodis_layer(values), strict=True))
         for f in self.fields:
+            if f in autodis:
+                embeddings.append(tf.cast(autodis[f], self.compute_dtype))
+                continue
             table = self._tables[f]
             if f in self.vocab_sizes:
                 embedding = tf.gather(table, _as_vector(inputs[id_name(f)], id_name(f)))
@@ -219,6 +248,7 @@ class FieldEmbedding(keras.layers.Layer):
             "num_buckets": self.num_buckets,
             "l2": self.l2,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+            "autodis": dict(self.autodis),
         }
 
 
@@ -232,6 +262,9 @@ class FieldLinear(keras.layers.Layer):
         w_f(x) = W_f[f_id]        (categorical, W_f in R^{vocab_f})
                = w_f * f_z        (numerical, scaled)
                = W_f[f_bucket]    (numerical, bucket, W_f in R^{num_buckets})
+
+    AutoDis fields enter this term as scaled ones (one weight times ``f_z``): the first-order
+    term stays a linear model, AutoDis only changes the field embeddings.
 
     It is ``FieldEmbedding`` with every ``d_f = 1``, summed, plus an optional bias ``b``.
 
@@ -259,10 +292,12 @@ class FieldLinear(keras.layers.Layer):
                  embeddings_initializer: Any = "zeros", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.use_bias = bool(use_bias)
+        linear_encoding = {f: "scaled" if encoding == "autodis" else encoding
+                           for f, encoding in (numeric_encoding or {}).items()}
         self.weights_per_field = FieldEmbedding(
             categorical, numerical, vocab_sizes,
             embedding_dims={f: 1 for f in [*categorical, *numerical]},
-            numeric_encoding=numeric_encoding, num_buckets=num_buckets, l2=l2,
+            numeric_encoding=linear_encoding, num_buckets=num_buckets, l2=l2,
             embeddings_initializer=embeddings_initializer, name="weights_per_field")
         self.bias: tf.Variable | None = None
 

@@ -6,6 +6,7 @@ the logits of its parts into the layer named ``logit`` and returns ``sigmoid(log
 
     lr:     y = b + sum_f w_f(x)
     fm:     y = lr + sum_{(i, j) kept} <e_i, e_j>                      (Rendle, ICDM 2010)
+            (gated_interactions: <e_i, e_j> -> alpha_ij BN(<e_i, e_j>); Liu et al., KDD 2020)
     deepfm: y = fm + w^T MLP([e_1; ...; e_F])                          (Guo et al., IJCAI 2017)
     dnn:    y = w^T MLP([e_1; ...; e_F]) + b
     dcn:    y = w^T [Cross^L(x_0); MLP(x_0)] + b,  x_0 = [e_1; ...; e_F]  (Wang et al., WWW 2021)
@@ -28,6 +29,7 @@ import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 from models.architecture import Architecture, ArchitectureError
+from models.layers.autofis import GatedInteraction
 from models.layers.embeddings import (
     FieldEmbedding,
     FieldLinear,
@@ -35,11 +37,15 @@ from models.layers.embeddings import (
     field_input_dtypes,
     stack_embeddings,
 )
+from models.layers.esapn import ESAPNFieldEmbedding
 from models.layers.interactions import FMInteraction
 from models.layers.mlp import MLP
+from models.layers.multisize import MultiSizeFieldEmbedding
+from models.layers.projection import FieldProjection
 
 LOGIT_LAYER = "logit"
 PROBABILITY_LAYER = "probability"
+FM_INTERACTION_LAYER = "fm_interaction"  # FM's pairwise term, plain or AutoFIS-gated
 
 
 def model_input_dtypes(arch: Architecture) -> dict[str, tf.DType]:
@@ -59,11 +65,16 @@ def model_input_specs(arch: Architecture) -> dict[str, tf.TensorSpec]:
             for name, dtype in model_input_dtypes(arch).items()}
 
 
-def build_ctr_model(arch: Architecture) -> keras.Model:
+def build_ctr_model(arch: Architecture,
+                    field_embedding: keras.layers.Layer | None = None) -> keras.Model:
     """Builds the functional Keras model that ``arch`` describes.
 
     Args:
       arch: the architecture; ``arch.model`` picks the family.
+      field_embedding: a layer that replaces the per-field tables (default: ``FieldEmbedding``
+        of ``arch``), mapping the inputs dict to one ``[B, D]`` tensor per field in
+        ``arch.fields`` order; a search plugs its searching layer in here (e.g.
+        ``models.layers.autodim.AutoDimEmbedding``).
 
     Returns:
       A model named ``arch.model`` taking a dict of ``[B]`` tensors keyed by
@@ -72,11 +83,11 @@ def build_ctr_model(arch: Architecture) -> keras.Model:
 
     Raises:
       ArchitectureError: when the family cannot be built from ``arch`` (FM-based models need one
-        embedding dim for all fields; ``cross_layers`` must be >= 0).
+        embedding dim for all fields, or ``unified_dim``; ``cross_layers`` must be >= 0).
     """
     inputs = {name: keras.Input(shape=(), dtype=dtype, name=name)
               for name, dtype in model_input_dtypes(arch).items()}
-    parts = _LOGIT_PARTS[arch.model](arch, inputs)
+    parts = _LOGIT_PARTS[arch.model](arch, inputs, field_embedding or _field_embedding(arch))
     summed = parts[0] if len(parts) == 1 else keras.layers.Add(name="logit_sum")(parts)
     logit = keras.layers.Identity(name=LOGIT_LAYER)(summed)
     probability = keras.layers.Activation("sigmoid", dtype="float32",
@@ -91,12 +102,36 @@ def _field_linear(arch: Architecture) -> FieldLinear:
 
 
 def _field_embedding(arch: Architecture) -> FieldEmbedding:
+    if arch.id_dims:  # ESAPN: per-id sizes of the fields it searched
+        return ESAPNFieldEmbedding(
+            arch.categorical, arch.numerical, arch.vocab_sizes, arch.embedding_dims,
+            id_dims=arch.id_dims, numeric_encoding=arch.numeric_encoding,
+            num_buckets=arch.num_buckets, l2=arch.l2, name="field_embedding",
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=arch.embedding_init_std))
+    if arch.embedding_blocks:  # NIS: multi-size blocks of the fields it searched
+        return MultiSizeFieldEmbedding(
+            arch.categorical, arch.numerical, arch.vocab_sizes, arch.embedding_dims,
+            embedding_blocks=arch.embedding_blocks, numeric_encoding=arch.numeric_encoding,
+            num_buckets=arch.num_buckets, l2=arch.l2, autodis=arch.autodis,
+            name="field_embedding",
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=arch.embedding_init_std))
     return FieldEmbedding(arch.categorical, arch.numerical, arch.vocab_sizes,
                           arch.embedding_dims, numeric_encoding=arch.numeric_encoding,
                           num_buckets=arch.num_buckets, l2=arch.l2,
                           embeddings_initializer=keras.initializers.RandomNormal(
                               stddev=arch.embedding_init_std),
-                          name="field_embedding")
+                          autodis=arch.autodis, name="field_embedding")
+
+
+def _embeddings(arch: Architecture, layer: keras.layers.Layer,
+                inputs: dict[str, tf.Tensor]) -> list[tf.Tensor]:
+    """Per-field embeddings; with ``arch.unified_dim`` each ``[B, d_f]`` is projected to
+    ``[B, unified_dim]`` (``FieldProjection``) before the interaction and MLP parts."""
+    embeddings = layer(inputs)
+    if arch.unified_dim is None:
+        return embeddings
+    return FieldProjection(arch.fields, arch.embedding_dims, arch.unified_dim, l2=arch.net_l2,
+                           name="field_projection")(embeddings)
 
 
 def _mlp(arch: Architecture) -> MLP:
@@ -118,41 +153,51 @@ def _kept_pairs(arch: Architecture) -> list[tuple[int, int]] | None:
 
 
 def _fm_term(arch: Architecture, embeddings: list[tf.Tensor]) -> tf.Tensor:
-    dims = sorted({arch.embedding_dims[f] for f in arch.fields})
+    dims = sorted({int(e.shape[-1]) for e in embeddings})
     if len(dims) != 1:
-        raise ArchitectureError(f"Model {arch.model!r} needs one embedding dim for all fields. "
-                                f"Received: embedding_dims={arch.embedding_dims}")
-    return FMInteraction(pair_mask=_kept_pairs(arch), name="fm_interaction")(
-        stack_embeddings(embeddings))
+        raise ArchitectureError(f"Model {arch.model!r} needs one embedding dim for all fields "
+                                f"or a unified_dim. Received: embedding_dims="
+                                f"{arch.embedding_dims}, unified_dim={arch.unified_dim}")
+    if arch.gated_interactions:
+        interaction: keras.layers.Layer = GatedInteraction(interactions=_kept_pairs(arch),
+                                                           name=FM_INTERACTION_LAYER)
+    else:
+        interaction = FMInteraction(pair_mask=_kept_pairs(arch), name=FM_INTERACTION_LAYER)
+    return interaction(stack_embeddings(embeddings))
 
 
-def _lr_parts(arch: Architecture, inputs: dict[str, tf.Tensor]) -> list[tf.Tensor]:
+def _lr_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
+              embedding: keras.layers.Layer) -> list[tf.Tensor]:
     return [_field_linear(arch)(inputs)]
 
 
-def _fm_parts(arch: Architecture, inputs: dict[str, tf.Tensor]) -> list[tf.Tensor]:
-    embeddings = _field_embedding(arch)(inputs)
+def _fm_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
+              embedding: keras.layers.Layer) -> list[tf.Tensor]:
+    embeddings = _embeddings(arch, embedding, inputs)
     return [_field_linear(arch)(inputs), _fm_term(arch, embeddings)]
 
 
-def _deepfm_parts(arch: Architecture, inputs: dict[str, tf.Tensor]) -> list[tf.Tensor]:
-    embeddings = _field_embedding(arch)(inputs)
+def _deepfm_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
+                  embedding: keras.layers.Layer) -> list[tf.Tensor]:
+    embeddings = _embeddings(arch, embedding, inputs)
     deep = _mlp(arch)(concat_embeddings(embeddings))
     return [_field_linear(arch)(inputs), _fm_term(arch, embeddings),
             _dense_logit(arch, "deep_logit", use_bias=False)(deep)]
 
 
-def _dnn_parts(arch: Architecture, inputs: dict[str, tf.Tensor]) -> list[tf.Tensor]:
-    embeddings = _field_embedding(arch)(inputs)
+def _dnn_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
+               embedding: keras.layers.Layer) -> list[tf.Tensor]:
+    embeddings = _embeddings(arch, embedding, inputs)
     deep = _mlp(arch)(concat_embeddings(embeddings))
     return [_dense_logit(arch, "deep_logit", use_bias=True)(deep)]
 
 
-def _dcn_parts(arch: Architecture, inputs: dict[str, tf.Tensor]) -> list[tf.Tensor]:
+def _dcn_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
+               embedding: keras.layers.Layer) -> list[tf.Tensor]:
     if arch.cross_layers < 0:
         raise ArchitectureError(f"cross_layers must be >= 0. "
                                 f"Received: cross_layers={arch.cross_layers}")
-    x0 = concat_embeddings(_field_embedding(arch)(inputs))
+    x0 = concat_embeddings(_embeddings(arch, embedding, inputs))
     regularizer = keras.regularizers.L2(arch.net_l2) if arch.net_l2 > 0 else None
     crossed = x0
     for index in range(arch.cross_layers):
@@ -163,7 +208,8 @@ def _dcn_parts(arch: Architecture, inputs: dict[str, tf.Tensor]) -> list[tf.Tens
     return [_dense_logit(arch, "deep_logit", use_bias=True)(tower)]
 
 
-_LOGIT_PARTS: dict[str, Callable[[Architecture, dict[str, tf.Tensor]], list[tf.Tensor]]] = {
+_LOGIT_PARTS: dict[str, Callable[[Architecture, dict[str, tf.Tensor], keras.layers.Layer],
+                                  list[tf.Tensor]]] = {
     "lr": _lr_parts,
     "fm": _fm_parts,
     "deepfm": _deepfm_parts,

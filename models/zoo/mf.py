@@ -30,6 +30,9 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
+from models.architecture import id_dims_chain
+from models.layers.esapn import ESAPNEmbedding
+
 USER_KEY = "user"
 ITEM_KEYS = ("item", "negative")
 
@@ -77,6 +80,10 @@ class MatrixFactorization(keras.Model):
       l2: weight of the L2 penalty in :meth:`compute_bpr_loss`.
       init_std: standard deviation of the normal initializer of both tables.
       seed: initializer seed; ``None`` draws one.
+      id_dims: ESAPN per-id sizes under ``"user"`` and/or ``"item"`` (one size <= ``D`` per
+        id); such a table is an ``ESAPNEmbedding`` over the sizes it uses, mapped up to ``D``.
+      candidate_dims: the ESAPN tables' size chain (ending at ``D``); None: the sizes that
+        ``id_dims`` uses, then ``D`` (a search passes its whole candidate set).
 
     Input shape: a dict of ``[B]`` (or ``[B, N]``) integer ids under ``"user"``, ``"item"``,
       ``"negative"``; any subset.
@@ -85,7 +92,8 @@ class MatrixFactorization(keras.Model):
 
     def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
                  l2: float = 1e-4, init_std: float = 0.1, seed: int | None = None,
-                 **kwargs: Any) -> None:
+                 id_dims: Mapping[str, Sequence[int]] | None = None,
+                 candidate_dims: Sequence[int] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name, value in (("num_users", num_users), ("num_items", num_items),
                             ("embedding_dim", embedding_dim)):
@@ -101,14 +109,26 @@ class MatrixFactorization(keras.Model):
         self.l2 = float(l2)
         self.init_std = float(init_std)
         self.seed = seed
-        item_seed = None if seed is None else seed + 1
-        self.user_embedding = keras.layers.Embedding(
-            self.num_users, self.embedding_dim, name="user_embedding",
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=init_std, seed=seed))
-        self.item_embedding = keras.layers.Embedding(
-            self.num_items, self.embedding_dim, name="item_embedding",
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=init_std,
-                                                                   seed=item_seed))
+        self.id_dims = {key: [int(d) for d in dims] for key, dims in (id_dims or {}).items()}
+        unknown = sorted(set(self.id_dims) - {USER_KEY, "item"})
+        if unknown:
+            raise ValueError(f"id_dims takes 'user' and 'item'. Received: keys {unknown}")
+        self.candidate_dims = None if candidate_dims is None else [int(d) for d in candidate_dims]
+        self.user_embedding = self._table(USER_KEY, self.num_users, seed)
+        self.item_embedding = self._table("item", self.num_items,
+                                          None if seed is None else seed + 1)
+
+    def _table(self, key: str, rows: int, seed: int | None) -> keras.layers.Layer:
+        initializer = keras.initializers.RandomNormal(stddev=self.init_std, seed=seed)
+        if key not in self.id_dims:
+            return keras.layers.Embedding(rows, self.embedding_dim, name=f"{key}_embedding",
+                                          embeddings_initializer=initializer)
+        dims = self.id_dims[key]
+        chain = self.candidate_dims or id_dims_chain(dims, self.embedding_dim)
+        # No bias in the maps: a bias shared by every small id adds one common vector to their
+        # scores, and MF-BPR then sits on the popularity-only solution for many epochs.
+        return ESAPNEmbedding(rows, chain, dims, use_bias=False,
+                              embeddings_initializer=initializer, name=f"{key}_embedding")
 
     def build(self, input_shape: Any = None) -> None:
         self.user_embedding.build((None,))
@@ -140,8 +160,19 @@ class MatrixFactorization(keras.Model):
         """The whole ``[num_users, D]`` user and ``[num_items, D]`` item tables."""
         if not self.built:
             self.build()
-        return (tf.convert_to_tensor(self.user_embedding.embeddings),
-                tf.convert_to_tensor(self.item_embedding.embeddings))
+        return tuple(tf.convert_to_tensor(layer.embeddings) if key not in self.id_dims
+                     else layer(tf.range(rows))
+                     for key, layer, rows in ((USER_KEY, self.user_embedding, self.num_users),
+                                              ("item", self.item_embedding, self.num_items)))
+
+    def embedding_params(self) -> int:
+        """Stored embedding parameters: ``rows x D`` per plain table; an ESAPN table stores
+        ``sum_i d_i`` plus its maps (``ESAPNEmbedding.stored_params``)."""
+        if not self.built:
+            self.build()
+        return sum(layer.stored_params() if key in self.id_dims else int(layer.count_params())
+                   for key, layer in ((USER_KEY, self.user_embedding),
+                                      ("item", self.item_embedding)))
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -154,4 +185,7 @@ class MatrixFactorization(keras.Model):
             "l2": self.l2,
             "init_std": self.init_std,
             "seed": self.seed,
+            "id_dims": {key: getattr(self, f"{key}_embedding").id_dims() if self.built else dims
+                        for key, dims in self.id_dims.items()},
+            "candidate_dims": self.candidate_dims,
         }

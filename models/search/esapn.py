@@ -1,0 +1,390 @@
+"""ESAPN's search: a policy network grows each id's embedding size while the model trains.
+
+Liu, Zhao, Wang, Liu, Tang, "Automated Embedding Size Search in Deep Recommender Systems"
+(ESAPN), SIGIR 2020; official code ``zgahhblhc/ESAPN`` (``model/train.py``). The searched layer
+is ``models.layers.esapn.ESAPNEmbedding`` (one per searched table); this module drives it.
+
+Every id starts at the smallest candidate size. Per table (MF: users, items; CTR: each
+categorical field) a policy ``pi(a | state)`` sees the id's state, the official
+``Policy_Type 1``: its running frequency (as a ``log2`` bucket, one-hot) and its current size
+(one-hot), through ``Dense(hidden, tanh) -> Dense(2)``, and picks ``a`` in {keep, enlarge};
+sizes only grow (enlarging writes ``E[i, :d_{k+1}] = W_k^T E[i, :d_k] + b_k``, see the layer).
+Streaming over the train batches, per batch and table:
+
+1. every id of the batch draws its action from ``pi`` (none at the largest size) and grows;
+2. the model takes one Adam step on the batch; the per-id mean loss ``l_now`` is kept;
+3. REINFORCE (Williams, 1992) on the id's action at its previous appearance, with the reward
+   ``R = (1 - l_now) - (1 - l_last) - size_cost * enlarged * (d_new - d_old) / d_K``: the
+   official reward ``1 - loss`` against its ``last_loss`` baseline (``--Reward_Base
+   last_loss``, the variant of the official code that runs), minus a memory price;
+   ``loss_pi = sum R * CE(logits, a)``, Adam at ``policy_learning_rate``.
+
+Working variant, and why: the official code samples a fresh action on the previous batch and
+scores it at once, but the enlargement above leaves the output unchanged, so that reward says
+nothing about the action (only batch norm noise separates the two). Here an action is scored
+by the loss change up to the id's next appearance, after training with the size it chose. The
+rewards of a batch are divided by their standard deviation (variance reduction). After each
+search epoch the eval split is scored (top-k: Recall@20; CTR: logloss) and the sizes of the best
+epoch are the result. The retrain builds fresh tables of those sizes from ``arch.id_dims``.
+
+Options (``PipelineConfig.search_options["esapn"]``): ``candidate_dims`` (None: the paper's
+``{2, 4, 8, 16, 64, 128}`` below the starting size, then the starting size), ``epochs``,
+``size_cost``, ``policy_hidden``, ``policy_learning_rate``, ``popularity_buckets``. The default
+``size_cost`` = 0.25 is the one of {0.1, 0.25, 0.5} that kept ml1m_topk's searched tables under
+60 % of MF's (0.1 gave 62 %); it was read off the search's own parameter count, not a test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from components.features import id_name
+from models.architecture import Architecture
+from models.layers.esapn import PAPER_CANDIDATE_DIMS, ESAPNEmbedding, ESAPNFieldEmbedding
+from models.search import SearchContext, SearchError
+
+NAME = "esapn"
+PLOT_FILE = "esapn_sizes.png"
+DEFAULTS: dict[str, Any] = {
+    "candidate_dims": None,
+    "epochs": 5,
+    "size_cost": 0.25,
+    "policy_hidden": 512,  # the official policy's width
+    "policy_learning_rate": 1e-3,
+    "popularity_buckets": 24,
+}
+
+
+def settings(options: dict[str, Any], output_dim: int) -> dict[str, Any]:
+    """``DEFAULTS`` updated with ``options``; raises ``SearchError`` on unknown or bad values."""
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise SearchError(f"esapn: unknown options {unknown}; known: {sorted(DEFAULTS)}.")
+    values = {**DEFAULTS, **options}
+    dims = values["candidate_dims"]
+    if dims is None:
+        dims = [d for d in PAPER_CANDIDATE_DIMS if d < output_dim] + [output_dim]
+    values["candidate_dims"] = sorted(int(d) for d in dims)
+    if values["candidate_dims"][-1] != output_dim:
+        raise SearchError(f"esapn: the largest candidate size must be the model's embedding size "
+                          f"{output_dim}. Received: candidate_dims={dims}")
+    for key in ("epochs", "policy_hidden", "popularity_buckets"):
+        if int(values[key]) < 1:
+            raise SearchError(f"esapn: {key} must be >= 1. Received: {key}={values[key]}")
+    if values["size_cost"] < 0 or values["policy_learning_rate"] <= 0:
+        raise SearchError(f"esapn: size_cost must be >= 0 and policy_learning_rate > 0. "
+                          f"Received: size_cost={values['size_cost']}, "
+                          f"policy_learning_rate={values['policy_learning_rate']}")
+    return values
+
+
+class SizePolicy:
+    """``pi(keep/enlarge | popularity bucket, size)`` with its REINFORCE step."""
+
+    def __init__(self, num_sizes: int, values: dict[str, Any], seed: int) -> None:
+        self.num_sizes = num_sizes
+        self.buckets = int(values["popularity_buckets"])
+        init = keras.initializers.GlorotUniform(seed=seed)
+        self.net = keras.Sequential([
+            keras.layers.Dense(int(values["policy_hidden"]), "tanh", kernel_initializer=init),
+            keras.layers.Dense(2, kernel_initializer="zeros")])
+        self.net.build((None, self.buckets + num_sizes))
+        self.optimizer = keras.optimizers.Adam(float(values["policy_learning_rate"]))
+        spec = tf.TensorSpec([None, self.buckets + num_sizes], tf.float32)
+
+        @tf.function(input_signature=[spec, tf.TensorSpec([None], tf.int32),
+                                      tf.TensorSpec([None], tf.float32)])
+        def reinforce(states: tf.Tensor, actions: tf.Tensor, rewards: tf.Tensor) -> tf.Tensor:
+            with tf.GradientTape() as tape:
+                logits = self.net(states)
+                cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(actions, logits)
+                loss = tf.reduce_sum(cross_entropy * rewards)
+            variables = self.net.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables,
+                                               strict=True))
+            return loss
+
+        self.reinforce = reinforce
+        self.probabilities = tf.function(lambda s: tf.nn.softmax(self.net(s)),
+                                         input_signature=[spec])
+
+    def states(self, counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        bucket = np.minimum(np.log2(1 + counts).astype(np.int64), self.buckets - 1)
+        state = np.zeros((len(counts), self.buckets + self.num_sizes), np.float32)
+        state[np.arange(len(counts)), bucket] = 1
+        state[np.arange(len(counts)), self.buckets + sizes] = 1
+        return state
+
+
+class GrowthController:
+    """One table's ESAPN bookkeeping: running counts, last losses, pending actions, policy."""
+
+    def __init__(self, layer: ESAPNEmbedding, values: dict[str, Any], seed: int) -> None:
+        self.layer = layer
+        self.dims = np.array(layer.candidate_dims)
+        self.policy = SizePolicy(len(self.dims), values, seed)
+        self.size_cost = float(values["size_cost"])
+        n = layer.num_ids
+        self.counts = np.zeros(n, np.int64)
+        self.last_loss = np.zeros(n, np.float32)
+        self.pending_action = np.full(n, -1, np.int8)
+        self.pending_state = np.zeros((n, self.policy.buckets + len(self.dims)), np.float32)
+        self.rewards: list[float] = []
+
+    def act(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Draws and applies each distinct id's action; returns (ids, (states, actions))."""
+        unique, occurrences = np.unique(ids, return_counts=True)
+        sizes = self.layer.size_index.numpy()[unique]
+        states = self.policy.states(self.counts[unique], sizes)
+        enlarge = self.policy.probabilities(states).numpy()[:, 1]
+        actions = (rng.random(len(unique)) < enlarge) & (sizes < len(self.dims) - 1)
+        self.layer.grow(unique[actions])
+        self.counts[unique] += occurrences
+        return unique, (states, actions.astype(np.int8))
+
+    def observe(self, ids: np.ndarray, losses: np.ndarray, unique: np.ndarray,
+                chosen: tuple[np.ndarray, np.ndarray]) -> None:
+        """Rewards the ids' previous actions with their loss change; stores the new ones."""
+        position = np.searchsorted(unique, ids)
+        now = (np.bincount(position, losses, len(unique))
+               / np.bincount(position, minlength=len(unique))).astype(np.float32)
+        pending = self.pending_action[unique] >= 0
+        if pending.any():
+            ids_p = unique[pending]
+            actions = self.pending_action[ids_p].astype(np.int32)
+            states = self.pending_state[ids_p]
+            old = np.argmax(states[:, self.policy.buckets:], axis=1)
+            grown = (self.dims[np.minimum(old + 1, len(self.dims) - 1)] - self.dims[old])
+            rewards = (self.last_loss[ids_p] - now[pending]
+                       - self.size_cost * actions * grown / self.dims[-1])
+            self.rewards.append(float(rewards.mean()))
+            rewards = rewards / (rewards.std() + 1e-8)
+            self.policy.reinforce(states, actions, rewards.astype(np.float32))
+        self.last_loss[unique] = now
+        self.pending_state[unique], self.pending_action[unique] = chosen
+
+
+def search_topk(data: Any, *, dim: int, learning_rate: float, batch_size: int, l2: float,
+                init_std: float, seed: int, options: dict[str, Any] | None = None,
+                report_dir: str | None = None, k: int = 20) -> dict[str, Any]:
+    """ESAPN on MF-BPR over ``components.topk.TopkData`` (train pairs; eval split to pick the
+    epoch; never test). Returns ``{"id_dims": {"user": [...], "item": [...]}, "report": ...}``
+    where ``report`` is what ``arch.search["esapn"]`` records.
+
+    A BPR triple ``(u, i, j)`` is an interaction of ``u`` and ``i``: its loss and its
+    frequency count go to ``u`` and ``i``; the sampled negative ``j`` only trains."""
+    from components.topk import evaluate_topk, sample_negatives  # noqa: PLC0415
+    from models.zoo.mf import MatrixFactorization  # noqa: PLC0415
+
+    values = settings(options or {}, dim)
+    keras.utils.set_random_seed(seed)
+    smallest = values["candidate_dims"][0]
+    model = MatrixFactorization(
+        data.num_users, data.num_items, dim, l2=l2, init_std=init_std, seed=seed,
+        id_dims={"user": [smallest] * data.num_users, "item": [smallest] * data.num_items},
+        candidate_dims=values["candidate_dims"])
+    model.build()
+    tables = {"user": model.user_embedding, "item": model.item_embedding}
+    controllers = {key: GrowthController(layer, values, seed + i)
+                   for i, (key, layer) in enumerate(tables.items())}
+    optimizer = keras.optimizers.Adam(learning_rate)
+    ids = tf.TensorSpec([None], tf.int64)
+
+    @tf.function(input_signature=[ids, ids, ids])
+    def train_step(users: tf.Tensor, positives: tf.Tensor, negatives: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            vectors = model({"user": users, "item": positives, "negative": negatives})
+            user, pos, neg = vectors["user"], vectors["item"], vectors["negative"]
+            per_sample = tf.nn.softplus(tf.reduce_sum(user * neg, -1)
+                                        - tf.reduce_sum(user * pos, -1))
+            penalty = l2 * 0.5 * tf.add_n([tf.reduce_sum(tf.square(t)) for t in vectors.values()])
+            loss = tf.reduce_mean(per_sample) + penalty / tf.cast(tf.shape(users)[0], tf.float32)
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return per_sample
+
+    rng = np.random.default_rng(seed)
+    history, snapshots = [], []
+    start = time.perf_counter()
+    for epoch in range(1, int(values["epochs"]) + 1):
+        order = rng.permutation(len(data.train_pairs))
+        users, positives = data.train_pairs[order, 0], data.train_pairs[order, 1]
+        negatives = sample_negatives(data.train_items_by_user, users, data.num_items, rng)
+        for s in range(0, len(order), batch_size):
+            batch = {"user": users[s:s + batch_size], "item": positives[s:s + batch_size]}
+            chosen = {key: controllers[key].act(batch[key], rng) for key in controllers}
+            losses = train_step(batch["user"], batch["item"], negatives[s:s + batch_size])
+            for key, controller in controllers.items():
+                controller.observe(batch[key], losses.numpy(), *chosen[key])
+        metrics = evaluate_topk(*(t.numpy() for t in model.embedding_tables()),
+                                data.train_items_by_user, data.eval_items_by_user, k)
+        record = {"epoch": epoch, f"eval_recall@{k}": metrics[f"recall@{k}"],
+                  "embedding_params": model.embedding_params(),
+                  "seconds": time.perf_counter() - start}
+        history.append(record)
+        snapshots.append({key: layer.id_dims() for key, layer in tables.items()})
+        logging.info("esapn search epoch %d: %s", epoch, record)
+    best = max(range(len(history)), key=lambda i: history[i][f"eval_recall@{k}"])
+    frequency = {"user": data.train_items_by_user.counts.astype(float),
+                 "item": np.bincount(data.train_pairs[:, 1], minlength=data.num_items)}
+    report = _report(values, history, best, snapshots[best], frequency, controllers,
+                     params_before=(data.num_users + data.num_items) * dim,
+                     params_after=history[best]["embedding_params"])
+    if report_dir:
+        os.makedirs(report_dir, exist_ok=True)
+        plot_sizes(snapshots[best], frequency, report, os.path.join(report_dir, PLOT_FILE))
+    return {"id_dims": snapshots[best], "report": report}
+
+
+def search(ctx: SearchContext) -> Architecture:
+    """CTR models (``deepfm``): searches every categorical field's per-id sizes; returns
+    ``ctx.arch`` with ``id_dims`` and ``search["esapn"]``."""
+    from models.zoo import build_ctr_model, model_input_names  # noqa: PLC0415
+
+    arch = ctx.arch
+    if not arch.categorical:
+        raise SearchError("esapn searches categorical fields; this dataset has none.")
+    if arch.unified_dim is not None or arch.id_dims:
+        raise SearchError("esapn: the starting architecture already has unified_dim or id_dims.")
+    dim = arch.embedding_dims[arch.categorical[0]]
+    if any(arch.embedding_dims[f] != dim for f in arch.categorical):
+        raise SearchError(f"esapn needs one embedding size for all categorical fields. "
+                          f"Received: embedding_dims={arch.embedding_dims}")
+    values = settings(ctx.options, dim)
+    keras.utils.set_random_seed(ctx.seed)
+    smallest = values["candidate_dims"][0]
+    layer = ESAPNFieldEmbedding(
+        arch.categorical, arch.numerical, arch.vocab_sizes, arch.embedding_dims,
+        id_dims={f: [smallest] * arch.vocab_sizes[f] for f in arch.categorical},
+        candidate_dims={f: values["candidate_dims"] for f in arch.categorical},
+        numeric_encoding=arch.numeric_encoding, num_buckets=arch.num_buckets, l2=arch.l2,
+        embeddings_initializer=keras.initializers.RandomNormal(stddev=arch.embedding_init_std),
+        name="esapn_embedding")
+    model = build_ctr_model(arch, field_embedding=layer)
+    names = model_input_names(arch)
+    controllers = {f: GrowthController(layer.esapn[f], values, ctx.seed + i)
+                   for i, f in enumerate(arch.categorical)}
+    optimizer = keras.optimizers.Adam(ctx.learning_rate)
+    bce = keras.losses.BinaryCrossentropy(reduction="none")
+
+    @tf.function
+    def train_step(x: dict[str, tf.Tensor], y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            per_sample = bce(tf.reshape(y, [-1, 1]), model(x, training=True))
+            loss = tf.reduce_mean(per_sample) + tf.add_n([0.0, *model.losses])
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return per_sample
+
+    rng = np.random.default_rng(ctx.seed)
+    eval_ds = ctx.dataset("eval", names, False)
+    history, snapshots = [], []
+    start = time.perf_counter()
+    for epoch in range(1, int(values["epochs"]) + 1):
+        for x, y in ctx.dataset("train", names, True):
+            batch = {f: x[id_name(f)].numpy().reshape(-1) for f in arch.categorical}
+            chosen = {f: controllers[f].act(batch[f], rng) for f in arch.categorical}
+            losses = train_step(x, y).numpy().reshape(-1)
+            for f, controller in controllers.items():
+                controller.observe(batch[f], losses, *chosen[f])
+        labels, scores = [], []
+        for x, y in eval_ds:
+            labels.append(np.reshape(y, -1))
+            scores.append(model(x, training=False).numpy().reshape(-1))
+        labels, scores = np.concatenate(labels), np.clip(np.concatenate(scores), 1e-7, 1 - 1e-7)
+        logloss = float(-np.mean(labels * np.log(scores) + (1 - labels) * np.log(1 - scores)))
+        sizes = layer.current_id_dims()
+        found = dataclasses.replace(arch, id_dims=sizes)
+        history.append({"epoch": epoch, "eval_logloss": logloss,
+                        "embedding_params": found.embedding_params(),
+                        "seconds": time.perf_counter() - start})
+        snapshots.append(sizes)
+        logging.info("esapn search epoch %d: %s", epoch, history[-1])
+    best = min(range(len(history)), key=lambda i: history[i]["eval_logloss"])
+    found = dataclasses.replace(arch, id_dims=snapshots[best], search=dict(arch.search))
+    frequency = {f: c.counts / len(history) for f, c in controllers.items()}
+    found.search[NAME] = _report(values, history, best, snapshots[best], frequency, controllers,
+                                 params_before=arch.embedding_params(),
+                                 params_after=found.embedding_params())
+    if ctx.report_dir:
+        plot_sizes(snapshots[best], frequency, found.search[NAME],
+                   os.path.join(ctx.report_dir, PLOT_FILE))
+    return found
+
+
+def _report(values: dict[str, Any], history: list[dict], best: int,
+            sizes: dict[str, list[int]], frequency: dict[str, np.ndarray],
+            controllers: dict[str, GrowthController], *, params_before: int,
+            params_after: int) -> dict[str, Any]:
+    """What ``arch.search["esapn"]`` records: plain JSON data."""
+    dims = values["candidate_dims"]
+    return {
+        "settings": values,
+        "history": history,
+        "best_epoch": history[best]["epoch"],
+        "size_counts": {t: {str(d): int(np.sum(np.array(s) == d)) for d in dims}
+                        for t, s in sizes.items()},
+        "mean_size_by_frequency": {t: _mean_size_by_frequency(sizes[t], frequency[t])
+                                   for t in sizes},
+        "mean_reward": {t: float(np.mean(c.rewards)) if c.rewards else 0.0
+                        for t, c in controllers.items()},
+        "params_before": int(params_before),
+        "params_after": int(params_after),
+    }
+
+
+def _mean_size_by_frequency(sizes: list[int], frequency: np.ndarray) -> dict[str, float]:
+    """Mean size per ``log2`` frequency bucket (``"[2^b, 2^(b+1))"`` -> mean size)."""
+    bucket = np.floor(np.log2(np.maximum(frequency, 1))).astype(int)
+    sizes_array = np.array(sizes)
+    return {f"[{2 ** b}, {2 ** (b + 1)})": round(float(sizes_array[bucket == b].mean()), 2)
+            for b in np.unique(bucket)}
+
+
+def plot_sizes(sizes: dict[str, list[int]], frequency: dict[str, np.ndarray],
+               report: dict[str, Any], path: str) -> None:
+    """Draws each id's size against its train frequency, per table, and the embedding memory
+    before/after."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    tables = list(sizes)
+    columns = min(4, len(tables) + 1)
+    rows = -(-(len(tables) + 1) // columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.2 * rows), squeeze=False)
+    axes = list(grid.ravel())
+    for unused in axes[len(tables) + 1:]:
+        unused.set_visible(False)
+    axes = axes[:len(tables)] + [axes[len(tables)]]
+    rng = np.random.default_rng(0)
+    for ax, table in zip(axes, tables, strict=False):
+        size = np.array(sizes[table], float)
+        jitter = size * (1 + 0.08 * (rng.random(size.size) - 0.5))
+        ax.scatter(np.maximum(frequency[table], 0.5), jitter, s=3, alpha=0.3, color="#4C72B0")
+        ax.set_xscale("log")
+        ax.set_yscale("log", base=2)
+        ax.set_yticks(report["settings"]["candidate_dims"],
+                      [str(d) for d in report["settings"]["candidate_dims"]])
+        ax.set_xlabel("train frequency")
+        ax.set_ylabel("size")
+        ax.set_title(f"ESAPN: {table}", fontsize=9)
+    memory = axes[-1]
+    before, after = report["params_before"], report["params_after"]
+    memory.bar([0, 1], [before, after], color=["#999999", "#DD8452"])
+    memory.set_xticks([0, 1], ["before", "after"])
+    memory.set_title("embedding params")
+    for x, value in enumerate((before, after)):
+        memory.text(x, value, f"{value:,}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

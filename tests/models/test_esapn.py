@@ -1,0 +1,230 @@
+"""ESAPN: the per-id layer's equations, growth, serialisation, honest parameter counts, the
+grow-only policy, and tiny searches (top-k MF-BPR and a CTR DeepFM)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+from absl.testing import parameterized
+
+from models.architecture import Architecture, ArchitectureError, id_dims_params
+from models.layers.esapn import ESAPNEmbedding, ESAPNFieldEmbedding
+from models.search import SearchContext, SearchError
+from models.search.esapn import DEFAULTS, GrowthController, search, search_topk, settings
+from models.zoo import build_ctr_model, model_input_names
+from models.zoo.mf import MatrixFactorization
+
+TABLE = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]
+
+
+def _layer(**overrides) -> ESAPNEmbedding:
+    args = {"num_ids": 3, "candidate_dims": [1, 2, 3], "id_dims": [1, 2, 3],
+            "embeddings_initializer": keras.initializers.Constant(TABLE),
+            "map_initializer": keras.initializers.Constant(2.0), "rescale_init": False}
+    return ESAPNEmbedding(**{**args, **overrides})
+
+
+class ESAPNEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
+
+    def test_golden_values_follow_the_chain_of_maps(self):
+        layer = _layer()
+        out = layer(tf.constant([0, 1, 2]))
+        # id 0: x = [1] -> W_1 (1x2 of 2s) -> [2, 2] -> W_2 (2x3 of 2s) -> [8, 8, 8]
+        # id 1: x = [4, 5] -> W_2 -> [18, 18, 18];  id 2: x = [7, 8, 9] as is (biases are 0)
+        self.assertAllClose(out, [[8.0, 8.0, 8.0], [18.0, 18.0, 18.0], [7.0, 8.0, 9.0]])
+        self.assertEqual(layer(tf.constant([[0, 2]])).shape, (1, 2, 3))
+
+    def test_identity_maps_zero_pad_a_fresh_id(self):
+        layer = _layer(map_initializer="identity")
+        self.assertAllClose(layer(tf.constant([0, 1])), [[1.0, 0.0, 0.0], [4.0, 5.0, 0.0]])
+
+    def test_rescaled_init_gives_every_id_the_norm_of_a_full_size_one(self):
+        layer = _layer(map_initializer="identity", rescale_init=True)
+        self.assertAllClose(layer(tf.constant([0, 2])),
+                            [[np.sqrt(3.0), 0.0, 0.0], [7.0, 8.0, 9.0]])
+
+    def test_grow_initialises_the_larger_embedding_by_the_map_and_keeps_the_output(self):
+        layer = _layer(id_dims=[1, 1, 3], map_initializer="glorot_uniform")
+        before = layer(tf.constant([0, 1, 2])).numpy()
+        layer.grow(np.array([0, 2]))
+        self.assertEqual(layer.id_dims(), [2, 1, 3])  # id 2 is already at the largest size
+        kernel, bias = layer.maps[0].get_weights()
+        self.assertAllClose(layer.embeddings[0, :2], np.array([1.0]) @ kernel + bias)
+        self.assertAllClose(layer(tf.constant([0, 1, 2])), before, rtol=1e-5)
+
+    def test_stored_params_count_the_used_sizes_and_maps(self):
+        # sizes 1 + 2 + 3, maps (1 + 1) x 2 and (2 + 1) x 3
+        self.assertEqual(_layer().stored_params(), 6 + 4 + 9)
+        # only ids of size >= 2: the 1 -> 2 map is not stored
+        self.assertEqual(_layer(id_dims=[2, 2, 3]).stored_params(), 7 + 9)
+        self.assertEqual(id_dims_params([2, 3], [1, 2, 3], use_bias=False), 5 + 6)
+
+    def test_config_round_trip_keeps_the_grown_sizes(self):
+        layer = _layer(l2=0.1)
+        layer(tf.constant([0]))
+        layer.grow(np.array([1]))
+        clone = ESAPNEmbedding.from_config(layer.get_config())
+        self.assertEqual(clone.get_config(), layer.get_config())
+        clone(tf.constant([0]))
+        clone.set_weights(layer.get_weights())
+        ids = tf.constant([0, 1, 2])
+        self.assertAllClose(clone(ids), layer(ids))
+
+    def test_saved_model_round_trip(self):
+        ids = keras.Input(shape=(), dtype=tf.int64)
+        model = keras.Model(ids, _layer(map_initializer="glorot_uniform")(ids))
+        expected = model(tf.constant([0, 1, 2], tf.int64)).numpy()
+        path = os.path.join(self.get_temp_dir(), "esapn")
+        model.save(path, save_format="tf")
+        restored = keras.models.load_model(path)
+        self.assertAllClose(restored(tf.constant([0, 1, 2], tf.int64)), expected)
+        self.assertIsInstance(restored.layers[-1], ESAPNEmbedding)
+
+    @parameterized.parameters(
+        ({"num_ids": 0}, "num_ids=0"),
+        ({"candidate_dims": [2, 2, 3]}, r"candidate_dims=\[2, 2, 3\]"),
+        ({"id_dims": [1, 2]}, "len\\(id_dims\\)=2"),
+        ({"id_dims": [1, 2, 5]}, r"Received: \[5\]"),
+        ({"l2": -1.0}, "l2=-1.0"),
+    )
+    def test_validation_errors_name_the_value(self, overrides, message):
+        with self.assertRaisesRegex(ValueError, message):
+            _layer(**overrides)
+
+
+class RetrainFromArchitectureTest(tf.test.TestCase):
+
+    def _arch(self) -> Architecture:
+        arch = Architecture.uniform("deepfm", ["user", "item"], ["age"], {"user": 4, "item": 3},
+                                    embedding_dim=4, hidden_units=[4])
+        arch.id_dims = {"user": [2, 4, 2, 2]}
+        return arch
+
+    def test_architecture_counts_sizes_and_maps(self):
+        arch = self._arch()
+        # user: sum of sizes 10 + map (2 + 1) x 4 instead of 4 x 4; first-order scalars stay.
+        fixed = dataclass_copy(arch, id_dims={})
+        self.assertEqual(arch.embedding_params(), fixed.embedding_params() - 16 + 10 + 12)
+
+    def test_architecture_rejects_bad_id_dims(self):
+        with self.assertRaisesRegex(ArchitectureError, "id_dims\\['user'\\]"):
+            dataclass_copy(self._arch(), id_dims={"user": [2, 8, 2, 2]})
+        with self.assertRaisesRegex(ArchitectureError, "3 sizes"):
+            dataclass_copy(self._arch(), id_dims={"user": [2, 2, 2]})
+
+    def test_deepfm_builds_from_id_dims_and_survives_a_saved_model(self):
+        arch = Architecture.from_json(self._arch().to_json())
+        model = build_ctr_model(arch)
+        self.assertIsInstance(model.get_layer("field_embedding"), ESAPNFieldEmbedding)
+        inputs = {"user_id": np.array([0, 1, 3]), "item_id": np.array([2, 0, 1]),
+                  "age_z": np.array([0.5, -1.0, 0.0], np.float32)}
+        inputs = {k: inputs[k] for k in model_input_names(arch)}
+        expected = model(inputs).numpy()
+        path = os.path.join(self.get_temp_dir(), "deepfm_esapn")
+        model.save(path, save_format="tf")
+        serving = tf.saved_model.load(path).signatures["serving_default"]
+        outputs = serving(**{k: tf.constant(v) for k, v in inputs.items()})
+        self.assertAllClose(outputs["probability"], expected, rtol=1e-5, atol=1e-6)
+
+    def test_mf_with_id_dims_counts_honestly_and_round_trips(self):
+        model = MatrixFactorization(3, 2, embedding_dim=4, id_dims={"item": [2, 4]}, seed=1)
+        users, items = model.embedding_tables()
+        self.assertEqual((users.shape, items.shape), ((3, 4), (2, 4)))
+        self.assertEqual(model.embedding_params(), 3 * 4 + 6 + 2 * 4)  # MF maps have no bias
+        clone = MatrixFactorization.from_config(model.get_config())
+        clone.build()
+        clone.set_weights(model.get_weights())
+        self.assertAllClose(clone.embedding_tables()[1], items)
+
+
+def dataclass_copy(arch: Architecture, **changes) -> Architecture:
+    import dataclasses  # noqa: PLC0415
+
+    return dataclasses.replace(arch, **changes)
+
+
+def test_policy_only_grows_and_stops_at_the_largest_size():
+    layer = ESAPNEmbedding(5, [2, 4, 8])
+    layer(tf.constant([0]))
+    controller = GrowthController(layer, settings({}, 8), seed=0)
+    rng = np.random.default_rng(0)
+    previous = np.array(layer.id_dims())
+    for _ in range(12):
+        ids = rng.integers(0, 5, 6)
+        unique, chosen = controller.act(ids, rng)
+        sizes = np.array(layer.id_dims())
+        assert np.all(sizes >= previous) and set(sizes) <= {2, 4, 8}
+        assert not np.any(chosen[1][previous[unique] == 8])  # no action at the largest size
+        controller.observe(ids, rng.random(len(ids)), unique, chosen)
+        previous = sizes
+    assert controller.counts.sum() == 72
+
+
+def test_settings_reject_unknown_and_bad_options():
+    with pytest.raises(SearchError, match="unknown options \\['sizes'\\]"):
+        settings({"sizes": [2]}, 64)
+    with pytest.raises(SearchError, match="epochs=0"):
+        settings({"epochs": 0}, 64)
+    with pytest.raises(SearchError, match="candidate_dims=\\[2, 4\\]"):
+        settings({"candidate_dims": [2, 4]}, 8)
+    assert settings({}, 64)["candidate_dims"] == [2, 4, 8, 16, 64]  # the paper's, capped
+    assert settings({}, 10)["candidate_dims"] == [2, 4, 8, 10]
+    assert set(settings({}, 8)) == set(DEFAULTS)
+
+
+def _tiny_topk_data():
+    from components.topk import topk_data_from_interactions  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 40, 1500), rng.zipf(1.6, 1500) % 60
+    split = rng.random(1500)
+
+    def pick(mask):
+        return users[mask].astype(str), items[mask].astype(str)
+
+    return topk_data_from_interactions(pick(split < 0.8), pick((split >= 0.8) & (split < 0.9)),
+                                       pick(split >= 0.9))
+
+
+def test_topk_search_then_retrain_from_the_sizes(tmp_path):
+    from components.topk import train_bpr  # noqa: PLC0415
+
+    data = _tiny_topk_data()
+    found = search_topk(data, dim=8, learning_rate=1e-2, batch_size=128, l2=1e-4, init_std=0.1,
+                        seed=3, options={"epochs": 2, "policy_hidden": 16},
+                        report_dir=str(tmp_path))
+    sizes, report = found["id_dims"], found["report"]
+    assert len(sizes["user"]) == data.num_users and len(sizes["item"]) == data.num_items
+    assert set(sizes["user"]) | set(sizes["item"]) <= {2, 4, 8}
+    assert report["params_before"] == (data.num_users + data.num_items) * 8
+    assert len(report["history"]) == 2 and report["best_epoch"] in (1, 2)
+    assert (tmp_path / "esapn_sizes.png").stat().st_size > 1000
+    result = train_bpr(data, dim=8, max_epochs=2, seed=3, id_dims=sizes)
+    assert result.embedding_params == report["params_after"] == result.model.embedding_params()
+
+
+def test_ctr_search_writes_id_dims_that_retrain_alone(tmp_path):
+    arch = Architecture.uniform("deepfm", ["user", "item"], [], {"user": 30, "item": 20},
+                                embedding_dim=4, hidden_units=[8])
+    rng = np.random.default_rng(0)
+    features = {"user_id": rng.integers(0, 30, 512), "item_id": rng.integers(0, 20, 512)}
+    labels = ((features["user_id"] + features["item_id"]) % 3 == 0).astype(np.float32)
+
+    def dataset(split: str, input_names: list[str], shuffle: bool) -> tf.data.Dataset:
+        assert split in ("train", "eval")
+        return tf.data.Dataset.from_tensor_slices(
+            ({k: features[k] for k in input_names}, labels)).batch(128)
+
+    ctx = SearchContext(arch=arch, dataset=dataset, learning_rate=1e-2, batch_size=128,
+                        max_epochs=2, patience=1, seed=0,
+                        options={"epochs": 2, "policy_hidden": 16}, report_dir=str(tmp_path))
+    found = search(ctx)
+    assert set(found.id_dims) == {"user", "item"}
+    assert found.search["esapn"]["params_after"] == found.embedding_params()
+    assert (tmp_path / "esapn_sizes.png").stat().st_size > 1000
+    model = build_ctr_model(Architecture.from_json(found.to_json()))
+    assert model({k: v[:3] for k, v in features.items()}).shape == (3, 1)
