@@ -252,6 +252,79 @@ class FieldEmbedding(keras.layers.Layer):
         }
 
 
+class PerFieldEmbedding(keras.layers.Layer):
+    """Base of the field embeddings where some categorical fields have their own layer.
+
+    Subclasses set ``self.special`` (field -> a layer mapping ``[B]`` ids to ``[B, d_f]``) and call
+    ``_init_plain``; every other field goes through a plain ``FieldEmbedding`` named
+    ``plain_embedding``. The output is ``FieldEmbedding``'s: one ``[B, d_f]`` tensor per field,
+    categorical fields first. Used by NIS (``models.layers.multisize``) and ESAPN
+    (``models.layers.esapn``).
+    """
+
+    special: dict[str, keras.layers.Layer]
+
+    def _init_plain(self, categorical: Sequence[str], numerical: Sequence[str],
+                    vocab_sizes: Mapping[str, int], embedding_dims: Mapping[str, int],
+                    numeric_encoding: Mapping[str, str] | None, num_buckets: int, l2: float,
+                    embeddings_initializer: Any,
+                    autodis: Mapping[str, Any] | None = None) -> None:
+        """Stores the shared settings and builds the plain ``FieldEmbedding`` of the fields
+        outside ``self.special``."""
+        self.categorical = list(categorical)
+        self.numerical = list(numerical)
+        self.vocab_sizes = {f: int(vocab_sizes[f]) for f in self.categorical}
+        self.embedding_dims = {f: int(embedding_dims[f]) for f in self.fields}
+        self.numeric_encoding = dict(numeric_encoding or {})
+        self.num_buckets = int(num_buckets)
+        self.l2 = float(l2)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.autodis = dict(autodis or {})
+
+    def _build_plain(self) -> None:
+        rest = [f for f in self.categorical if f not in self.special]
+        self.plain = None
+        if rest or self.numerical:
+            self.plain = FieldEmbedding(
+                rest, self.numerical, {f: self.vocab_sizes[f] for f in rest},
+                {f: self.embedding_dims[f] for f in rest + self.numerical},
+                numeric_encoding=self.numeric_encoding, num_buckets=self.num_buckets, l2=self.l2,
+                embeddings_initializer=_clone_initializer(self.embeddings_initializer),
+                autodis=self.autodis, name="plain_embedding")
+
+    @property
+    def fields(self) -> list[str]:
+        return self.categorical + self.numerical
+
+    def build(self, input_shape: Any) -> None:
+        for layer in self.special.values():
+            layer.build((None,))
+        if self.plain is not None:
+            self.plain.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, inputs: Mapping[str, tf.Tensor]) -> list[tf.Tensor]:
+        plain = dict(zip([f for f in self.fields if f not in self.special],
+                         self.plain(inputs) if self.plain is not None else [], strict=True))
+        return [tf.cast(self.special[f](_as_vector(inputs[id_name(f)], id_name(f))),
+                        self.compute_dtype) if f in self.special else plain[f]
+                for f in self.fields]
+
+    def _shared_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "categorical": list(self.categorical),
+            "numerical": list(self.numerical),
+            "vocab_sizes": dict(self.vocab_sizes),
+            "embedding_dims": dict(self.embedding_dims),
+            "numeric_encoding": dict(self.numeric_encoding),
+            "num_buckets": self.num_buckets,
+            "l2": self.l2,
+            "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+            "autodis": dict(self.autodis),
+        }
+
+
 @keras.utils.register_keras_serializable(package="autorec")
 class FieldLinear(keras.layers.Layer):
     """The first-order (LR) logit: a scalar weight per field value, summed over fields.

@@ -15,9 +15,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.features import id_name
 from models.architecture import id_dims_chain, id_dims_params
-from models.layers.embeddings import FieldEmbedding, _as_vector, _clone_initializer
+from models.layers.embeddings import PerFieldEmbedding, _clone_initializer
 
 PAPER_CANDIDATE_DIMS = (2, 4, 8, 16, 64, 128)  # the official code's Emb_Size
 
@@ -179,7 +178,7 @@ class ESAPNEmbedding(keras.layers.Layer):
 
 
 @keras.utils.register_keras_serializable(package="autorec")
-class ESAPNFieldEmbedding(keras.layers.Layer):
+class ESAPNFieldEmbedding(PerFieldEmbedding):
     """``FieldEmbedding`` whose categorical fields named in ``id_dims`` are ``ESAPNEmbedding``s.
 
     Field ``f`` of ``id_dims`` is embedded as ``ESAPNEmbedding(vocab_f, candidates_f)`` with
@@ -211,25 +210,18 @@ class ESAPNFieldEmbedding(keras.layers.Layer):
                  candidate_dims: Mapping[str, Sequence[int]] | None = None,
                  numeric_encoding: Mapping[str, str] | None = None, num_buckets: int = 20,
                  l2: float = 0.0, embeddings_initializer: Any = "truncated_normal",
-                 **kwargs: Any) -> None:
+                 autodis: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.categorical = list(categorical)
-        self.numerical = list(numerical)
-        unknown = sorted(set(id_dims) - set(self.categorical))
+        unknown = sorted(set(id_dims) - set(categorical))
         if unknown:
             raise ValueError(f"id_dims names fields that are not categorical: {unknown}. "
-                             f"Received: categorical={self.categorical}")
-        self.vocab_sizes = {f: int(vocab_sizes[f]) for f in self.categorical}
-        self.embedding_dims = {f: int(embedding_dims[f]) for f in self.categorical +
-                               self.numerical}
+                             f"Received: categorical={list(categorical)}")
+        self._init_plain(categorical, numerical, vocab_sizes, embedding_dims, numeric_encoding,
+                         num_buckets, l2, embeddings_initializer, autodis)
         self.id_dims = {f: [int(d) for d in dims] for f, dims in id_dims.items()}
         candidates = dict(candidate_dims or {})
         self.candidate_dims = {f: [int(d) for d in candidates.get(f) or id_dims_chain(
             self.id_dims[f], self.embedding_dims[f])] for f in self.id_dims}
-        self.numeric_encoding = dict(numeric_encoding or {})
-        self.num_buckets = int(num_buckets)
-        self.l2 = float(l2)
-        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.esapn = {f: ESAPNEmbedding(
             self.vocab_sizes[f], self.candidate_dims[f], self.id_dims[f], l2=self.l2,
             embeddings_initializer=_clone_initializer(self.embeddings_initializer),
@@ -239,33 +231,8 @@ class ESAPNFieldEmbedding(keras.layers.Layer):
                 raise ValueError(f"Field {f!r}: the largest candidate size must equal its "
                                  f"embedding dim {self.embedding_dims[f]}. "
                                  f"Received: candidate_dims={self.candidate_dims[f]}")
-        rest = [f for f in self.categorical if f not in self.esapn]
-        self.plain = None
-        if rest or self.numerical:
-            self.plain = FieldEmbedding(
-                rest, self.numerical, {f: self.vocab_sizes[f] for f in rest},
-                {f: self.embedding_dims[f] for f in rest + self.numerical},
-                numeric_encoding=self.numeric_encoding, num_buckets=self.num_buckets, l2=self.l2,
-                embeddings_initializer=_clone_initializer(self.embeddings_initializer),
-                name="plain_embedding")
-
-    @property
-    def fields(self) -> list[str]:
-        return self.categorical + self.numerical
-
-    def build(self, input_shape: Any) -> None:
-        for layer in self.esapn.values():
-            layer.build((None,))
-        if self.plain is not None:
-            self.plain.build(input_shape)
-        super().build(input_shape)
-
-    def call(self, inputs: Mapping[str, tf.Tensor]) -> list[tf.Tensor]:
-        plain = dict(zip([f for f in self.fields if f not in self.esapn],
-                         self.plain(inputs) if self.plain is not None else [], strict=True))
-        return [tf.cast(self.esapn[f](_as_vector(inputs[id_name(f)], id_name(f))),
-                        self.compute_dtype) if f in self.esapn else plain[f]
-                for f in self.fields]
+        self.special = self.esapn
+        self._build_plain()
 
     def current_id_dims(self) -> dict[str, list[int]]:
         """Per ESAPN field, the current size of every id."""
@@ -273,15 +240,7 @@ class ESAPNFieldEmbedding(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {
-            **super().get_config(),
-            "categorical": list(self.categorical),
-            "numerical": list(self.numerical),
-            "vocab_sizes": dict(self.vocab_sizes),
-            "embedding_dims": dict(self.embedding_dims),
+            **self._shared_config(),
             "id_dims": self.current_id_dims() if self.built else dict(self.id_dims),
             "candidate_dims": dict(self.candidate_dims),
-            "numeric_encoding": dict(self.numeric_encoding),
-            "num_buckets": self.num_buckets,
-            "l2": self.l2,
-            "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
         }

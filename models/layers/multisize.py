@@ -14,9 +14,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.features import id_name
 from models.architecture import multisize_params
-from models.layers.embeddings import FieldEmbedding, _as_vector, _clone_initializer
+from models.layers.embeddings import PerFieldEmbedding, _clone_initializer
 
 
 def _identity_projection(shape: Sequence[int], dtype: Any = None, **kwargs: Any) -> tf.Tensor:
@@ -151,7 +150,7 @@ class MultiSizeEmbedding(keras.layers.Layer):
 
 
 @keras.utils.register_keras_serializable(package="autorec")
-class MultiSizeFieldEmbedding(keras.layers.Layer):
+class MultiSizeFieldEmbedding(PerFieldEmbedding):
     """``FieldEmbedding`` whose fields named in ``embedding_blocks`` are ``MultiSizeEmbedding``s.
 
     Field ``f`` of ``embedding_blocks`` is embedded as
@@ -184,14 +183,12 @@ class MultiSizeFieldEmbedding(keras.layers.Layer):
                  l2: float = 0.0, embeddings_initializer: Any = "truncated_normal",
                  autodis: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.categorical = list(categorical)
-        self.numerical = list(numerical)
-        unknown = sorted(set(embedding_blocks) - set(self.categorical))
+        unknown = sorted(set(embedding_blocks) - set(categorical))
         if unknown:
             raise ValueError(f"embedding_blocks names fields that are not categorical: "
-                             f"{unknown}. Received: categorical={self.categorical}")
-        self.vocab_sizes = {f: int(vocab_sizes[f]) for f in self.categorical}
-        self.embedding_dims = {f: int(embedding_dims[f]) for f in self.fields}
+                             f"{unknown}. Received: categorical={list(categorical)}")
+        self._init_plain(categorical, numerical, vocab_sizes, embedding_dims, numeric_encoding,
+                         num_buckets, l2, embeddings_initializer, autodis)
         checked = {f: [[int(n), int(d)] for n, d in blocks]
                    for f, blocks in embedding_blocks.items()}
         for f, blocks in checked.items():
@@ -200,56 +197,17 @@ class MultiSizeFieldEmbedding(keras.layers.Layer):
                                  f"{self.vocab_sizes[f]}. Received: blocks={blocks}")
         self.embedding_blocks = checked
         self.search = bool(search)
-        self.numeric_encoding = dict(numeric_encoding or {})
-        self.num_buckets = int(num_buckets)
-        self.l2 = float(l2)
-        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
-        self.autodis = dict(autodis or {})
         self.multisize = {f: MultiSizeEmbedding(
             self.embedding_blocks[f], self.embedding_dims[f], search=self.search, l2=self.l2,
             embeddings_initializer=_clone_initializer(self.embeddings_initializer),
             name=f"{f}_multisize") for f in self.categorical if f in self.embedding_blocks}
-        rest = [f for f in self.categorical if f not in self.multisize]
-        self.plain = None
-        if rest or self.numerical:
-            self.plain = FieldEmbedding(
-                rest, self.numerical, {f: self.vocab_sizes[f] for f in rest},
-                {f: self.embedding_dims[f] for f in rest + self.numerical},
-                numeric_encoding=self.numeric_encoding, num_buckets=self.num_buckets, l2=self.l2,
-                embeddings_initializer=_clone_initializer(self.embeddings_initializer),
-                autodis=self.autodis, name="plain_embedding")
-
-    @property
-    def fields(self) -> list[str]:
-        return self.categorical + self.numerical
-
-    def build(self, input_shape: Any) -> None:
-        for layer in self.multisize.values():
-            layer.build((None,))
-        if self.plain is not None:
-            self.plain.build(input_shape)
-        super().build(input_shape)
-
-    def call(self, inputs: Mapping[str, tf.Tensor]) -> list[tf.Tensor]:
-        plain = dict(zip([f for f in self.fields if f not in self.multisize],
-                         self.plain(inputs) if self.plain is not None else [], strict=True))
-        return [tf.cast(self.multisize[f](_as_vector(inputs[id_name(f)], id_name(f))),
-                        self.compute_dtype) if f in self.multisize else plain[f]
-                for f in self.fields]
+        self.special = self.multisize
+        self._build_plain()
 
     def get_config(self) -> dict[str, Any]:
         return {
-            **super().get_config(),
-            "categorical": list(self.categorical),
-            "numerical": list(self.numerical),
-            "vocab_sizes": dict(self.vocab_sizes),
-            "embedding_dims": dict(self.embedding_dims),
+            **self._shared_config(),
             "embedding_blocks": {f: [list(b) for b in bs]
                                  for f, bs in self.embedding_blocks.items()},
             "search": self.search,
-            "numeric_encoding": dict(self.numeric_encoding),
-            "num_buckets": self.num_buckets,
-            "l2": self.l2,
-            "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
-            "autodis": dict(self.autodis),
         }
