@@ -23,7 +23,7 @@ from benchmarks.topk import is_topk, run_topk
 from components import base
 from components.search import searched_architecture
 from models.architecture import TOPK_MODELS
-from models.search import METHODS, report_trained
+from models.search import METHODS, report_trained, with_family_method
 from models.zoo import model_input_names
 from pipeline import metrics
 from pipeline.configs import ConfigError, PipelineConfig
@@ -61,7 +61,7 @@ def parse_model(name: str, config: PipelineConfig) -> PipelineConfig:
         else:
             raise ConfigError(f"Unknown bench model {name!r}: variant {variant!r} not in "
                               f"{sorted(VARIANTS) + sorted(METHODS)}.")
-    data["search_strategy"] = "+".join(methods) or "none"
+    data["search_strategy"] = with_family_method(family, "+".join(methods) or "none")
     return PipelineConfig.from_dict(data)
 
 

@@ -20,6 +20,7 @@ import tf_keras as keras
 from components import features
 from components.transform import counts_vocab_name
 from models.architecture import Architecture
+from models.losses import training_loss
 from models.zoo import build_ctr_model
 
 ARCHITECTURE_ASSET = "architecture.json"
@@ -195,7 +196,7 @@ def train_model(arch: Architecture, train_ds: tf.data.Dataset, eval_ds: tf.data.
     with strategy.scope():
         model = build_ctr_model(arch)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                      loss=keras.losses.BinaryCrossentropy(),
+                      loss=training_loss(arch.loss),
                       metrics=[keras.metrics.AUC(name="auc", num_thresholds=1000),
                                keras.metrics.BinaryCrossentropy(name="logloss")])
     clock = _TrainClock()

@@ -21,6 +21,8 @@ FIRST_ORDER_MODELS = ("lr", "fm", "deepfm")  # models with a per-field linear (L
 # meta-embeddings (the paper's Criteo setting), tau = 0.1 and alpha = 0.8 (EasyRec's
 # temperature and keep_prob); top-3-sum beat the weighted average, max-pooling and tau 0.001,
 # 0.01, 1 on criteo10k's validation AUC (README, "AutoDis").
+# Learned training losses (``Architecture.loss["kind"]``; modules in ``models.losses``).
+LOSS_KINDS = ("autoloss", "autolossgen")
 AUTODIS_AGGREGATIONS = ("weighted_average", "max_pooling", "top_k_sum")
 AUTODIS_DEFAULTS = {"num_meta_embeddings": 20, "temperature": 0.1, "skip_factor": 0.8,
                     "aggregation": "top_k_sum", "top_k": 3}
@@ -87,6 +89,9 @@ class Architecture:
         ``embedding_dims``.
       id_dims: ESAPN per-value sizes: per categorical field, one embedding size per id (id
         order). Fields absent use ``embedding_dims``.
+      loss: the training loss: ``None`` is logloss (BPR for ``mf``); otherwise a learned loss
+        ``{"kind": one of LOSS_KINDS, ...}`` (plain JSON; ``models.losses`` builds it). Training
+        only: serving is the same whatever the loss.
       search: what produced this architecture (strategy name and its own report).
       version: schema version of this JSON.
     """
@@ -111,6 +116,7 @@ class Architecture:
     unified_dim: int | None = None
     embedding_blocks: dict[str, list[list[int]]] = field(default_factory=dict)
     id_dims: dict[str, list[int]] = field(default_factory=dict)
+    loss: dict | None = None
     search: dict = field(default_factory=lambda: {"strategy": "none"})
     version: int = ARCHITECTURE_VERSION
 
@@ -161,6 +167,10 @@ class Architecture:
                     f"embedding_blocks[{name!r}] needs [num_ids >= 1, dim in [0, {limit}]] blocks "
                     f"of a categorical field without id_dims, summing to its vocab size "
                     f"{self.vocab_sizes.get(name)}. Received: {blocks}")
+        if self.loss is not None and (not isinstance(self.loss, dict)
+                                      or self.loss.get("kind") not in LOSS_KINDS):
+            raise ArchitectureError(f"loss must be None or a dict whose 'kind' is one of "
+                                    f"{LOSS_KINDS}. Received: loss={self.loss!r:.200}")
         fields = set(self.categorical) | set(self.numerical)
         for pair in self.kept_interactions or []:
             if len(pair) != 2 or not set(pair) <= fields:

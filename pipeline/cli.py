@@ -15,6 +15,7 @@ import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from models.search import with_family_method  # noqa: E402
 from pipeline.configs import ConfigError, PipelineConfig  # noqa: E402
 from pipeline.datasets.base import DatasetError  # noqa: E402
 
@@ -52,6 +53,8 @@ def _config_from_args(args: argparse.Namespace, default_dir: str) -> PipelineCon
         config.runner = args.runner
     if args.search:
         config.search_strategy = args.search
+    # autogroup / autoctr are found by their own search: --model alone runs it.
+    config.search_strategy = with_family_method(config.train.model, config.search_strategy)
     config.validate()
     return config
 

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.architecture import MODELS
-from models.search import METHODS, SearchError, check_applies, parse_strategy
+from models.search import (
+    METHODS,
+    SearchError,
+    check_applies,
+    parse_strategy,
+    with_family_method,
+)
 
 RUNNERS = ("direct", "direct-multiprocess", "flink", "spark", "dataflow")
 
@@ -198,6 +204,10 @@ class PipelineConfig:
             methods = parse_strategy(self.search_strategy)
             for method in methods:
                 check_applies(method, self.train.model)
+            if self.train.model in METHODS and self.train.model not in methods:
+                raise SearchError(f"model {self.train.model!r} is found by the search method of "
+                                  f"the same name: add it to the strategy (e.g. "
+                                  f"{with_family_method(self.train.model, self.search_strategy)!r}).")
         except SearchError as e:
             raise ConfigError(f"search_strategy: {e}") from e
         unknown = sorted(set(self.search_options) - set(METHODS))

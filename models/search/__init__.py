@@ -94,6 +94,19 @@ def parse_strategy(strategy: str) -> list[str]:
     return names
 
 
+def with_family_method(model: str, strategy: str) -> str:
+    """``strategy`` with ``model``'s own method first when the family is found by a search of
+    the same name (``autogroup``, ``autoctr``: their structure does not exist before it).
+
+    >>> with_family_method("deepfm", "autodis")
+    'autodis'
+    """
+    methods = [m for m in strategy.split("+") if m not in ("", "none")]  # validated later
+    if model in METHODS and model not in methods:
+        methods.insert(0, model)
+    return "+".join(methods) or "none"
+
+
 def method_module(name: str) -> Any:
     if name not in METHODS:
         raise SearchError(f"Unknown search method {name!r}; known: {sorted(METHODS)}.")
