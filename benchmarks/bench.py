@@ -20,9 +20,11 @@ import tf_keras as keras
 from benchmarks.data import BenchData, prepare_bench_data, transformed_dataset
 from benchmarks.report import write_report
 from benchmarks.topk import is_topk, run_topk
+from benchmarks.topk_lambdaopt import EXPANSIONS
 from components import base
 from components.search import searched_architecture
 from models.architecture import TOPK_MODELS
+from models.losses import describe_loss
 from models.search import METHODS, report_trained, with_family_method
 from models.zoo import model_input_names
 from pipeline import metrics
@@ -45,6 +47,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--serving", action="store_true",
                         help="also export each model and measure serving latency")
+    parser.add_argument("--loss-from", default=None, metavar="FILE",
+                        help="train every row with the loss in FILE (AutoLossGen loss JSON) "
+                        "instead of logloss")
 
 
 def parse_model(name: str, config: PipelineConfig) -> PipelineConfig:
@@ -115,6 +120,7 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
         "seed": seed,
         "test_auc": metrics.roc_auc(labels, scores),
         "test_logloss": metrics.log_loss(labels, scores),
+        "loss": describe_loss(arch.loss),
         "val_auc": max(result.history.get("val_auc", [float("nan")])),
         "best_epoch": result.best_epoch,
         "epochs": len(result.history.get("val_auc", [])),
@@ -133,6 +139,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     config = PipelineConfig.from_json_file(args.config) if args.config else PipelineConfig()
     if args.max_epochs:
         config.train.max_epochs = args.max_epochs
+    if getattr(args, "loss_from", None):
+        config.loss_from = args.loss_from
+        config.validate()
     datasets = [d for d in args.datasets.split(",") if d]
     models = [m for m in args.models.split(",") if m]
     try:
@@ -140,7 +149,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(f"--seeds must be integers: {args.seeds!r}") from e
     for model in models:
-        if model not in TOPK_MODELS:
+        if model not in TOPK_MODELS and model not in EXPANSIONS:  # EXPANSIONS: top-k rows
             parse_model(model, config)
     out = os.path.abspath(args.out)
     work_dir = args.work_dir or os.path.join(os.path.dirname(out), "bench-work")

@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any
 
+from benchmarks.topk_lambdaopt import EXPANSIONS, add_relative_costs, run_rows
 from components.search import MF_INIT_STD
 from components.topk import evaluate_split, load_topk, train_bpr
 from components.topk_trainer import eval_every
@@ -41,7 +42,7 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
              work_dir: str, data_dir: str | None,
              search_dir: str | None = None) -> list[dict[str, Any]]:
     """One row per (model, seed) on a top-k dataset; the split is the published one."""
-    known = [*TOPK_MODELS, *(f"mf+{m}" for m in TOPK_SEARCHES)]
+    known = [*TOPK_MODELS, *(f"mf+{m}" for m in TOPK_SEARCHES), *EXPANSIONS]
     unknown = [m for m in models if m not in known]
     if unknown:
         raise ConfigError(f"Dataset {dataset!r} is a top-k dataset; models {unknown} are CTR "
@@ -55,6 +56,9 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
     rows = []
     for seed in seeds:
         for model in models:
+            if model in EXPANSIONS:  # mf+l2grid, mf+lambdaopt: a row each, in fresh processes
+                rows += run_rows(dataset, model, seed, config, work_dir, data_dir, search_dir)
+                continue
             search, search_seconds = {"strategy": "none"}, 0.0
             id_dims = None
             if model != "mf":
@@ -88,4 +92,5 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
                                  "l2": settings["l2"], "search": search,
                                  "id_dims": id_dims or {}},
             })
+    add_relative_costs(rows, config)
     return rows

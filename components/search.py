@@ -30,7 +30,8 @@ MF_INIT_STD = 0.1  # LightGCN's MF baseline: N(0, 0.1^2) for both tables.
 
 def fixed_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int],
                        tuned: dict | None = None) -> Architecture:
-    """The ``none`` strategy: the configured model with one embedding size for every field."""
+    """The ``none`` strategy: the configured model with one embedding size for every field,
+    trained with ``config.loss_from``'s loss when set (else logloss)."""
     train = config.train.resolved()
     values = {k: getattr(train, k) for k in ARCHITECTURE_HPARAMS}
     values.update({k: v for k, v in (tuned or {}).items() if k in ARCHITECTURE_HPARAMS})
@@ -41,7 +42,7 @@ def fixed_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int]
         hidden_units=list(train.hidden_units), dropout=float(values["dropout"]),
         l2=float(values["l2"]), net_l2=train.net_l2, batch_norm=train.batch_norm,
         embedding_init_std=train.embedding_init_std,
-        cross_layers=train.cross_layers,
+        cross_layers=train.cross_layers, loss=config.fixed_loss(),
         search={"strategy": "none", "tuned": tuned or {}},
     )
 

@@ -11,12 +11,16 @@ import json
 from dataclasses import dataclass, field
 from itertools import pairwise
 
+from models.autoctr_dag import check_dag
+
 ARCHITECTURE_VERSION = 1
-CTR_MODELS = ("lr", "fm", "deepfm", "dcn", "dnn")  # pointwise click models (models.zoo.ctr)
+# Pointwise click models (models.zoo.ctr).
+CTR_MODELS = ("lr", "fm", "deepfm", "dcn", "dnn", "autoctr", "autogroup")
 TOPK_MODELS = ("mf",)  # user-item retrieval models (models.zoo.mf), trained with BPR
 MODELS = CTR_MODELS + TOPK_MODELS
 NUMERIC_ENCODINGS = ("scaled", "bucket", "autodis")
-FIRST_ORDER_MODELS = ("lr", "fm", "deepfm")  # models with a per-field linear (LR) term
+FIRST_ORDER_MODELS = ("lr", "fm", "deepfm", "autoctr",  # models with a per-field LR term
+                      "autogroup")
 # AutoDis settings (``models.layers.autodis.AutoDis`` arguments) and their defaults: H = 20
 # meta-embeddings (the paper's Criteo setting), tau = 0.1 and alpha = 0.8 (EasyRec's
 # temperature and keep_prob); top-3-sum beat the weighted average, max-pooling and tau 0.001,
@@ -89,6 +93,15 @@ class Architecture:
         ``embedding_dims``.
       id_dims: ESAPN per-value sizes: per categorical field, one embedding size per id (id
         order). Fields absent use ``embedding_dims``.
+      autoctr: the ``autoctr`` family's DAG of virtual blocks (plain JSON, schema in
+        ``models.autoctr_dag``), written by the ``autoctr`` search; ``None`` before it (an
+        ``autoctr`` model cannot be built without one).
+      feature_groups: the ``autogroup`` family's feature sets: per interaction order ``p``
+        (key ``str(p)``), a list of sets of field names whose order-``p`` interaction the model
+        builds (``models.layers.autogroup``); written by the ``autogroup`` search, empty before
+        it (an ``autogroup`` model cannot be built without sets).
+      group_dims: per order of ``feature_groups``, the embedding size of that order's own
+        tables (one table per field that appears in a set of that order).
       loss: the training loss: ``None`` is logloss (BPR for ``mf``); otherwise a learned loss
         ``{"kind": one of LOSS_KINDS, ...}`` (plain JSON; ``models.losses`` builds it). Training
         only: serving is the same whatever the loss.
@@ -116,6 +129,9 @@ class Architecture:
     unified_dim: int | None = None
     embedding_blocks: dict[str, list[list[int]]] = field(default_factory=dict)
     id_dims: dict[str, list[int]] = field(default_factory=dict)
+    autoctr: dict | None = None
+    feature_groups: dict[str, list[list[str]]] = field(default_factory=dict)
+    group_dims: dict[str, int] = field(default_factory=dict)
     loss: dict | None = None
     search: dict = field(default_factory=lambda: {"strategy": "none"})
     version: int = ARCHITECTURE_VERSION
@@ -167,6 +183,13 @@ class Architecture:
                     f"embedding_blocks[{name!r}] needs [num_ids >= 1, dim in [0, {limit}]] blocks "
                     f"of a categorical field without id_dims, summing to its vocab size "
                     f"{self.vocab_sizes.get(name)}. Received: {blocks}")
+        if self.autoctr is not None:
+            try:
+                check_dag(self.autoctr, has_dense=any(
+                    self.numeric_encoding[f] != "bucket" for f in self.numerical))
+            except ValueError as e:
+                raise ArchitectureError(f"autoctr: {e}") from e
+        self._check_feature_groups()
         if self.loss is not None and (not isinstance(self.loss, dict)
                                       or self.loss.get("kind") not in LOSS_KINDS):
             raise ArchitectureError(f"loss must be None or a dict whose 'kind' is one of "
@@ -175,6 +198,36 @@ class Architecture:
         for pair in self.kept_interactions or []:
             if len(pair) != 2 or not set(pair) <= fields:
                 raise ArchitectureError(f"kept_interactions names an unknown pair {pair}.")
+
+    def _check_feature_groups(self) -> None:
+        if self.feature_groups and self.model != "autogroup":
+            raise ArchitectureError(f"feature_groups applies to model 'autogroup' only. "
+                                    f"Received: model={self.model!r}")
+        if sorted(self.group_dims) != sorted(self.feature_groups) or any(
+                int(d) < 1 for d in self.group_dims.values()):
+            raise ArchitectureError(f"group_dims needs one dim >= 1 per order of feature_groups "
+                                    f"{sorted(self.feature_groups)}. "
+                                    f"Received: group_dims={self.group_dims}")
+        fields = set(self.fields)
+        for order, groups in self.feature_groups.items():
+            if not str(order).isdigit() or int(order) < 1:
+                raise ArchitectureError(f"feature_groups keys are orders '1', '2', ... "
+                                        f"Received: key {order!r}")
+            smallest = 1 if int(order) == 1 else 2
+            for group in groups:
+                if len(group) < smallest or len(set(group)) != len(group) or not set(
+                        group) <= fields:
+                    raise ArchitectureError(
+                        f"feature_groups[{order!r}] needs sets of at least {smallest} distinct "
+                        f"known fields. Received: {group}")
+        if self.feature_groups and not any(self.feature_groups.values()):
+            raise ArchitectureError(f"feature_groups holds no set. "
+                                    f"Received: feature_groups={self.feature_groups}")
+
+    def group_fields(self, order: str) -> list[str]:
+        """The fields in any set of ``feature_groups[order]``, in field order."""
+        used = {f for group in self.feature_groups[order] for f in group}
+        return [f for f in self.fields if f in used]
 
     @property
     def fields(self) -> list[str]:
@@ -186,8 +239,12 @@ class Architecture:
         An AutoDis field holds ``H x d_f`` meta-embeddings and one first-order scalar. With
         ``unified_dim`` (AutoDim), each field's projection ``(d_f + 1) x unified_dim`` counts too:
         it is the price of storing fields at their own sizes. A NIS field (``embedding_blocks``)
-        holds its block tables plus their projections (``multisize_params``)."""
+        holds its block tables plus their projections (``multisize_params``). An ``autogroup``
+        field holds one ``vocab x group_dims[p]`` table per order ``p`` whose sets use it."""
         vector = {f: 0 if self.model == "lr" else self.embedding_dims[f] for f in self.fields}
+        if self.model == "autogroup":  # a table per order for the fields of its sets
+            vector = {f: sum(self.group_dims[p] for p in self.feature_groups
+                             if f in self.group_fields(p)) for f in self.fields}
         scalar = 1 if self.model in FIRST_ORDER_MODELS else 0
         total = sum(self.vocab_sizes[f] * (vector[f] + scalar) for f in self.categorical)
         vector_rows = {"scaled": 1, "bucket": self.num_buckets,

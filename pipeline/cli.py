@@ -36,6 +36,9 @@ def _add_run_options(parser: argparse.ArgumentParser, default_dir: str) -> None:
     parser.add_argument("--runner", default=None, help="Beam runner for the components")
     parser.add_argument("--search", default=None,
                         help="search strategy: none, or methods joined by + (e.g. autodis+autofis)")
+    parser.add_argument("--loss-from", default=None, metavar="FILE",
+                        help="train with the loss in FILE (AutoLossGen loss JSON, e.g. a "
+                        "search's autolossgen_loss.json) instead of logloss")
 
 
 def _config_from_args(args: argparse.Namespace, default_dir: str) -> PipelineConfig:
@@ -53,6 +56,8 @@ def _config_from_args(args: argparse.Namespace, default_dir: str) -> PipelineCon
         config.runner = args.runner
     if args.search:
         config.search_strategy = args.search
+    if args.loss_from:
+        config.loss_from = os.path.abspath(args.loss_from)
     # autogroup / autoctr are found by their own search: --model alone runs it.
     config.search_strategy = with_family_method(config.train.model, config.search_strategy)
     config.validate()

@@ -35,6 +35,8 @@ PRESET_KEYS = ("l2", "dropout", "batch_norm")
 _DEEP = {"l2": 0.2, "dropout": 0.3, "batch_norm": True}
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "deepfm": _DEEP, "dnn": _DEEP, "dcn": _DEEP,
+    "autoctr": _DEEP,
+    "autogroup": _DEEP,  # an MLP over its set interactions, like DeepFM's
     "fm": {"l2": 0.0, "dropout": 0.0, "batch_norm": False},
     "lr": {"l2": 0.0, "dropout": 0.0, "batch_norm": False},
 }
@@ -176,6 +178,9 @@ class PipelineConfig:
       beam_prep_min_bytes: inputs whose largest split has this many bytes or more are converted
         to TFRecords by a Beam job on ``runner`` (smaller ones in-process).
       dataset_options: adapter arguments (for ``csv``: path, label, categorical, numerical...).
+      loss_from: a loss file (an AutoLossGen loss JSON, e.g. one a search wrote as
+        ``autolossgen_loss.json``, or an ``architecture.json`` with a ``loss``) whose loss trains
+        the model instead of logloss; None: logloss (or what the search finds).
     """
 
     pipeline_name: str = "autorecsys"
@@ -196,6 +201,7 @@ class PipelineConfig:
     enable_cache: bool = True
     beam_prep_min_bytes: int = 64 * 2**20
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    loss_from: str | None = None
 
     def validate(self) -> None:
         self.train.validate()
@@ -205,9 +211,9 @@ class PipelineConfig:
             for method in methods:
                 check_applies(method, self.train.model)
             if self.train.model in METHODS and self.train.model not in methods:
+                example = with_family_method(self.train.model, self.search_strategy)
                 raise SearchError(f"model {self.train.model!r} is found by the search method of "
-                                  f"the same name: add it to the strategy (e.g. "
-                                  f"{with_family_method(self.train.model, self.search_strategy)!r}).")
+                                  f"the same name: add it to the strategy (e.g. {example!r}).")
         except SearchError as e:
             raise ConfigError(f"search_strategy: {e}") from e
         unknown = sorted(set(self.search_options) - set(METHODS))
@@ -221,6 +227,19 @@ class PipelineConfig:
         if not 0.0 <= self.min_eval_recall <= 1.0:
             raise ConfigError(f"min_eval_recall must be in [0, 1]. "
                               f"Received: {self.min_eval_recall}")
+        if self.loss_from is not None:
+            self.fixed_loss()
+
+    def fixed_loss(self) -> dict | None:
+        """The validated loss spec of ``loss_from`` (None when unset)."""
+        if self.loss_from is None:
+            return None
+        from models.losses.formula import LossFormulaError, load_loss_file  # noqa: PLC0415
+
+        try:
+            return load_loss_file(self.loss_from)
+        except (OSError, LossFormulaError) as e:
+            raise ConfigError(f"loss_from: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -23,7 +23,7 @@ from typing import Any
 
 import tf_keras as keras
 
-from models.architecture import LOSS_KINDS, ArchitectureError
+from models.architecture import ArchitectureError
 
 # Loss kind -> module (imported on use). Every kind of ``models.architecture.LOSS_KINDS``.
 LOSSES: dict[str, str] = {

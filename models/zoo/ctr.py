@@ -10,6 +10,10 @@ the logits of its parts into the layer named ``logit`` and returns ``sigmoid(log
     deepfm: y = fm + w^T MLP([e_1; ...; e_F])                          (Guo et al., IJCAI 2017)
     dnn:    y = w^T MLP([e_1; ...; e_F]) + b
     dcn:    y = w^T [Cross^L(x_0); MLP(x_0)] + b,  x_0 = [e_1; ...; e_F]  (Wang et al., WWW 2021)
+    autoctr: y = lr + w^T AutoCTRNet([e_1; ...; e_F], x_dense)  (Song et al., KDD 2020; the
+            DAG of blocks in arch.autoctr, found by the autoctr search)
+    autogroup: y = lr + w^T MLP([g_j (order 1); I^(p)_j (orders >= 2)])  (Liu et al., SIGIR
+            2020; the feature sets in arch.feature_groups, found by the autogroup search)
 
 Example:
 
@@ -29,6 +33,7 @@ import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 from models.architecture import Architecture, ArchitectureError
+from models.layers.autoctr import AutoCTRNet
 from models.layers.autofis import GatedInteraction
 from models.layers.embeddings import (
     FieldEmbedding,
@@ -42,6 +47,7 @@ from models.layers.interactions import FMInteraction
 from models.layers.mlp import MLP
 from models.layers.multisize import MultiSizeFieldEmbedding
 from models.layers.projection import FieldProjection
+from models.zoo.autogroup import autogroup_parts
 
 LOGIT_LAYER = "logit"
 PROBABILITY_LAYER = "probability"
@@ -208,6 +214,30 @@ def _dcn_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
     return [_dense_logit(arch, "deep_logit", use_bias=True)(tower)]
 
 
+def _autoctr_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
+                   embedding: keras.layers.Layer) -> list[tf.Tensor]:
+    """AutoCTR (Song et al., KDD 2020): ``w^T AutoCTRNet(E, x_dense) + lr``; the DAG is
+    ``arch.autoctr`` (``models.layers.autoctr``), found by the ``autoctr`` search."""
+    if arch.autoctr is None:
+        raise ArchitectureError("Model 'autoctr' needs the DAG in architecture.autoctr, which "
+                                "the 'autoctr' search writes (search_strategy 'autoctr').")
+    embeddings = _embeddings(arch, embedding, inputs)
+    dense_fields = [f for f in arch.numerical if arch.numeric_encoding[f] != "bucket"]
+    dense = (tf.stack([inputs[f"{f}_z"] for f in dense_fields], axis=1)
+             if dense_fields else None)
+    net = AutoCTRNet(arch.autoctr, has_dense=dense is not None, dropout=arch.dropout,
+                     batch_norm=arch.batch_norm, l2=arch.net_l2, name="autoctr")
+    top = net(stack_embeddings(embeddings), dense=dense)
+    return [_field_linear(arch)(inputs), _dense_logit(arch, "autoctr_logit", use_bias=False)(top)]
+
+
+def _autogroup_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
+                     embedding: keras.layers.Layer) -> list[tf.Tensor]:
+    """AutoGroup (Liu et al., SIGIR 2020): ``lr + w^T MLP(set interactions)`` over the sets
+    in ``arch.feature_groups`` (``models.zoo.autogroup``); each order has its own tables."""
+    return autogroup_parts(arch, inputs)
+
+
 _LOGIT_PARTS: dict[str, Callable[[Architecture, dict[str, tf.Tensor], keras.layers.Layer],
                                   list[tf.Tensor]]] = {
     "lr": _lr_parts,
@@ -215,4 +245,6 @@ _LOGIT_PARTS: dict[str, Callable[[Architecture, dict[str, tf.Tensor], keras.laye
     "deepfm": _deepfm_parts,
     "dnn": _dnn_parts,
     "dcn": _dcn_parts,
+    "autoctr": _autoctr_parts,
+    "autogroup": _autogroup_parts,
 }

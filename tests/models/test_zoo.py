@@ -19,11 +19,19 @@ from models.zoo import (
 )
 
 VOCAB_SIZES = {"user": 20, "item": 10}
+# What a family found by its own search needs before it builds (normally written by the search).
+SEARCHED = {"autogroup": {"feature_groups": {"1": [["user"], ["item", "age", "price"]],
+                                             "2": [["user", "item", "price"]]},
+                          "group_dims": {"1": 4, "2": 3}},
+            "autoctr": {"autoctr": {"blocks": [
+                {"type": "mlp", "inputs": ["sparse", "dense"], "units": [4]},
+                {"type": "fm", "inputs": ["sparse", 0], "output": "scalar"},
+                {"type": "dot", "inputs": ["sparse"]}]}}}
 
 
 def _arch(model: str, **kwargs: Any) -> Architecture:
     kwargs = {"hidden_units": [8, 4], "cross_layers": 2, "num_buckets": 5,
-              "numeric_encoding": {"price": "bucket"}, **kwargs}
+              "numeric_encoding": {"price": "bucket"}, **SEARCHED.get(model, {}), **kwargs}
     return Architecture.uniform(model, ["user", "item"], ["age", "price"], VOCAB_SIZES,
                                 embedding_dim=4, **kwargs)
 

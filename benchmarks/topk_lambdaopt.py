@@ -1,0 +1,148 @@
+"""λOpt's top-k bench rows: the fixed-λ MF grid and the two λOpt variants, each measured alone.
+
+``mf+l2grid`` expands into one row per value of ``search_options.lambdaopt.l2_grid`` (model
+``mf[l2=VALUE]``, plain ``train_bpr`` with that L2); ``mf+lambdaopt`` into
+``mf+lambdaopt[truncated]`` and ``mf+lambdaopt[full]`` (``models.search.lambdaopt``: the jointly
+trained model, scored at its best eval epoch; ``Λ``'s picture and ``lambdas.npz`` go to
+``<search_dir>/<dataset>-<row>-seed<seed>/``).
+
+Every row runs in a fresh Python process (``python -m benchmarks.topk_lambdaopt``), so that
+``ru_maxrss`` is that row's own peak resident memory. A row records ``peak_rss_mb`` (the process's
+peak), ``train_rss_mb`` (the peak minus the peak before the model was built: what training itself
+added) and ``seconds_per_epoch``; ``time_vs_mf`` / ``train_rss_vs_mf`` divide them by those of the
+grid row with the pipeline's L2 (``config.topk.l2``, plain MF's setting) of the same seed, when the
+bench ran it (None otherwise). The data, split and metrics are ``benchmarks.topk``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from pipeline.configs import PipelineConfig
+
+EXPANSIONS = ("mf+l2grid", "mf+lambdaopt")
+
+
+def grid_name(value: float) -> str:
+    return f"mf[l2={value:g}]"
+
+
+def expand(model: str, config: PipelineConfig) -> list[tuple[str, dict[str, Any]]]:
+    """``(row model name, spec)`` pairs of a bench model in ``EXPANSIONS``.
+
+    >>> [name for name, _ in expand("mf+lambdaopt", PipelineConfig())]
+    ['mf+lambdaopt[truncated]', 'mf+lambdaopt[full]']
+    """
+    from models.search.lambdaopt import VARIANTS, settings  # noqa: PLC0415
+
+    values = settings(config.search_options.get("lambdaopt", {}))
+    if model == "mf+l2grid":
+        return [(grid_name(v), {"kind": "fixed", "l2": v}) for v in values["l2_grid"]]
+    if model == "mf+lambdaopt":
+        return [(f"mf+lambdaopt[{variant}]", {"kind": "lambdaopt", "variant": variant})
+                for variant in VARIANTS]
+    raise ValueError(f"Unknown expansion {model!r}; known: {EXPANSIONS}.")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: dict,
+         work_dir: str, data_dir: str | None, report_dir: str | None) -> dict[str, Any]:
+    """One row, in the current process (the child)."""
+    from benchmarks.topk import _prepare  # noqa: PLC0415
+    from components.search import MF_INIT_STD  # noqa: PLC0415
+    from components.topk import evaluate_split, load_topk, train_bpr  # noqa: PLC0415
+    from components.topk_trainer import eval_every  # noqa: PLC0415
+
+    config = PipelineConfig.from_dict(config_data)
+    data = load_topk(_prepare(dataset, work_dir, data_dir))
+    mf = config.topk
+    common = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,
+              "batch_size": mf.batch_size, "max_epochs": config.train.max_epochs,
+              "patience": max(config.train.patience, 3), "seed": seed,
+              "eval_every": eval_every(config, data.num_users, data.num_items)}
+    before = _rss_mb()
+    search: dict[str, Any] = {"strategy": "none"}
+    if spec["kind"] == "fixed":
+        result, l2 = train_bpr(data, l2=spec["l2"], **common), spec["l2"]
+    else:
+        from models.search.lambdaopt import train_lambdaopt  # noqa: PLC0415
+
+        options = {**config.search_options.get("lambdaopt", {}), "variant": spec["variant"]}
+        found = train_lambdaopt(data, init_std=MF_INIT_STD, options=options,
+                                report_dir=report_dir, **common)
+        result, l2 = found.result, None
+        search = {"strategy": "lambdaopt", "lambdaopt": found.report}
+    peak = _rss_mb()
+    users, items = (t.numpy() for t in result.model.embedding_tables())
+    test = evaluate_split(data, users, items, "test")
+    epochs = len(result.history)
+    return {
+        "dataset": dataset, "model": name, "seed": seed,
+        "recall@20": test["recall@20"], "ndcg@20": test["ndcg@20"],
+        "val_recall@20": result.best_eval.get("recall@20"),
+        "best_epoch": result.best_epoch, "epochs": epochs, "stop_reason": result.stop_reason,
+        "embedding_params": result.embedding_params, "total_params": result.embedding_params,
+        "search_seconds": 0.0, "train_seconds": result.train_seconds,
+        "seconds_per_epoch": result.train_seconds / max(epochs, 1),
+        "train_examples_per_second": result.examples_per_second,
+        "peak_rss_mb": peak, "train_rss_mb": peak - before,
+        "architecture": {"model": "mf", "embedding_dim": mf.embedding_dim,
+                         "num_users": data.num_users, "num_items": data.num_items,
+                         "l2": l2, "search": search, "id_dims": {}},
+    }
+
+
+def run_rows(dataset: str, model: str, seed: int, config: PipelineConfig, work_dir: str,
+             data_dir: str | None, search_dir: str | None = None) -> list[dict[str, Any]]:
+    """The rows of one expansion for one seed, each in a fresh ``python -m`` process."""
+    rows = []
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    for name, spec in expand(model, config):
+        report_dir = search_dir and os.path.join(search_dir, f"{dataset}-{name}-seed{seed}")
+        with tempfile.TemporaryDirectory() as tmp:
+            request, answer = os.path.join(tmp, "request.json"), os.path.join(tmp, "row.json")
+            with open(request, "w") as f:
+                json.dump({"dataset": dataset, "name": name, "spec": spec, "seed": seed,
+                           "config_data": config.to_dict(), "work_dir": work_dir,
+                           "data_dir": data_dir, "report_dir": report_dir}, f)
+            subprocess.run([sys.executable, "-m", "benchmarks.topk_lambdaopt", request, answer],
+                           check=True, env=env)
+            with open(answer) as f:
+                rows.append(json.load(f))
+    return rows
+
+
+def add_relative_costs(rows: list[dict[str, Any]], config: PipelineConfig) -> None:
+    """Sets ``time_vs_mf`` and ``train_rss_vs_mf`` on measured rows (see the module docstring)."""
+    reference = {(r["dataset"], r["seed"]): r for r in rows
+                 if r["model"] == grid_name(config.topk.l2) and "train_rss_mb" in r}
+    for row in rows:
+        base = reference.get((row["dataset"], row["seed"]))
+        if "train_rss_mb" not in row:
+            continue
+        row["time_vs_mf"] = (row["seconds_per_epoch"] / base["seconds_per_epoch"]
+                             if base else None)
+        row["train_rss_vs_mf"] = (row["train_rss_mb"] / base["train_rss_mb"]
+                                  if base and base["train_rss_mb"] > 0 else None)
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    with open(sys.argv[1]) as f:
+        request = json.load(f)
+    row = _row(**request)
+    with open(sys.argv[2], "w") as f:
+        json.dump(row, f)

@@ -1,0 +1,429 @@
+"""AutoLossGen search: an LSTM controller writes loss DAGs, REINFORCE rewards validation AUC.
+
+Li, Ji, Ge, Zhang, "AutoLossGen: Automatic Loss Function Generation for Recommender Systems",
+SIGIR 2022 (arXiv 2204.13160); official code ``rutgerswiselab/AutoLossGen`` (``controller.py``,
+``runner/BaseRunner.py``, ``utils/loss_valid_check.py``). The losses are
+``models.losses.formula`` specs; this module only searches them.
+
+Per search epoch (``search_epochs``), from the current recommender ``M`` with validation AUC
+``a0`` and the baseline ``b = a0``, for each of ``samples_per_epoch`` samples:
+
+1. the controller samples a DAG (operators and inputs of ``num_nodes`` nodes) with
+   ``log pi(arc)`` and entropy ``H``;
+2. filters, no training: a zero gradient ``||dL/dy_hat||_inf < zero_gradient`` at
+   ``proxy_points`` random ``(y_hat, y)`` gives reward -1; a gradient within ``zero_gradient`` of
+   a loss already trained in this epoch reuses its reward (de-duplication); with
+   ``check_before_training``, a loss failing the validity check (``formula.direction_check``)
+   gets -1;
+3. otherwise a copy of ``M`` trains one epoch with the loss; ``R`` = its validation AUC;
+4. ``R < b - skip_lim`` -> ``R = -1``; else ``b <- b - (1 - baseline_decay)(b - R)``;
+   ``R += entropy_weight * H``; every ``num_aggregate`` samples Adam steps on
+   ``-sum log pi(arc) (R - b) / num_aggregate``.
+
+Then ``M`` trains one epoch with the epoch's best loss when its reward beat ``a0 - rej_lim``.
+The found loss is the best-rewarded trained candidate that passes the validity check (rewards
+grow with the warm start, so in practice one of the last epoch's); the
+retrain stage trains the model from scratch with it (``Architecture.loss``).
+
+Deviations from the official code (all for a CPU budget of tens of trainings): the search space
+(``space``) is by default ``"split"``, ``y * f(y_hat) + g(y_hat)`` with two small controller-written
+DAGs ``f`` and ``g`` of ``num_nodes`` nodes each (``layout``): in the official ``"free"`` space of
+10 nodes, 0 of 300 controller samples passed the validity check (every node's clamp makes most
+DAGs flat or label-blind), against 14 of 300 in ``"split"`` with 2 nodes per branch; a fixed
+number of samples per epoch, ended early after ``max_trainings_per_epoch`` trainings (official: 100+
+samples, every one that passes the filters trains); the validity check runs before training
+(``check_before_training``; official: after the search, on the logged formulas); when no
+candidate beats ``a0`` the recommender keeps its weights (official: rejection-samples until one
+does); the candidates train with the model's own L2 (official: none in candidate training);
+the input nodes' anchors are learned vectors (official: LSTM steps with ignored operators); the
+second input of a binary node is drawn without replacement with its exact log-probability.
+
+Settings (``ctx.options``, defaults in ``DEFAULTS``): the ones above, plus ``lstm_size``,
+``tanh_constant``, ``controller_lr`` (official 64, 1.5, 1e-3), ``check_points`` (1000),
+``learning_rate`` and ``batch_size`` of the recommender's search epochs (None: the retrain's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from sklearn.metrics import roc_auc_score
+
+from models.architecture import Architecture
+from models.losses import formula
+from models.search import SearchContext, SearchError
+from models.zoo.ctr import build_ctr_model, model_input_names
+
+NAME = "autolossgen"
+DEFAULTS: dict[str, Any] = {
+    "num_nodes": 3, "search_epochs": 3, "samples_per_epoch": 100, "max_trainings_per_epoch": 8,
+    "num_aggregate": 5, "lstm_size": 64, "tanh_constant": 1.5, "controller_lr": 1e-3,
+    "entropy_weight": 1e-4, "baseline_decay": 0.99, "skip_lim": 1e-5, "rej_lim": 1e-5,
+    "zero_gradient": 1e-4, "proxy_points": 20, "check_points": 1000,
+    "check_before_training": True, "space": "split", "learning_rate": None, "batch_size": None,
+}
+LOSS_FILE = "autolossgen_loss.json"
+REWARDS_PICTURE = "autolossgen_rewards.png"
+CURVES_PICTURE = "autolossgen_loss_curves.png"
+MIN_REWARD = -1.0
+OPERATORS = list(formula.OPERATORS)
+SPACES = ("free", "split")
+
+
+def settings(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` completed with ``DEFAULTS``; errors name the bad option."""
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise SearchError(f"autolossgen: unknown options {unknown}; known: {sorted(DEFAULTS)}. "
+                          f"Received: options={options}")
+    values = {**DEFAULTS, **options}
+    for key in ("num_nodes", "search_epochs", "samples_per_epoch", "max_trainings_per_epoch",
+                "num_aggregate", "lstm_size", "proxy_points", "check_points"):
+        if int(values[key]) < 1:
+            raise SearchError(f"autolossgen: {key} must be >= 1. Received: {key}={values[key]}")
+    if values["space"] not in SPACES:
+        raise SearchError(f"autolossgen: space must be one of {SPACES}. "
+                          f"Received: space={values['space']!r}")
+    if not 0.0 <= float(values["baseline_decay"]) < 1.0:
+        raise SearchError(f"autolossgen: baseline_decay must be in [0, 1). "
+                          f"Received: baseline_decay={values['baseline_decay']}")
+    return values
+
+
+class LossController(keras.Model):
+    """The ENAS-style controller: an LSTM that writes a loss DAG node by node.
+
+    For node ``k`` the LSTM output ``h`` gives operator logits ``c tanh(W_op h)``; after the
+    chosen operator's embedding, its output ``h'`` scores every earlier node ``i`` by
+    ``c tanh(v^T tanh(W_1 a_i + W_2 h'))`` (``a_i``: node ``i``'s anchor) and one (unary) or two
+    distinct (binary) inputs are drawn. Weights start uniform in [-0.1, 0.1] (official).
+
+    Args:
+      num_nodes: chosen nodes per DAG (``"split"``: per branch; see ``layout``).
+      lstm_size: LSTM width.
+      tanh_constant: ``c``.
+      space: ``"free"`` (official) or ``"split"`` (``layout``).
+    """
+
+    def __init__(self, num_nodes: int = 10, lstm_size: int = 64, tanh_constant: float = 1.5,
+                 space: str = "free", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}. Received: space={space!r}")
+        self.num_nodes, self.lstm_size, self.tanh_constant = num_nodes, lstm_size, tanh_constant
+        self.space = space
+        def init() -> keras.initializers.Initializer:  # one per weight: distinct draws
+            return keras.initializers.RandomUniform(-0.1, 0.1)
+
+        self.cell = keras.layers.LSTMCell(lstm_size, kernel_initializer=init(),
+                                          recurrent_initializer=init())
+        self.start = self.add_weight("start", [1, lstm_size], initializer=init())
+        self.input_anchors = self.add_weight("input_anchors", [formula.NUM_INPUTS, lstm_size],
+                                             initializer=init())
+        self.op_embedding = self.add_weight("op_embedding", [len(OPERATORS), lstm_size],
+                                            initializer=init())
+        self.op_logits = keras.layers.Dense(len(OPERATORS), use_bias=False,
+                                            kernel_initializer=init())
+        self.attn_1 = keras.layers.Dense(lstm_size, use_bias=False, kernel_initializer=init())
+        self.attn_2 = keras.layers.Dense(lstm_size, use_bias=False, kernel_initializer=init())
+        self.attn_v = keras.layers.Dense(1, use_bias=False, kernel_initializer=init())
+
+    def run(self, arc: list[dict] | None = None, rng: np.random.Generator | None = None
+            ) -> tuple[list[dict], tf.Tensor, tf.Tensor]:
+        """Samples a DAG (``arc`` None, with ``rng``) or scores ``arc``; returns the nodes,
+        ``log pi(arc)`` and the summed entropy of its choices."""
+        if arc is None and rng is None:
+            raise ValueError("LossController.run needs an arc to score or an rng to sample.")
+        state = [tf.zeros([1, self.lstm_size]), tf.zeros([1, self.lstm_size])]
+        anchors = [self.input_anchors[i:i + 1] for i in range(formula.NUM_INPUTS)]
+        keys = [self.attn_1(a) for a in anchors]
+        x = self.start
+        nodes: list[dict] = []
+        log_prob, entropy = tf.constant(0.0), tf.constant(0.0)
+        for k, slot in enumerate(layout(self.num_nodes, self.space)):
+            out, state = self.cell(x, state)
+            if isinstance(slot, dict):  # a fixed node of the split layout: no choice
+                nodes.append(slot)
+                out, state = self.cell(self.op_embedding[OPERATORS.index(slot["op"])][None],
+                                       state)
+                x = out
+                anchors.append(out)
+                keys.append(self.attn_1(out))
+                continue
+            logits = self.tanh_constant * tf.tanh(self.op_logits(out))[0]
+            op = (OPERATORS.index(arc[k]["op"]) if arc is not None
+                  else _draw(rng, tf.nn.softmax(logits).numpy()))
+            log_probs = tf.nn.log_softmax(logits)
+            log_prob += log_probs[op]
+            entropy -= tf.reduce_sum(tf.exp(log_probs) * log_probs)
+            out, state = self.cell(self.op_embedding[op:op + 1], state)
+            scores = self.attn_v(tf.tanh(tf.concat(keys, 0) + self.attn_2(out)))[:, 0]
+            allowed = np.full(len(keys), -1e9, np.float32)
+            allowed[slot] = 0.0
+            in_log_probs = tf.nn.log_softmax(self.tanh_constant * tf.tanh(scores) + allowed)
+            entropy -= tf.reduce_sum(tf.exp(in_log_probs) * in_log_probs)
+            arity = formula.OPERATORS[OPERATORS[op]]
+            if arc is not None:
+                inputs = list(arc[k]["inputs"])
+            else:
+                probs = tf.exp(in_log_probs).numpy()
+                inputs = [_draw(rng, probs)]
+                if arity == 2:
+                    rest = probs.copy()
+                    rest[inputs[0]] = 0.0
+                    inputs.append(_draw(rng, rest))
+            log_prob += in_log_probs[inputs[0]]
+            if arity == 2:  # the second draw excludes the first
+                log_prob += in_log_probs[inputs[1]] - tf.math.log(
+                    1.0 - tf.exp(in_log_probs[inputs[0]]) + 1e-12)
+            nodes.append({"op": OPERATORS[op], "inputs": inputs})
+            x = tf.add_n([anchors[i] for i in inputs]) / (1.0 + len(inputs))
+            anchors.append(out)
+            keys.append(self.attn_1(out))
+        return nodes, log_prob, entropy
+
+
+def layout(num_nodes: int, space: str) -> list[list[int] | dict]:
+    """Per computed node, the node indices it may take as inputs, or the fixed node itself.
+
+    ``"free"`` (official): every node picks among all earlier nodes; the loss is the last one.
+    ``"split"``: ``num_nodes`` nodes write ``f(y_hat, 1)``, then ``y * f``, then ``num_nodes``
+    nodes write ``g(y_hat, 1)``, then the loss ``y * f + g`` (two fixed nodes), so the loss
+    depends on the label by construction (``2 num_nodes + 2`` nodes in all).
+    """
+    if space == "free":
+        return [list(range(formula.NUM_INPUTS + k)) for k in range(num_nodes)]
+    first = formula.NUM_INPUTS
+    f_nodes = [[0, 2, *range(first, first + k)] for k in range(num_nodes)]
+    gated = first + num_nodes  # y * f
+    g_first = gated + 1
+    g_nodes = [[0, 2, *range(g_first, g_first + k)] for k in range(num_nodes)]
+    return [*f_nodes, {"op": "multiply", "inputs": [1, gated - 1]}, *g_nodes,
+            {"op": "add", "inputs": [gated, g_first + num_nodes - 1]}]
+
+
+def _draw(rng: np.random.Generator, probs: np.ndarray) -> int:
+    probs = np.asarray(probs, np.float64)
+    return int(rng.choice(len(probs), p=probs / probs.sum()))
+
+
+def spec_of(nodes: list[dict]) -> dict:
+    return formula.validate({"kind": formula.KIND, "nodes": nodes})
+
+
+class Reinforce:
+    """REINFORCE with the official reward filtering: moving-average baseline ``b`` (reset to the
+    epoch's starting AUC), rewards below ``b - skip_lim`` set to -1, an entropy bonus, and one
+    Adam step (beta_1 0, eps 1e-3, gradient norm clipped at 5) every ``num_aggregate`` samples."""
+
+    def __init__(self, controller: LossController, options: dict[str, Any]) -> None:
+        self.controller, self.options = controller, options
+        self.optimizer = keras.optimizers.Adam(float(options["controller_lr"]), beta_1=0.0,
+                                               beta_2=0.999, epsilon=1e-3)
+        self.baseline = 0.0
+        self.pending: list[tuple[list[dict], float]] = []
+
+    def reward(self, auc: float, entropy: float) -> tuple[float, bool]:
+        """The filtered reward of a sample whose validation AUC (or -1) is ``auc``, and whether
+        it was kept (not below the baseline); a kept reward moves the baseline."""
+        o = self.options
+        bonus = float(o["entropy_weight"]) * entropy
+        if auc < self.baseline - float(o["skip_lim"]):
+            return MIN_REWARD + bonus, False
+        value = auc + bonus
+        self.baseline -= (1.0 - float(o["baseline_decay"])) * (self.baseline - value)
+        return value, True
+
+    def add(self, nodes: list[dict], reward: float) -> bool:
+        """Queues ``(arc, reward - b)``; steps the controller when ``num_aggregate`` are queued.
+        Returns whether it stepped."""
+        self.pending.append((nodes, reward - self.baseline))
+        if len(self.pending) < int(self.options["num_aggregate"]):
+            return False
+        self.step()
+        return True
+
+    def step(self) -> None:
+        if not self.pending:
+            return
+        variables = self.controller.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([-self.controller.run(arc)[1] * advantage
+                             for arc, advantage in self.pending]) / len(self.pending)
+        grads, _ = tf.clip_by_global_norm(tape.gradient(loss, variables), 5.0)
+        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+        self.pending = []
+
+
+class ProxyFilter:
+    """The official cheap pre-check: ``dL/dy_hat`` at fixed random points; zero gradients are
+    rejected and gradients within ``tol`` (inf-norm) of a trained loss's reuse its reward."""
+
+    def __init__(self, points: int, tol: float, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.y_pred = rng.uniform(0.1, 0.9, points).astype(np.float32)
+        self.y_true = rng.uniform(0.0, 1.0, points).astype(np.float32)
+        self.tol = tol
+        self.seen: list[tuple[np.ndarray, float]] = []
+
+    def gradient(self, spec: dict) -> np.ndarray:
+        return formula.loss_gradient(spec, self.y_pred, self.y_true)
+
+    def zero(self, grad: np.ndarray) -> bool:
+        return not np.all(np.isfinite(grad)) or float(np.max(np.abs(grad))) < self.tol
+
+    def cached(self, grad: np.ndarray) -> float | None:
+        for seen, reward in self.seen:
+            if float(np.max(np.abs(grad - seen))) < self.tol:
+                return reward
+        return None
+
+    def remember(self, grad: np.ndarray, reward: float) -> None:
+        self.seen.append((grad, reward))
+
+
+def search(ctx: SearchContext) -> Architecture:
+    """Searches a loss for ``ctx.arch``'s model; the result trains with it from scratch."""
+    options = settings(ctx.options)
+    start_time = time.perf_counter()
+    keras.utils.set_random_seed(ctx.seed)
+    rng = np.random.default_rng(ctx.seed)
+    arch = dataclasses.replace(ctx.arch, loss=None)
+    model = build_ctr_model(arch)
+    names = model_input_names(arch)
+    train_ds = ctx.dataset("train", names, True)
+    if options["batch_size"]:
+        train_ds = train_ds.unbatch().batch(int(options["batch_size"]))
+    eval_ds = ctx.dataset("eval", names, False)
+    eval_labels = np.concatenate([y.numpy().ravel() for _, y in eval_ds])
+    learning_rate = float(options["learning_rate"] or ctx.learning_rate)
+
+    def validation_auc() -> float:
+        scores = model.predict(eval_ds, verbose=0).ravel()
+        return float(roc_auc_score(eval_labels, scores)) if np.all(np.isfinite(scores)) else 0.0
+
+    def train_epoch(spec: dict) -> float:
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                      loss=formula.keras_loss(spec))
+        model.fit(train_ds, epochs=1, verbose=0)
+        return validation_auc()
+
+    controller = LossController(int(options["num_nodes"]), int(options["lstm_size"]),
+                                float(options["tanh_constant"]), options["space"])
+    learner = Reinforce(controller, options)
+    candidates: dict[str, dict[str, Any]] = {}
+    samples: list[dict[str, Any]] = []
+    epochs: list[dict[str, Any]] = []
+    for epoch in range(int(options["search_epochs"])):
+        start_auc = validation_auc()
+        snapshot = model.get_weights()
+        learner.baseline = start_auc
+        # Rewards are relative to this epoch's model: the de-duplication cache starts afresh.
+        proxy = ProxyFilter(int(options["proxy_points"]), float(options["zero_gradient"]),
+                            ctx.seed)
+        best: tuple[float, dict | None] = (MIN_REWARD, None)
+        trainings = 0
+        for _ in range(int(options["samples_per_epoch"])):
+            nodes, _, entropy = controller.run(rng=rng)
+            spec = formula.pruned(spec_of(nodes))
+            key = formula.canonical_key(spec)
+            grad = proxy.gradient(spec)
+            auc, status = MIN_REWARD, "trained"
+            if proxy.zero(grad):
+                status = "zero_gradient"
+            elif (cached := proxy.cached(grad)) is not None:
+                auc, status = cached, "duplicate"
+            elif options["check_before_training"] and not _valid(spec, options):
+                status = "invalid"
+            else:
+                model.set_weights(snapshot)
+                auc = train_epoch(spec)
+                trainings += 1
+                proxy.remember(grad, auc)
+                if key not in candidates or auc > candidates[key]["reward"]:
+                    candidates[key] = {"spec": spec, "formula": formula.describe(spec),
+                                       "reward": auc, "epoch": epoch + 1}
+            reward, kept = learner.reward(auc, float(entropy))
+            if kept and auc > best[0]:
+                best = (auc, spec)
+            learner.add(nodes, reward)
+            samples.append({"epoch": epoch + 1, "status": status, "auc": auc, "reward": reward,
+                            "baseline": learner.baseline})
+            if trainings >= int(options["max_trainings_per_epoch"]):
+                break
+        learner.step()
+        model.set_weights(snapshot)
+        record = {"epoch": epoch + 1, "start_auc": start_auc, "best_reward": best[0],
+                  "trainings": trainings, "updated": False}
+        if best[1] is not None and best[0] > start_auc - float(options["rej_lim"]):
+            record.update(updated=True, formula=formula.describe(best[1]),
+                          auc_after=train_epoch(best[1]))
+        epochs.append(record)
+        logging.info("autolossgen epoch %d: %s", epoch + 1, record)
+    checked = [c for c in sorted(candidates.values(), key=lambda c: -c["reward"])
+               if _valid(c["spec"], options)]
+    found = checked[0] if checked else None
+    report = {"formula": found and found["formula"], "loss": found and found["spec"],
+              "reward": found and found["reward"], "valid_candidates": len(checked),
+              "trained_candidates": len(candidates), "samples": samples, "epochs": epochs,
+              "candidates": [{k: c[k] for k in ("formula", "reward", "epoch")}
+                             for c in sorted(candidates.values(), key=lambda c: -c["reward"])],
+              "settings": options, "seconds": time.perf_counter() - start_time}
+    if found is None:
+        logging.warning("autolossgen: no trained candidate passed the validity check; the model "
+                        "keeps logloss.")
+    if ctx.report_dir:
+        os.makedirs(ctx.report_dir, exist_ok=True)
+        draw_rewards(samples, epochs, os.path.join(ctx.report_dir, REWARDS_PICTURE))
+        if found is not None:
+            formula.write_loss_file(found["spec"], os.path.join(ctx.report_dir, LOSS_FILE))
+            formula.draw_curves(found["spec"], os.path.join(ctx.report_dir, CURVES_PICTURE),
+                                f"AutoLossGen loss for {ctx.arch.model} "
+                                f"(search reward {found['reward']:.4f})")
+    return dataclasses.replace(ctx.arch, loss=found and found["spec"],
+                               search={**ctx.arch.search, NAME: report})
+
+
+def _valid(spec: dict, options: dict[str, Any]) -> bool:
+    return formula.direction_check(spec, int(options["check_points"]))["valid"]
+
+
+def draw_rewards(samples: list[dict[str, Any]], epochs: list[dict[str, Any]], path: str) -> None:
+    """Validation AUC of every trained candidate, the filtered reward and the moving baseline
+    per sample, and each search epoch's starting AUC."""
+    import matplotlib  # noqa: PLC0415 (plotting loads only when a report is written)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    steps = np.arange(1, len(samples) + 1)
+    trained = [(i, s["auc"]) for i, s in zip(steps, samples, strict=True)
+               if s["status"] == "trained"]
+    if trained:
+        ax.scatter(*zip(*trained, strict=True), s=14, color="tab:blue",
+                   label="candidate val AUC (trained)")
+    ax.plot(steps, [s["baseline"] for s in samples], color="tab:orange", label="baseline b")
+    starts = np.cumsum([0] + [sum(s["epoch"] == e["epoch"] for s in samples) for e in epochs])
+    for e, (lo, hi) in zip(epochs, zip(starts[:-1], starts[1:], strict=True), strict=True):
+        ax.hlines(e["start_auc"], lo + 0.5, hi + 0.5, colors="tab:gray", linestyles="--")
+    ax.plot([], [], color="tab:gray", linestyle="--", label="epoch start AUC")
+    values = [a for _, a in trained] + [s["baseline"] for s in samples]
+    if values:
+        ax.set_ylim(min(values) - 0.01, max(values) + 0.01)
+    filtered = sum(s["status"] != "trained" for s in samples)
+    ax.set_xlabel(f"controller sample ({filtered} of {len(samples)} filtered without training: "
+                  f"reward -1 or cached)")
+    ax.set_ylabel("validation AUC")
+    ax.set_title("AutoLossGen search: rewards", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
