@@ -87,6 +87,31 @@ class SearchContext:
     report_dir: str | None = None
 
 
+def merge_options(name: str, defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Method ``name``'s settings: ``options`` over ``defaults``; an option not in ``defaults``
+    raises ``SearchError`` naming it.
+
+    >>> merge_options("nis", {"epochs": 1}, {"epochs": 2})
+    {'epochs': 2}
+    """
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise SearchError(f"{name}: unknown options {unknown}; known: {sorted(defaults)}. "
+                          f"Received: options={options}")
+    return {**defaults, **options}
+
+
+def eval_auc(model: Any, dataset: tf.data.Dataset) -> float:
+    """ROC AUC (1000 thresholds) of ``model``'s inference-mode outputs over ``dataset``'s
+    ``(features, label)`` batches: how the searches score a model on the eval split."""
+    import tf_keras as keras  # noqa: PLC0415 (TensorFlow loads only when a search runs)
+
+    metric = keras.metrics.AUC(num_thresholds=1000)
+    for features, label in dataset:
+        metric.update_state(label, model(features, training=False))
+    return float(metric.result())
+
+
 def parse_strategy(strategy: str) -> list[str]:
     """Method names of a strategy string; ``"none"`` (or empty) is no method."""
     if strategy in ("", "none"):

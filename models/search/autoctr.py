@@ -42,7 +42,7 @@ import tf_keras as keras
 
 from models.architecture import Architecture
 from models.autoctr_dag import describe
-from models.search import SearchContext, SearchError
+from models.search import SearchContext, SearchError, merge_options
 from models.search.autoctr_evolution import STATE_FILE, evolve
 from models.search.autoctr_plots import draw_best_so_far, draw_dag
 from models.zoo.ctr import build_ctr_model, model_input_names
@@ -60,11 +60,7 @@ CURVE_PICTURE = "autoctr_best_so_far.png"
 
 def settings(ctx: SearchContext) -> dict[str, Any]:
     """``ctx.options`` completed with ``DEFAULTS`` and checked; errors name the option."""
-    unknown = sorted(set(ctx.options) - set(DEFAULTS))
-    if unknown:
-        raise SearchError(f"autoctr: unknown options {unknown}; known: {sorted(DEFAULTS)}. "
-                          f"Received: options={ctx.options}")
-    values = {**DEFAULTS, **ctx.options}
+    values = merge_options(NAME, DEFAULTS, ctx.options)
     for key in ("max_trials", "population", "tournament", "num_mutants", "max_blocks", "epochs",
                 "batch_size"):
         if isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < 1:

@@ -49,7 +49,7 @@ import tf_keras as keras
 
 from models.architecture import Architecture
 from models.layers.autodim import AutoDimEmbedding
-from models.search import SearchContext, SearchError
+from models.search import SearchContext, SearchError, merge_options
 from models.zoo import build_ctr_model, model_input_names
 
 NAME = "autodim"
@@ -71,10 +71,7 @@ DEFAULTS: dict[str, Any] = {
 
 def settings(options: dict[str, Any], arch: Architecture) -> dict[str, Any]:
     """``DEFAULTS`` updated with ``options``; raises ``SearchError`` on unknown or bad values."""
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise SearchError(f"autodim: unknown options {unknown}; known: {sorted(DEFAULTS)}.")
-    values = {**DEFAULTS, **options}
+    values = merge_options(NAME, DEFAULTS, options)
     values["candidate_dims"] = sorted(int(d) for d in values["candidate_dims"])
     if values["unified_dim"] is None:
         values["unified_dim"] = max(arch.embedding_dims[f] for f in arch.categorical)

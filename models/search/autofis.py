@@ -46,7 +46,7 @@ import tf_keras as keras
 from models.architecture import Architecture
 from models.layers.autofis import GatedInteraction
 from models.optimizers import GRDA
-from models.search import SearchContext, SearchError
+from models.search import SearchContext, SearchError, eval_auc, merge_options
 from models.zoo.ctr import FM_INTERACTION_LAYER, build_ctr_model, model_input_names
 
 NAME = "autofis"
@@ -60,12 +60,8 @@ RETRAINED_GATES_PICTURE = "autofis_retrained_gates.png"
 
 def settings(ctx: SearchContext) -> dict[str, Any]:
     """``ctx.options`` completed with the defaults of ``ctx.arch.model``."""
-    values = {**DEFAULTS, **MODEL_DEFAULTS.get(ctx.arch.model, {})}
-    unknown = sorted(set(ctx.options) - set(values))
-    if unknown:
-        raise SearchError(f"autofis: unknown options {unknown}; known: {sorted(values)}. "
-                          f"Received: options={ctx.options}")
-    values.update(ctx.options)
+    values = merge_options(NAME, {**DEFAULTS, **MODEL_DEFAULTS.get(ctx.arch.model, {})},
+                           ctx.options)
     if int(values["epochs"]) < 1:
         raise SearchError(f"autofis: epochs must be >= 1. Received: epochs={values['epochs']}")
     if values["c"] is None and not float(values["final_threshold"]) > 0:
@@ -106,7 +102,7 @@ def search(ctx: SearchContext) -> Architecture:
         losses = [float(step(features, label)) for features, label in train_ds]
         kept_now = int(np.count_nonzero(layer.gates.numpy()))
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                        "eval_auc": _auc(model, eval_ds), "kept": kept_now})
+                        "eval_auc": eval_auc(model, eval_ds), "kept": kept_now})
         logging.info("autofis epoch %d: %s", epoch + 1, history[-1])
     fields = ctx.arch.fields
     gates = {",".join(fields[i] for i in pair): float(value)
@@ -153,12 +149,6 @@ def _train_step(model: keras.Model, gates: tf.Variable, adam: keras.optimizers.O
 
     return step
 
-
-def _auc(model: keras.Model, dataset: tf.data.Dataset) -> float:
-    metric = keras.metrics.AUC(num_thresholds=1000)
-    for features, label in dataset:
-        metric.update_state(label, model(features, training=False))
-    return float(metric.result())
 
 
 def draw_gates(fields: list[str], gates: dict[str, float], path: str, title: str) -> None:

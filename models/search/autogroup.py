@@ -44,7 +44,7 @@ import tf_keras as keras
 
 from models.architecture import Architecture
 from models.layers.autogroup import FeatureGroupInteraction
-from models.search import SearchContext, SearchError
+from models.search import SearchContext, SearchError, eval_auc, merge_options
 from models.zoo.autogroup import GroupSearch, autogroup_parts, order_layer_name
 from models.zoo.ctr import LOGIT_LAYER, PROBABILITY_LAYER, model_input_dtypes
 
@@ -59,11 +59,7 @@ RETRAINED_PICTURE = "autogroup_retrained_weights.png"
 
 def settings(ctx: SearchContext) -> dict[str, Any]:
     """``ctx.options`` completed with the defaults, the per-order lists resolved."""
-    unknown = sorted(set(ctx.options) - set(DEFAULTS))
-    if unknown:
-        raise SearchError(f"autogroup: unknown options {unknown}; known: {sorted(DEFAULTS)}. "
-                          f"Received: options={ctx.options}")
-    values = {**DEFAULTS, **ctx.options}
+    values = merge_options(NAME, DEFAULTS, ctx.options)
     for key in ("max_order", "epochs", "batch_size"):
         if int(values[key]) < 1:
             raise SearchError(f"autogroup: {key} must be >= 1. Received: {key}={values[key]}")
@@ -114,7 +110,7 @@ def search(ctx: SearchContext) -> Architecture:
             losses.append(float(weight_loss))
             done += 1
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                        "eval_auc": _auc(model, eval_ds), "temperature": tau,
+                        "eval_auc": eval_auc(model, eval_ds), "temperature": tau,
                         "set_sizes": {p: [len(g) for g in layers[p].derive()] for p in orders}})
         logging.info("autogroup epoch %d: %s", epoch + 1, history[-1])
     fields = ctx.arch.fields
@@ -203,12 +199,6 @@ def _train_step(model: keras.Model, layers: list[FeatureGroupInteraction],
 
     return step
 
-
-def _auc(model: keras.Model, dataset: tf.data.Dataset) -> float:
-    metric = keras.metrics.AUC(num_thresholds=1000)
-    for features, label in dataset:
-        metric.update_state(label, model(features, training=False))
-    return float(metric.result())
 
 
 def draw_groups(fields: list[str], values: dict[str, list[list[float]]], path: str, title: str,

@@ -66,7 +66,7 @@ import tf_keras as keras
 
 from models.architecture import Architecture, ArchitectureError
 from models.losses import autoloss as losses
-from models.search import SearchContext, SearchError
+from models.search import SearchContext, SearchError, eval_auc, merge_options
 from models.zoo import build_ctr_model, model_input_names
 
 NAME = "autoloss"
@@ -108,11 +108,7 @@ class _MixCounter:
 
 def settings(ctx: SearchContext) -> dict[str, Any]:
     """``ctx.options`` completed with ``DEFAULTS``; raises ``SearchError`` naming a bad option."""
-    unknown = sorted(set(ctx.options) - set(DEFAULTS))
-    if unknown:
-        raise SearchError(f"autoloss: unknown options {unknown}; known: {sorted(DEFAULTS)}. "
-                          f"Received: options={ctx.options}")
-    values = {**DEFAULTS, **ctx.options}
+    values = merge_options(NAME, DEFAULTS, ctx.options)
     for key in ("epochs", "batch_size"):
         if int(values[key]) < 1:
             raise SearchError(f"autoloss: {key} must be >= 1. Received: {key}={values[key]}")
@@ -173,7 +169,7 @@ def search(ctx: SearchContext) -> Architecture:
                 trace.append({"step": steps, **point_mix.result()})
                 point_mix = _MixCounter(mix.candidates)
         history.append({"epoch": epoch + 1, "steps": steps, **epoch_mix.result(),
-                        "eval_auc": _auc(model, ctx.dataset("eval", names, False))})
+                        "eval_auc": eval_auc(model, ctx.dataset("eval", names, False))})
         logging.info("autoloss epoch %d: %s", epoch + 1, history[-1])
         if options["select"] == "last" or history[-1]["eval_auc"] > best_auc:
             best_auc, best = history[-1]["eval_auc"], (epoch + 1, controller.get_weights())
@@ -274,12 +270,6 @@ def probability_curves(controller: losses.LossController,
                                     for k, name in enumerate(candidates)}
     return curves
 
-
-def _auc(model: keras.Model, dataset: tf.data.Dataset) -> float:
-    metric = keras.metrics.AUC(num_thresholds=1000)
-    for features, label in dataset:
-        metric.update_state(label, model(features, training=False))
-    return float(metric.result())
 
 
 def _pyplot():

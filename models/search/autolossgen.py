@@ -58,7 +58,7 @@ from sklearn.metrics import roc_auc_score
 
 from models.architecture import Architecture
 from models.losses import formula
-from models.search import SearchContext, SearchError
+from models.search import SearchContext, SearchError, merge_options
 from models.zoo.ctr import build_ctr_model, model_input_names
 
 NAME = "autolossgen"
@@ -79,11 +79,7 @@ SPACES = ("free", "split")
 
 def settings(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` completed with ``DEFAULTS``; errors name the bad option."""
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise SearchError(f"autolossgen: unknown options {unknown}; known: {sorted(DEFAULTS)}. "
-                          f"Received: options={options}")
-    values = {**DEFAULTS, **options}
+    values = merge_options(NAME, DEFAULTS, options)
     for key in ("num_nodes", "search_epochs", "samples_per_epoch", "max_trainings_per_epoch",
                 "num_aggregate", "lstm_size", "proxy_points", "check_points"):
         if int(values[key]) < 1:

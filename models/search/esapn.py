@@ -49,7 +49,7 @@ import tf_keras as keras
 from components.features import id_name
 from models.architecture import Architecture
 from models.layers.esapn import PAPER_CANDIDATE_DIMS, ESAPNEmbedding, ESAPNFieldEmbedding
-from models.search import SearchContext, SearchError
+from models.search import SearchContext, SearchError, merge_options
 
 NAME = "esapn"
 PLOT_FILE = "esapn_sizes.png"
@@ -65,10 +65,7 @@ DEFAULTS: dict[str, Any] = {
 
 def settings(options: dict[str, Any], output_dim: int) -> dict[str, Any]:
     """``DEFAULTS`` updated with ``options``; raises ``SearchError`` on unknown or bad values."""
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise SearchError(f"esapn: unknown options {unknown}; known: {sorted(DEFAULTS)}.")
-    values = {**DEFAULTS, **options}
+    values = merge_options(NAME, DEFAULTS, options)
     dims = values["candidate_dims"]
     if dims is None:
         dims = [d for d in PAPER_CANDIDATE_DIMS if d < output_dim] + [output_dim]

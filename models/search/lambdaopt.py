@@ -66,7 +66,7 @@ import tf_keras as keras
 
 from models.architecture import Architecture
 from models.layers.lambdaopt import IdL2Regularizer
-from models.search import SearchContext, SearchError
+from models.search import SearchContext, SearchError, merge_options
 
 NAME = "lambdaopt"
 VARIANTS = ("truncated", "full")
@@ -91,10 +91,7 @@ ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # tf_keras Adam's defa
 def settings(options: dict[str, Any] | None) -> dict[str, Any]:
     """``DEFAULTS`` updated with ``options``; raises ``SearchError`` naming a bad option."""
     options = dict(options or {})
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise SearchError(f"lambdaopt: unknown options {unknown}; known: {sorted(DEFAULTS)}.")
-    values = {**DEFAULTS, **options}
+    values = merge_options(NAME, DEFAULTS, options)
     if values["variant"] not in VARIANTS:
         raise SearchError(f"lambdaopt: variant must be one of {VARIANTS}. "
                           f"Received: variant={values['variant']!r}")

@@ -49,7 +49,7 @@ import tf_keras as keras
 
 from models.architecture import Architecture, multisize_params
 from models.layers.multisize import MultiSizeFieldEmbedding
-from models.search import SearchContext, SearchError
+from models.search import SearchContext, SearchError, merge_options
 from models.zoo import build_ctr_model, model_input_names
 
 NAME = "nis"
@@ -72,10 +72,7 @@ DEFAULTS: dict[str, Any] = {
 
 def settings(options: dict[str, Any]) -> dict[str, Any]:
     """``DEFAULTS`` updated with ``options``; raises ``SearchError`` on unknown or bad values."""
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise SearchError(f"nis: unknown options {unknown}; known: {sorted(DEFAULTS)}.")
-    values = {**DEFAULTS, **options}
+    values = merge_options(NAME, DEFAULTS, options)
     for key in ("vocab_blocks", "dim_blocks", "min_vocab", "samples", "batch_size",
                 "reward_examples"):
         if int(values[key]) < 1:

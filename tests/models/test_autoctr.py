@@ -20,6 +20,7 @@ from models.layers.autoctr import AutoCTRNet, DotBlock, FMBlock
 from models.search import SearchContext, SearchError, autoctr
 from models.search import autoctr_evolution as evolution
 from models.zoo import build_ctr_model, model_input_names
+from tests.models.synthetic_search import search_synthetic
 
 # [B=2, F=3, D=2] embeddings with hand-checkable products.
 EMBEDDINGS = np.array([[[1.0, 0.0], [2.0, 1.0], [0.0, 3.0]],
@@ -304,26 +305,8 @@ class SearchTest(tf.test.TestCase):
 
 @pytest.mark.slow
 def test_search_on_planted_synthetic_beats_the_first_trial(tmp_path):
-    from benchmarks.bench import parse_model  # noqa: PLC0415 (loads Beam and TFT)
-    from benchmarks.data import prepare_bench_data, transformed_dataset  # noqa: PLC0415
-    from components import base  # noqa: PLC0415
-    from components.search import searched_architecture  # noqa: PLC0415
-    from pipeline.configs import PipelineConfig  # noqa: PLC0415
-
-    seed = 2021
-    data = prepare_bench_data("synthetic", str(tmp_path / "work"), None, seed)
-    config = parse_model("autoctr", PipelineConfig())
-    config.seed = config.train.seed = seed
-    config.search_options = {"autoctr": {"max_trials": 14, "population": 5,
-                                         "ranker_min_trials": 5}}
-
-    def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-        return transformed_dataset(data, split, names, config.train.batch_size,
-                                   shuffle=shuffle, seed=seed)
-
-    vocab = base.vocab_sizes(data.transform_output, data.spec["categorical"])
-    arch = searched_architecture(config, data.spec, vocab, dataset,
-                                 report_dir=str(tmp_path / "report"))
+    arch, _ = search_synthetic(tmp_path, "autoctr", options={
+        "autoctr": {"max_trials": 14, "population": 5, "ranker_min_trials": 5}})
     record = arch.search["autoctr"]
     history = record["history"]
     assert record["trials"] == 14

@@ -18,6 +18,7 @@ from models.optimizers import GRDA
 from models.search import SearchContext, SearchError, autofis
 from models.zoo import build_ctr_model, model_input_names
 from models.zoo.ctr import FM_INTERACTION_LAYER
+from tests.models.synthetic_search import search_synthetic
 
 EPSILON = 1e-3
 # [B=3, F=3, D=2] embeddings with hand-checkable products.
@@ -228,24 +229,7 @@ class SearchOnTinyDataTest(tf.test.TestCase):
 
 @pytest.mark.slow
 def test_search_keeps_the_planted_pairs_of_synthetic(tmp_path):
-    from benchmarks.bench import parse_model  # noqa: PLC0415 (loads Beam and TFT)
-    from benchmarks.data import prepare_bench_data, transformed_dataset  # noqa: PLC0415
-    from components import base  # noqa: PLC0415
-    from components.search import searched_architecture  # noqa: PLC0415
-    from pipeline.configs import PipelineConfig  # noqa: PLC0415
-
-    seed = 2021
-    data = prepare_bench_data("synthetic", str(tmp_path / "work"), None, seed)
-    config = parse_model("fm+autofis", PipelineConfig())
-    config.seed = config.train.seed = seed
-
-    def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-        return transformed_dataset(data, split, names, config.train.batch_size,
-                                   shuffle=shuffle, seed=seed)
-
-    vocab = base.vocab_sizes(data.transform_output, data.spec["categorical"])
-    arch = searched_architecture(config, data.spec, vocab, dataset,
-                                 report_dir=str(tmp_path / "report"))
+    arch, data = search_synthetic(tmp_path, "fm+autofis")
     planted = data.dataset.metadata["ground_truth"]["interactions"]
     kept = {frozenset(pair) for pair in arch.kept_interactions}
     found = sum(frozenset(pair) in kept for pair in planted)

@@ -16,6 +16,7 @@ from models.layers.autogroup import FeatureGroupInteraction
 from models.search import SearchContext, SearchError, autogroup
 from models.zoo import build_ctr_model, model_input_names
 from models.zoo.autogroup import order_layer_name
+from tests.models.synthetic_search import search_synthetic
 
 # [B=2, F=3, D=2] embeddings with hand-checkable products.
 EMBEDDINGS = np.array([[[1.0, 2.0], [3.0, 0.0], [0.0, 1.0]],
@@ -237,25 +238,9 @@ class SearchTest(tf.test.TestCase):
 
 @pytest.mark.slow
 def test_search_puts_planted_fields_in_more_sets_than_noise_fields(tmp_path):
-    from benchmarks.bench import parse_model  # noqa: PLC0415 (loads Beam and TFT)
-    from benchmarks.data import prepare_bench_data, transformed_dataset  # noqa: PLC0415
-    from components import base  # noqa: PLC0415
-    from components.search import searched_architecture  # noqa: PLC0415
-    from pipeline.configs import PipelineConfig  # noqa: PLC0415
     from pipeline.datasets.synthetic import INFORMATIVE, NOISE  # noqa: PLC0415
 
-    seed = 2021
-    data = prepare_bench_data("synthetic", str(tmp_path / "work"), None, seed)
-    config = parse_model("autogroup", PipelineConfig())
-    config.seed = config.train.seed = seed
-
-    def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-        return transformed_dataset(data, split, names, config.train.batch_size,
-                                   shuffle=shuffle, seed=seed)
-
-    vocab = base.vocab_sizes(data.transform_output, data.spec["categorical"])
-    arch = searched_architecture(config, data.spec, vocab, dataset,
-                                 report_dir=str(tmp_path / "report"))
+    arch, _ = search_synthetic(tmp_path, "autogroup")
     # Sets holding each field, summed over the orders: the planted fields (main effects and
     # pairs) must be in more sets than the noise fields. Order 2 alone does not separate them
     # reliably (README, "AutoGroup").
