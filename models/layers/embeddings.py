@@ -238,19 +238,22 @@ class FieldEmbedding(keras.layers.Layer):
         return embeddings
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "categorical": list(self.categorical),
-            "numerical": list(self.numerical),
-            "vocab_sizes": dict(self.vocab_sizes),
-            "embedding_dims": dict(self.embedding_dims),
-            "numeric_encoding": dict(self.numeric_encoding),
-            "num_buckets": self.num_buckets,
-            "l2": self.l2,
-            "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
-            "autodis": dict(self.autodis),
-        }
+        return {**super().get_config(), **_field_settings_config(self)}
 
+
+def _field_settings_config(layer: Any) -> dict[str, Any]:
+    """The field settings ``FieldEmbedding`` and ``PerFieldEmbedding`` share, as config."""
+    return {
+            "categorical": list(layer.categorical),
+            "numerical": list(layer.numerical),
+            "vocab_sizes": dict(layer.vocab_sizes),
+            "embedding_dims": dict(layer.embedding_dims),
+            "numeric_encoding": dict(layer.numeric_encoding),
+            "num_buckets": layer.num_buckets,
+            "l2": layer.l2,
+            "embeddings_initializer": keras.initializers.serialize(layer.embeddings_initializer),
+            "autodis": dict(layer.autodis),
+        }
 
 class PerFieldEmbedding(keras.layers.Layer):
     """Base of the field embeddings where some categorical fields have their own layer.
@@ -311,18 +314,7 @@ class PerFieldEmbedding(keras.layers.Layer):
                 for f in self.fields]
 
     def _shared_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "categorical": list(self.categorical),
-            "numerical": list(self.numerical),
-            "vocab_sizes": dict(self.vocab_sizes),
-            "embedding_dims": dict(self.embedding_dims),
-            "numeric_encoding": dict(self.numeric_encoding),
-            "num_buckets": self.num_buckets,
-            "l2": self.l2,
-            "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
-            "autodis": dict(self.autodis),
-        }
+        return {**super().get_config(), **_field_settings_config(self)}
 
 
 @keras.utils.register_keras_serializable(package="autorec")

@@ -101,6 +101,15 @@ def merge_options(name: str, defaults: dict[str, Any], options: dict[str, Any]) 
     return {**defaults, **options}
 
 
+def require_at_least(name: str, values: dict[str, Any], keys: tuple[str, ...],
+                     minimum: int) -> None:
+    """Raises ``SearchError`` naming the first of ``keys`` whose value is below ``minimum``."""
+    for key in keys:
+        if float(values[key]) < minimum:
+            raise SearchError(f"{name}: {key} must be >= {minimum}. "
+                              f"Received: {key}={values[key]}")
+
+
 def eval_auc(model: Any, dataset: tf.data.Dataset) -> float:
     """ROC AUC (1000 thresholds) of ``model``'s inference-mode outputs over ``dataset``'s
     ``(features, label)`` batches: how the searches score a model on the eval split."""

@@ -49,7 +49,7 @@ import tf_keras as keras
 
 from models.architecture import Architecture
 from models.layers.autodim import AutoDimEmbedding
-from models.search import SearchContext, SearchError, merge_options
+from models.search import SearchContext, SearchError, merge_options, require_at_least
 from models.zoo import build_ctr_model, model_input_names
 
 NAME = "autodim"
@@ -75,12 +75,8 @@ def settings(options: dict[str, Any], arch: Architecture) -> dict[str, Any]:
     values["candidate_dims"] = sorted(int(d) for d in values["candidate_dims"])
     if values["unified_dim"] is None:
         values["unified_dim"] = max(arch.embedding_dims[f] for f in arch.categorical)
-    for key in ("unified_dim", "update_every", "batch_size"):
-        if int(values[key]) < 1:
-            raise SearchError(f"autodim: {key} must be >= 1. Received: {key}={values[key]}")
-    for key in ("warmup_epochs", "epochs", "memory_weight", "anneal_rate"):
-        if values[key] < 0:
-            raise SearchError(f"autodim: {key} must be >= 0. Received: {key}={values[key]}")
+    require_at_least(NAME, values, ("unified_dim", "update_every", "batch_size"), 1)
+    require_at_least(NAME, values, ("warmup_epochs", "epochs", "memory_weight", "anneal_rate"), 0)
     if not 0 < values["temperature_floor"] <= 1:
         raise SearchError(f"autodim: temperature_floor must be in (0, 1]. "
                           f"Received: temperature_floor={values['temperature_floor']}")

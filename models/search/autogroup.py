@@ -44,7 +44,7 @@ import tf_keras as keras
 
 from models.architecture import Architecture
 from models.layers.autogroup import FeatureGroupInteraction
-from models.search import SearchContext, SearchError, eval_auc, merge_options
+from models.search import SearchContext, SearchError, eval_auc, merge_options, require_at_least
 from models.zoo.autogroup import GroupSearch, autogroup_parts, order_layer_name
 from models.zoo.ctr import LOGIT_LAYER, PROBABILITY_LAYER, model_input_dtypes
 
@@ -60,9 +60,7 @@ RETRAINED_PICTURE = "autogroup_retrained_weights.png"
 def settings(ctx: SearchContext) -> dict[str, Any]:
     """``ctx.options`` completed with the defaults, the per-order lists resolved."""
     values = merge_options(NAME, DEFAULTS, ctx.options)
-    for key in ("max_order", "epochs", "batch_size"):
-        if int(values[key]) < 1:
-            raise SearchError(f"autogroup: {key} must be >= 1. Received: {key}={values[key]}")
+    require_at_least(NAME, values, ("max_order", "epochs", "batch_size"), 1)
     for key in ("structure_learning_rate", "initial_temperature", "final_temperature",
                 "embedding_init_std"):
         if not float(values[key]) > 0:

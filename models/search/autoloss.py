@@ -66,7 +66,7 @@ import tf_keras as keras
 
 from models.architecture import Architecture, ArchitectureError
 from models.losses import autoloss as losses
-from models.search import SearchContext, SearchError, eval_auc, merge_options
+from models.search import SearchContext, SearchError, eval_auc, merge_options, require_at_least
 from models.zoo import build_ctr_model, model_input_names
 
 NAME = "autoloss"
@@ -109,9 +109,7 @@ class _MixCounter:
 def settings(ctx: SearchContext) -> dict[str, Any]:
     """``ctx.options`` completed with ``DEFAULTS``; raises ``SearchError`` naming a bad option."""
     values = merge_options(NAME, DEFAULTS, ctx.options)
-    for key in ("epochs", "batch_size"):
-        if int(values[key]) < 1:
-            raise SearchError(f"autoloss: {key} must be >= 1. Received: {key}={values[key]}")
+    require_at_least(NAME, values, ("epochs", "batch_size"), 1)
     if not float(values["controller_learning_rate"]) > 0:
         raise SearchError(f"autoloss: controller_learning_rate must be > 0. Received: "
                           f"controller_learning_rate={values['controller_learning_rate']}")

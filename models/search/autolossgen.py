@@ -58,7 +58,7 @@ from sklearn.metrics import roc_auc_score
 
 from models.architecture import Architecture
 from models.losses import formula
-from models.search import SearchContext, SearchError, merge_options
+from models.search import SearchContext, SearchError, merge_options, require_at_least
 from models.zoo.ctr import build_ctr_model, model_input_names
 
 NAME = "autolossgen"
@@ -80,10 +80,9 @@ SPACES = ("free", "split")
 def settings(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` completed with ``DEFAULTS``; errors name the bad option."""
     values = merge_options(NAME, DEFAULTS, options)
-    for key in ("num_nodes", "search_epochs", "samples_per_epoch", "max_trainings_per_epoch",
-                "num_aggregate", "lstm_size", "proxy_points", "check_points"):
-        if int(values[key]) < 1:
-            raise SearchError(f"autolossgen: {key} must be >= 1. Received: {key}={values[key]}")
+    require_at_least(NAME, values, ("num_nodes", "search_epochs", "samples_per_epoch",
+                                    "max_trainings_per_epoch", "num_aggregate", "lstm_size",
+                                    "proxy_points", "check_points"), 1)
     if values["space"] not in SPACES:
         raise SearchError(f"autolossgen: space must be one of {SPACES}. "
                           f"Received: space={values['space']!r}")

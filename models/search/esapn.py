@@ -49,7 +49,7 @@ import tf_keras as keras
 from components.features import id_name
 from models.architecture import Architecture
 from models.layers.esapn import PAPER_CANDIDATE_DIMS, ESAPNEmbedding, ESAPNFieldEmbedding
-from models.search import SearchContext, SearchError, merge_options
+from models.search import SearchContext, SearchError, merge_options, require_at_least
 
 NAME = "esapn"
 PLOT_FILE = "esapn_sizes.png"
@@ -73,9 +73,7 @@ def settings(options: dict[str, Any], output_dim: int) -> dict[str, Any]:
     if values["candidate_dims"][-1] != output_dim:
         raise SearchError(f"esapn: the largest candidate size must be the model's embedding size "
                           f"{output_dim}. Received: candidate_dims={dims}")
-    for key in ("epochs", "policy_hidden", "popularity_buckets"):
-        if int(values[key]) < 1:
-            raise SearchError(f"esapn: {key} must be >= 1. Received: {key}={values[key]}")
+    require_at_least(NAME, values, ("epochs", "policy_hidden", "popularity_buckets"), 1)
     if values["size_cost"] < 0 or values["policy_learning_rate"] <= 0:
         raise SearchError(f"esapn: size_cost must be >= 0 and policy_learning_rate > 0. "
                           f"Received: size_cost={values['size_cost']}, "

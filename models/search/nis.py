@@ -49,7 +49,7 @@ import tf_keras as keras
 
 from models.architecture import Architecture, multisize_params
 from models.layers.multisize import MultiSizeFieldEmbedding
-from models.search import SearchContext, SearchError, merge_options
+from models.search import SearchContext, SearchError, merge_options, require_at_least
 from models.zoo import build_ctr_model, model_input_names
 
 NAME = "nis"
@@ -73,13 +73,10 @@ DEFAULTS: dict[str, Any] = {
 def settings(options: dict[str, Any]) -> dict[str, Any]:
     """``DEFAULTS`` updated with ``options``; raises ``SearchError`` on unknown or bad values."""
     values = merge_options(NAME, DEFAULTS, options)
-    for key in ("vocab_blocks", "dim_blocks", "min_vocab", "samples", "batch_size",
-                "reward_examples"):
-        if int(values[key]) < 1:
-            raise SearchError(f"nis: {key} must be >= 1. Received: {key}={values[key]}")
-    for key in ("memory_weight", "warmup_epochs", "epochs", "controller_learning_rate"):
-        if values[key] < 0:
-            raise SearchError(f"nis: {key} must be >= 0. Received: {key}={values[key]}")
+    require_at_least(NAME, values, ("vocab_blocks", "dim_blocks", "min_vocab", "samples",
+                                    "batch_size", "reward_examples"), 1)
+    require_at_least(NAME, values, ("memory_weight", "warmup_epochs", "epochs",
+                                    "controller_learning_rate"), 0)
     if not 0 < values["max_params_fraction"] <= 1:
         raise SearchError(f"nis: max_params_fraction must be in (0, 1]. "
                           f"Received: max_params_fraction={values['max_params_fraction']}")
