@@ -24,8 +24,9 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -373,12 +374,8 @@ def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
 
     rng = np.random.default_rng(seed)
     num_pairs = len(data.train_pairs)
-    history: list[dict[str, float]] = []
-    best_epoch, best_eval, best_weights = 0, {}, model.get_weights()
-    train_seconds, waited, stop_reason = 0.0, 0, "max_epochs"
-    started = time.perf_counter()
-    for epoch in range(1, max_epochs + 1):
-        epoch_start = time.perf_counter()
+
+    def run_epoch(epoch: int) -> dict[str, float]:
         order = rng.permutation(num_pairs)
         users, positives = data.train_pairs[order, 0], data.train_pairs[order, 1]
         negatives = sample_negatives(data.train_items_by_user, users, data.num_items, rng)
@@ -386,7 +383,36 @@ def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
         for s in range(0, num_pairs, batch_size):
             batch = slice(s, s + batch_size)
             loss_sum += train_step(users[batch], positives[batch], negatives[batch])
-        record = {"epoch": epoch, "loss": float(loss_sum) / -(-num_pairs // batch_size)}
+        return {"epoch": epoch, "loss": float(loss_sum) / -(-num_pairs // batch_size)}
+
+    result, _ = fit_with_early_stopping(
+        data, model, run_epoch, max_epochs=max_epochs, patience=patience,
+        eval_every=eval_every, max_seconds=max_seconds, k=k, log_name="train_bpr")
+    return result
+
+
+def fit_with_early_stopping(data: TopkData, model: MatrixFactorization,
+                            run_epoch: Callable[[int], dict[str, float]], *, max_epochs: int,
+                            patience: int, eval_every: int, max_seconds: float | None, k: int,
+                            log_name: str, snapshot: Callable[[], Any] | None = None
+                            ) -> tuple[TopkResult, Any]:
+    """The epoch loop of :func:`train_bpr` and λOpt: ``run_epoch(epoch)`` trains one epoch and
+    returns its history record (timed here as ``seconds``); every ``eval_every`` epochs the eval
+    split is ranked, and training stops after ``patience`` evaluations without a better eval
+    Recall@k, after ``max_epochs`` or once ``max_seconds`` have passed. The best evaluated
+    weights are restored into ``model``.
+
+    Returns the result and ``snapshot()`` (default: the model's weights) taken at the best
+    evaluated epoch, for state a trainer keeps beside the model (λOpt's Λ).
+    """
+    snapshot = snapshot or model.get_weights
+    history: list[dict[str, float]] = []
+    best_epoch, best_eval, best_weights, best_state = 0, {}, model.get_weights(), snapshot()
+    train_seconds, waited, stop_reason = 0.0, 0, "max_epochs"
+    started = time.perf_counter()
+    for epoch in range(1, max_epochs + 1):
+        epoch_start = time.perf_counter()
+        record = run_epoch(epoch)
         record["seconds"] = time.perf_counter() - epoch_start
         train_seconds += record["seconds"]
         out_of_time = max_seconds is not None and time.perf_counter() - started >= max_seconds
@@ -397,17 +423,19 @@ def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
                            if name != "users"})
             if metrics[f"recall@{k}"] > best_eval.get(f"recall@{k}", -1.0):
                 best_epoch, best_eval, best_weights = epoch, metrics, model.get_weights()
+                best_state = snapshot()
                 waited = 0
             else:
                 waited += 1
         history.append(record)
-        logging.info("train_bpr epoch %d: %s", epoch, record)
+        logging.info("%s epoch %d: %s", log_name, epoch, record)
         if waited >= patience or out_of_time:
             stop_reason = "patience" if waited >= patience else "max_seconds"
             break
     model.set_weights(best_weights)
-    examples = num_pairs * len(history)
-    return TopkResult(model=model, history=history, best_epoch=best_epoch, best_eval=best_eval,
-                      train_seconds=train_seconds,
-                      examples_per_second=examples / max(train_seconds, 1e-9),
-                      embedding_params=model.embedding_params(), stop_reason=stop_reason)
+    examples = len(data.train_pairs) * len(history)
+    result = TopkResult(model=model, history=history, best_epoch=best_epoch, best_eval=best_eval,
+                        train_seconds=train_seconds,
+                        examples_per_second=examples / max(train_seconds, 1e-9),
+                        embedding_params=model.embedding_params(), stop_reason=stop_reason)
+    return result, best_state

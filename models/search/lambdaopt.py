@@ -54,9 +54,7 @@ Options (``PipelineConfig.search_options["lambdaopt"]``): see ``DEFAULTS``.
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -354,7 +352,7 @@ def train_lambdaopt(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
                     k: int = 20, report_dir: str | None = None) -> LambdaOptResult:
     """λOpt on MF-BPR over ``components.topk.TopkData``: alternating Λ and model steps, early
     stopping on eval Recall@k like ``train_bpr`` (train and eval splits only; never test)."""
-    from components.topk import TopkResult, evaluate_topk, sample_negatives  # noqa: PLC0415
+    from components.topk import fit_with_early_stopping, sample_negatives  # noqa: PLC0415
     from models.zoo.mf import MatrixFactorization  # noqa: PLC0415
 
     values = settings(options)
@@ -373,13 +371,8 @@ def train_lambdaopt(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
     rng = np.random.default_rng(seed)
     num_pairs = len(data.train_pairs)
     steps = -(-num_pairs // batch_size)
-    history: list[dict[str, float]] = []
-    best_epoch, best_eval = 0, {}
-    best = (model.get_weights(), [lam.numpy() for lam in trainer.lambdas])
-    train_seconds, waited, stop_reason = 0.0, 0, "max_epochs"
-    started = time.perf_counter()
-    for epoch in range(1, max_epochs + 1):
-        epoch_start = time.perf_counter()
+
+    def run_epoch(epoch: int) -> dict[str, float]:
         order = rng.permutation(num_pairs)
         users, positives = data.train_pairs[order, 0], data.train_pairs[order, 1]
         negatives = sample_negatives(data.train_items_by_user, users, data.num_items, rng)
@@ -391,35 +384,19 @@ def train_lambdaopt(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
                                                val[vb, 0], val[vb, 1], val[vb, 2])
             loss_sum += float(loss)
             val_sum += float(val_loss)
-        record = {"epoch": epoch, "loss": loss_sum / steps, "lookahead_val_loss": val_sum / steps,
-                  "seconds": time.perf_counter() - epoch_start}
-        train_seconds += record["seconds"]
+        record = {"epoch": epoch, "loss": loss_sum / steps, "lookahead_val_loss": val_sum / steps}
         for key, lam in zip(("user", "item"), trainer.lambdas, strict=True):
             record[f"{key}_lambda_mean"] = float(tf.reduce_mean(lam))
-        out_of_time = max_seconds is not None and time.perf_counter() - started >= max_seconds
-        if epoch % eval_every == 0 or epoch == max_epochs or out_of_time:
-            tables = [t.numpy() for t in model.embedding_tables()]
-            metrics = evaluate_topk(*tables, data.train_items_by_user, data.eval_items_by_user, k)
-            record.update({f"eval_{n}": v for n, v in metrics.items() if n != "users"})
-            if metrics[f"recall@{k}"] > best_eval.get(f"recall@{k}", -1.0):
-                best_epoch, best_eval, waited = epoch, metrics, 0
-                best = (model.get_weights(), [lam.numpy() for lam in trainer.lambdas])
-            else:
-                waited += 1
-        history.append(record)
-        logging.info("lambdaopt epoch %d: %s", epoch, record)
-        if waited >= patience or out_of_time:
-            stop_reason = "patience" if waited >= patience else "max_seconds"
-            break
-    model.set_weights(best[0])
-    lambdas = dict(zip(("user", "item"), best[1], strict=True))
-    result = TopkResult(model=model, history=history, best_epoch=best_epoch, best_eval=best_eval,
-                        train_seconds=train_seconds,
-                        examples_per_second=num_pairs * len(history) / max(train_seconds, 1e-9),
-                        embedding_params=model.embedding_params(), stop_reason=stop_reason)
+        return record
+
+    result, best_lambdas = fit_with_early_stopping(
+        data, model, run_epoch, max_epochs=max_epochs, patience=patience,
+        eval_every=eval_every, max_seconds=max_seconds, k=k, log_name="lambdaopt",
+        snapshot=lambda: [lam.numpy() for lam in trainer.lambdas])
+    lambdas = dict(zip(("user", "item"), best_lambdas, strict=True))
     frequency = {"user": data.train_items_by_user.counts.astype(float),
                  "item": np.bincount(data.train_pairs[:, 1], minlength=data.num_items)}
-    report = _report(values, lambdas, frequency, best_epoch)
+    report = _report(values, lambdas, frequency, result.best_epoch)
     if report_dir:
         os.makedirs(report_dir, exist_ok=True)
         np.savez_compressed(os.path.join(report_dir, LAMBDA_FILE), **lambdas)
