@@ -1,8 +1,11 @@
 """Top-k rows of ``autorecsys bench``: MF-BPR with full-ranking Recall@20 / NDCG@20.
 
-Models: ``mf`` (one size for every row) and ``mf+esapn`` (ESAPN's per-id sizes, searched on the
-train and eval splits by ``models.search.esapn.search_topk``, then retrained from scratch with
-those sizes; its size plot goes to ``<search_dir>/<dataset>-<model>-seed<seed>/``).
+Models: ``mf`` (one size for every row; BPR, or ``config.loss_from``'s loss when set: a loss
+transferred with ``--loss-from``), ``mf+esapn`` (ESAPN's per-id sizes, searched on the train and
+eval splits by ``models.search.esapn.search_topk``, then retrained from scratch with those sizes)
+and ``mf+autolossgen`` (a pointwise loss searched by ``models.search.autolossgen.search_topk``,
+then MF retrained from scratch with it; BPR when no candidate passed the validity check). A
+search's pictures go to ``<search_dir>/<dataset>-<model>-seed<seed>/``.
 
 The LightGCN/BARS protocol: the published train/eval/test split, every item ranked for every
 user with the user's training items excluded, early stopping on eval Recall@20, test read once.
@@ -19,12 +22,13 @@ from components.search import MF_INIT_STD
 from components.topk import evaluate_split, load_topk, train_bpr
 from components.topk_trainer import eval_every
 from models.architecture import TOPK_MODELS
+from models.losses import describe_loss
 from pipeline.configs import ConfigError, PipelineConfig
 from pipeline.datasets import prepare_dataset
 from pipeline.datasets.base import PreparedDataset
 
 TOPK_DATASETS = ("gowalla", "ml1m_topk", "synthetic_topk")
-TOPK_SEARCHES = ("esapn",)  # bench model "mf+<method>"
+TOPK_SEARCHES = ("esapn", "autolossgen")  # bench model "mf+<method>"
 
 
 def is_topk(dataset: str) -> bool:
@@ -59,23 +63,13 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
             if model in EXPANSIONS:  # mf+l2grid, mf+lambdaopt: a row each, in fresh processes
                 rows += run_rows(dataset, model, seed, config, work_dir, data_dir, search_dir)
                 continue
-            search, search_seconds = {"strategy": "none"}, 0.0
-            id_dims = None
-            if model != "mf":
-                from models.search.esapn import search_topk  # noqa: PLC0415
-
-                start = time.perf_counter()
-                report_dir = search_dir and os.path.join(search_dir,
-                                                         f"{dataset}-{model}-seed{seed}")
-                found = search_topk(data, **settings, init_std=MF_INIT_STD, seed=seed,
-                                    options=config.search_options.get("esapn", {}),
-                                    report_dir=report_dir)
-                search_seconds = time.perf_counter() - start
-                id_dims, search = found["id_dims"], {"strategy": "esapn",
-                                                     "esapn": found["report"]}
+            start = time.perf_counter()
+            report_dir = search_dir and os.path.join(search_dir, f"{dataset}-{model}-seed{seed}")
+            search, id_dims, loss = _search(model, data, settings, seed, config, report_dir)
+            search_seconds = time.perf_counter() - start if model != "mf" else 0.0
             result = train_bpr(data, **settings, max_epochs=config.train.max_epochs,
                                patience=max(config.train.patience, 3), seed=seed,
-                               eval_every=every, id_dims=id_dims)
+                               eval_every=every, id_dims=id_dims, loss=loss)
             users, items = (t.numpy() for t in result.model.embedding_tables())
             test = evaluate_split(data, users, items, "test")
             rows.append({
@@ -87,10 +81,32 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
                 "total_params": result.embedding_params,
                 "search_seconds": search_seconds, "train_seconds": result.train_seconds,
                 "train_examples_per_second": result.examples_per_second,
+                "loss": describe_loss(loss) if loss else "bpr",
                 "architecture": {"model": "mf", "embedding_dim": settings["dim"],
                                  "num_users": data.num_users, "num_items": data.num_items,
                                  "l2": settings["l2"], "search": search,
-                                 "id_dims": id_dims or {}},
+                                 "id_dims": id_dims or {}, "loss": loss},
             })
     add_relative_costs(rows, config)
     return rows
+
+
+def _search(model: str, data: Any, settings: dict[str, Any], seed: int, config: PipelineConfig,
+            report_dir: str | None) -> tuple[dict[str, Any], dict | None, dict | None]:
+    """``(search report, ESAPN id_dims, loss)`` of a top-k bench model (train and eval only)."""
+    if model == "mf":
+        loss = config.fixed_loss()
+        return {"strategy": "none", **({"loss_from": config.loss_from} if loss else {})}, None, loss
+    method = model.split("+", 1)[1]
+    options = config.search_options.get(method, {})
+    if method == "esapn":
+        from models.search.esapn import search_topk  # noqa: PLC0415
+
+        found = search_topk(data, **settings, init_std=MF_INIT_STD, seed=seed, options=options,
+                            report_dir=report_dir)
+        return {"strategy": method, method: found["report"]}, found["id_dims"], None
+    from models.search.autolossgen import search_topk  # noqa: PLC0415
+
+    loss, report = search_topk(data, **settings, init_std=MF_INIT_STD, seed=seed,
+                               options=options, report_dir=report_dir)
+    return {"strategy": method, method: report}, None, loss

@@ -78,12 +78,14 @@ def searched_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, i
 
 def topk_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int]) -> Architecture:
     """Top-k datasets (``spec["task"] == "topk"``): MF over the user then the item field, sized
-    by Transform's vocabularies, with ``config.topk``'s dim and L2 (``train.model`` is ignored)."""
+    by Transform's vocabularies, with ``config.topk``'s dim and L2 (``train.model`` is ignored),
+    trained with BPR or ``config.loss_from``'s loss."""
     user, item = spec["user"], spec["item"]
     return Architecture.uniform(
         "mf", [user, item], [], {f: vocab[f] for f in (user, item)},
         embedding_dim=config.topk.embedding_dim, l2=config.topk.l2, hidden_units=[],
-        embedding_init_std=MF_INIT_STD, search={"strategy": "none", "tuned": {}})
+        embedding_init_std=MF_INIT_STD, loss=config.fixed_loss(),
+        search={"strategy": "none", "tuned": {}})
 
 
 def is_topk(spec: dict) -> bool:
@@ -144,10 +146,14 @@ def ArchitectureSearch(
     architecture.set_int_custom_property("architecture_version", arch.version)
 
 
+TOPK_STRATEGIES = ("esapn", "autolossgen")
+
+
 def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transform_output,
                  report_dir: str) -> Architecture:
-    """Top-k strategies (``esapn`` only) on Transform's train and eval id pairs. ESAPN's sizes
-    are indexed by Transform id; ids absent from train keep the smallest size."""
+    """Top-k strategies (``TOPK_STRATEGIES``, one at a time) on Transform's train and eval id
+    pairs: ESAPN's per-id sizes (indexed by Transform id; ids absent from train keep the smallest
+    size) or AutoLossGen's pointwise loss (``arch.loss``)."""
     import dataclasses  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415
@@ -155,25 +161,34 @@ def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transf
     from components.topk import topk_data_from_interactions  # noqa: PLC0415
     from components.topk_trainer import read_id_pairs  # noqa: PLC0415
     from models.search import SearchError  # noqa: PLC0415
-    from models.search.esapn import search_topk  # noqa: PLC0415
 
-    if config.search_strategy != "esapn":
-        raise SearchError(f"Top-k datasets support search strategy 'esapn' only. "
-                          f"Received: {config.search_strategy!r}")
+    method = config.search_strategy
+    if method not in TOPK_STRATEGIES:
+        raise SearchError(f"Top-k datasets support the search strategies {TOPK_STRATEGIES} "
+                          f"(one at a time). Received: {method!r}")
     if examples is None:
-        raise SearchError("esapn needs the transformed examples wired into ArchitectureSearch.")
+        raise SearchError(f"{method} needs the transformed examples wired into "
+                          f"ArchitectureSearch.")
     user, item = arch.categorical
     train, eval_ = (read_id_pairs(os.path.join(examples.uri, f"Split-{split}", "*"),
                                   tf_transform_output, user, item) for split in ("train", "eval"))
     empty = np.zeros(0, np.int64)
     data = topk_data_from_interactions(train, eval_, (empty, empty))
     start = time.perf_counter()
-    found = search_topk(data, dim=arch.embedding_dims[user], l2=arch.l2,
-                        learning_rate=config.topk.learning_rate,
-                        batch_size=config.topk.batch_size,
-                        init_std=arch.embedding_init_std, seed=config.train.seed,
-                        options=dict(config.search_options.get("esapn", {})),
-                        report_dir=report_dir)
+    settings = {"dim": arch.embedding_dims[user], "l2": arch.l2,
+                "learning_rate": config.topk.learning_rate, "batch_size": config.topk.batch_size,
+                "init_std": arch.embedding_init_std, "seed": config.train.seed,
+                "options": dict(config.search_options.get(method, {})), "report_dir": report_dir}
+    if method == "autolossgen":
+        from models.search.autolossgen import search_topk  # noqa: PLC0415
+
+        loss, report = search_topk(data, **settings)
+        return dataclasses.replace(arch, loss=loss, search={
+            "strategy": method, method: report, "tuned": {},
+            "seconds": time.perf_counter() - start})
+    from models.search.esapn import search_topk  # noqa: PLC0415
+
+    found = search_topk(data, **settings)
     smallest = found["report"]["settings"]["candidate_dims"][0]
     id_dims = {}
     for key, field, ids in (("user", user, data.user_ids), ("item", item, data.item_ids)):

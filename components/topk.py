@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from models.losses import training_loss
 from models.zoo.mf import MatrixFactorization
 from pipeline.datasets.base import SPLITS, DatasetError, PreparedDataset
 
@@ -336,8 +337,8 @@ def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
               batch_size: int = 2048, l2: float = 1e-4, init_std: float = 0.1,
               max_epochs: int = 400, patience: int = 10, max_seconds: float | None = None,
               seed: int = 0, eval_every: int = 1, k: int = 20,
-              jit_compile: bool = True, id_dims: dict[str, list[int]] | None = None
-              ) -> TopkResult:
+              jit_compile: bool = True, id_dims: dict[str, list[int]] | None = None,
+              loss: dict | None = None) -> TopkResult:
     """Trains :class:`MatrixFactorization` with BPR and Adam, early-stopping on eval Recall@k.
 
     Each epoch visits every train pair once in a seeded random order, each with one fresh
@@ -347,7 +348,9 @@ def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
     The best evaluated weights are restored. Adam updates every row of both tables each step
     (as PyTorch's Adam in LightGCN does); ``jit_compile`` lets XLA fuse that dense update (about
     2.7x faster steps on Gowalla's 71k x 64 tables on CPU). ``id_dims`` (``"user"``/``"item"``:
-    one size per id) trains ESAPN's per-id sizes instead of ``dim`` for every row.
+    one size per id) trains ESAPN's per-id sizes instead of ``dim`` for every row. ``loss`` (an
+    ``Architecture.loss`` spec, e.g. an AutoLossGen formula) trains with that pointwise loss on
+    each triple's observed and sampled item instead of BPR (``models.zoo.mf.pointwise_loss``).
 
     Raises:
       ValueError: the eval split has no usable interaction, or a setting is out of range.
@@ -361,18 +364,31 @@ def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
     model = MatrixFactorization(data.num_users, data.num_items, dim, l2=l2, init_std=init_std,
                                 seed=seed, id_dims=id_dims)
     model.build()
-    optimizer = keras.optimizers.Adam(learning_rate)
+    run_epoch = epoch_runner(data, model, keras.optimizers.Adam(learning_rate), batch_size,
+                             np.random.default_rng(seed), loss=loss, jit_compile=jit_compile)
+    result, _ = fit_with_early_stopping(
+        data, model, run_epoch, max_epochs=max_epochs, patience=patience,
+        eval_every=eval_every, max_seconds=max_seconds, k=k, log_name="train_bpr")
+    return result
+
+
+def epoch_runner(data: TopkData, model: MatrixFactorization, optimizer: keras.optimizers.Optimizer,
+                 batch_size: int, rng: np.random.Generator, *, loss: dict | None = None,
+                 jit_compile: bool = True) -> Callable[[int], dict[str, float]]:
+    """``run_epoch(epoch)``: one epoch of ``model`` on every train pair in an ``rng`` order, each
+    with one fresh uniform negative, by ``optimizer`` steps on BPR (or ``loss``'s pointwise loss,
+    see :func:`train_bpr`); returns ``{"epoch", "loss"}`` (the mean batch loss)."""
+    loss_fn = None if loss is None else training_loss(loss)
     ids = tf.TensorSpec([None], tf.int64)
 
     @tf.function(input_signature=[ids, ids, ids], jit_compile=jit_compile)
     def train_step(users: tf.Tensor, positives: tf.Tensor, negatives: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            loss = model.compute_bpr_loss(users, positives, negatives)
-        gradients = tape.gradient(loss, model.trainable_variables)
+            value = model.compute_bpr_loss(users, positives, negatives, loss_fn)
+        gradients = tape.gradient(value, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-        return loss
+        return value
 
-    rng = np.random.default_rng(seed)
     num_pairs = len(data.train_pairs)
 
     def run_epoch(epoch: int) -> dict[str, float]:
@@ -385,10 +401,7 @@ def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
             loss_sum += train_step(users[batch], positives[batch], negatives[batch])
         return {"epoch": epoch, "loss": float(loss_sum) / -(-num_pairs // batch_size)}
 
-    result, _ = fit_with_early_stopping(
-        data, model, run_epoch, max_epochs=max_epochs, patience=patience,
-        eval_every=eval_every, max_seconds=max_seconds, k=k, log_name="train_bpr")
-    return result
+    return run_epoch
 
 
 def fit_with_early_stopping(data: TopkData, model: MatrixFactorization,

@@ -195,7 +195,7 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
                        init_std=arch.embedding_init_std,
                        max_epochs=training["max_epochs"], patience=training["patience"],
                        seed=config.train.seed, eval_every=training["eval_every"], k=K,
-                       id_dims=id_dims)
+                       id_dims=id_dims, loss=arch.loss)
     users, items = (t.numpy() for t in result.model.embedding_tables())
     # TopkData indexes Transform ids given as text; map its rows back to the ids.
     user_table = table_by_transform_id(users, data.user_ids, arch.vocab_sizes[user])

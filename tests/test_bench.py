@@ -64,6 +64,35 @@ def test_bench_topk_rows_carry_recall_and_ndcg(tmp_path):
     assert "| ml1m_topk | mf | 1 |" in out.with_suffix(".md").read_text()
 
 
+@pytest.mark.slow
+def test_bench_mf_autolossgen_row_and_a_transferred_loss(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "train": {"max_epochs": 4}, "topk": {"learning_rate": 0.01, "batch_size": 256},
+        "search_options": {"autolossgen": {"search_epochs": 1, "samples_per_epoch": 30,
+                                           "max_trainings_per_epoch": 2}}}))
+    out = tmp_path / "alg.json"
+    assert main(["bench", "--datasets", "synthetic_topk", "--models", "mf+autolossgen",
+                 "--seeds", "1", "--config", str(config), "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    record = row["architecture"]["search"]["autolossgen"]
+    assert row["search_seconds"] > 0 and 0.0 < row["recall@20"] <= 1.0
+    assert row["architecture"]["loss"] == record["loss"]
+    loss_file = tmp_path / "alg-search" / "synthetic_topk-mf+autolossgen-seed1" / \
+        "autolossgen_loss.json"
+    if record["loss"] is None:  # no candidate passed the validity check: BPR kept
+        assert row["loss"] == "bpr" and not loss_file.exists()
+        return
+    assert row["loss"] == record["formula"]
+    moved = tmp_path / "moved.json"  # the loss applied to plain mf, as --loss-from does
+    assert main(["bench", "--datasets", "synthetic_topk", "--models", "mf", "--seeds", "1",
+                 "--config", str(config), "--loss-from", str(loss_file),
+                 "--out", str(moved)]) == 0
+    (transferred,) = json.loads(moved.read_text())["results"]
+    assert transferred["loss"] == record["formula"]
+    assert transferred["architecture"]["search"]["loss_from"] == str(loss_file)
+
+
 def test_ctr_model_on_a_topk_dataset_is_refused(tmp_path, capsys):
     if not _has_data("movielens_1m_topk_lightgcnpp"):
         pytest.skip("no ml1m_topk data")

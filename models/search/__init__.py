@@ -44,7 +44,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "esapn": ("models.search.esapn", ("mf", "deepfm")),
     "lambdaopt": ("models.search.lambdaopt", ("mf",)),  # top-k MF only (bench mf+lambdaopt)
     "autoloss": ("models.search.autoloss", ("lr", "fm", "deepfm", "dnn", "dcn")),
-    "autolossgen": ("models.search.autolossgen", ("lr", "fm", "deepfm", "dnn", "dcn")),
+    "autolossgen": ("models.search.autolossgen", ("lr", "fm", "deepfm", "dnn", "dcn", "mf")),
     "autoctr": ("models.search.autoctr", ("autoctr",)),  # finds the autoctr family's DAG
     "autogroup": ("models.search.autogroup", ("autogroup",)),  # finds its feature sets
 }

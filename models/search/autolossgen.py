@@ -49,6 +49,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -284,12 +285,27 @@ class ProxyFilter:
         self.seen.append((grad, reward))
 
 
+@dataclasses.dataclass
+class Learner:
+    """The recommender ``M`` a search trains: its weights, one epoch with a loss, the reward.
+
+    Attributes:
+      get_weights: a snapshot of ``M``'s weights.
+      set_weights: restores a snapshot.
+      train_epoch: trains ``M`` one epoch (fresh optimizer) with a loss spec.
+      validate: ``M``'s validation score (higher is better; AUC for CTR, Recall@k for top-k).
+    """
+
+    get_weights: Callable[[], Any]
+    set_weights: Callable[[Any], None]
+    train_epoch: Callable[[dict], None]
+    validate: Callable[[], float]
+
+
 def search(ctx: SearchContext) -> Architecture:
     """Searches a loss for ``ctx.arch``'s model; the result trains with it from scratch."""
     options = settings(ctx.options)
-    start_time = time.perf_counter()
     keras.utils.set_random_seed(ctx.seed)
-    rng = np.random.default_rng(ctx.seed)
     arch = dataclasses.replace(ctx.arch, loss=None)
     model = build_ctr_model(arch)
     names = model_input_names(arch)
@@ -304,25 +320,81 @@ def search(ctx: SearchContext) -> Architecture:
         scores = model.predict(eval_ds, verbose=0).ravel()
         return float(roc_auc_score(eval_labels, scores)) if np.all(np.isfinite(scores)) else 0.0
 
-    def train_epoch(spec: dict) -> float:
+    def train_epoch(spec: dict) -> None:
         model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       loss=formula.keras_loss(spec))
         model.fit(train_ds, epochs=1, verbose=0)
-        return validation_auc()
 
+    learner = Learner(model.get_weights, model.set_weights, train_epoch, validation_auc)
+    spec, report = run_search(learner, options, ctx.seed, ctx.report_dir,
+                              f"AutoLossGen loss for {ctx.arch.model}")
+    return dataclasses.replace(ctx.arch, loss=spec, search={**ctx.arch.search, NAME: report})
+
+
+def search_topk(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
+                batch_size: int = 2048, l2: float = 1e-4, init_std: float = 0.1, seed: int = 0,
+                options: dict[str, Any] | None = None, k: int = 20,
+                report_dir: str | None = None) -> tuple[dict | None, dict[str, Any]]:
+    """AutoLossGen for top-k MF (bench ``mf+autolossgen``) on ``components.topk.TopkData``.
+
+    ``M`` is plain MF trained with each candidate as a pointwise loss on the train split's
+    observed items (label 1) and one uniform sampled item each (label 0)
+    (``models.zoo.mf.pointwise_loss``); the reward is the eval split's full-ranking Recall@k
+    (the top-k path's validation metric, train items excluded). Returns the found loss (None:
+    none passed the validity check; MF keeps BPR) and the report.
+    """
+    from components.topk import epoch_runner, evaluate_topk  # noqa: PLC0415
+    from models.zoo.mf import MatrixFactorization  # noqa: PLC0415
+
+    options = settings(options or {})
+    keras.utils.set_random_seed(seed)
+    model = MatrixFactorization(data.num_users, data.num_items, dim, l2=l2, init_std=init_std,
+                                seed=seed)
+    model.build()
+    rng = np.random.default_rng(seed)
+    learning_rate = float(options["learning_rate"] or learning_rate)
+    batch_size = int(options["batch_size"] or batch_size)
+
+    def train_epoch(spec: dict) -> None:
+        epoch_runner(data, model, keras.optimizers.Adam(learning_rate), batch_size, rng,
+                     loss=spec)(1)
+
+    def validation_recall() -> float:
+        tables = [t.numpy() for t in model.embedding_tables()]
+        if not all(np.all(np.isfinite(t)) for t in tables):
+            return 0.0
+        return evaluate_topk(*tables, data.train_items_by_user, data.eval_items_by_user,
+                             k)[f"recall@{k}"]
+
+    learner = Learner(model.get_weights, model.set_weights, train_epoch, validation_recall)
+    return run_search(learner, options, seed, report_dir, "AutoLossGen loss for mf",
+                      metric=f"eval Recall@{k}")
+
+
+def run_search(learner: Learner, options: dict[str, Any], seed: int, report_dir: str | None,
+               title: str, metric: str = "validation AUC") -> tuple[dict | None, dict[str, Any]]:
+    """The search loop of the module docstring over ``learner`` (``options``: :func:`settings`'
+    result). Returns the found loss spec (None when no trained candidate passed the validity
+    check) and the report; writes the pictures and the loss file into ``report_dir``."""
+    start_time = time.perf_counter()
+    rng = np.random.default_rng(seed)
     controller = LossController(int(options["num_nodes"]), int(options["lstm_size"]),
                                 float(options["tanh_constant"]), options["space"])
-    learner = Reinforce(controller, options)
+    reinforce = Reinforce(controller, options)
+
+    def train_and_score(spec: dict) -> float:
+        learner.train_epoch(spec)
+        return learner.validate()
+
     candidates: dict[str, dict[str, Any]] = {}
     samples: list[dict[str, Any]] = []
     epochs: list[dict[str, Any]] = []
     for epoch in range(int(options["search_epochs"])):
-        start_auc = validation_auc()
-        snapshot = model.get_weights()
-        learner.baseline = start_auc
+        start_auc = learner.validate()
+        snapshot = learner.get_weights()
+        reinforce.baseline = start_auc
         # Rewards are relative to this epoch's model: the de-duplication cache starts afresh.
-        proxy = ProxyFilter(int(options["proxy_points"]), float(options["zero_gradient"]),
-                            ctx.seed)
+        proxy = ProxyFilter(int(options["proxy_points"]), float(options["zero_gradient"]), seed)
         best: tuple[float, dict | None] = (MIN_REWARD, None)
         trainings = 0
         for _ in range(int(options["samples_per_epoch"])):
@@ -338,61 +410,61 @@ def search(ctx: SearchContext) -> Architecture:
             elif options["check_before_training"] and not _valid(spec, options):
                 status = "invalid"
             else:
-                model.set_weights(snapshot)
-                auc = train_epoch(spec)
+                learner.set_weights(snapshot)
+                auc = train_and_score(spec)
                 trainings += 1
                 proxy.remember(grad, auc)
                 if key not in candidates or auc > candidates[key]["reward"]:
                     candidates[key] = {"spec": spec, "formula": formula.describe(spec),
                                        "reward": auc, "epoch": epoch + 1}
-            reward, kept = learner.reward(auc, float(entropy))
+            reward, kept = reinforce.reward(auc, float(entropy))
             if kept and auc > best[0]:
                 best = (auc, spec)
-            learner.add(nodes, reward)
+            reinforce.add(nodes, reward)
             samples.append({"epoch": epoch + 1, "status": status, "auc": auc, "reward": reward,
-                            "baseline": learner.baseline})
+                            "baseline": reinforce.baseline})
             if trainings >= int(options["max_trainings_per_epoch"]):
                 break
-        learner.step()
-        model.set_weights(snapshot)
+        reinforce.step()
+        learner.set_weights(snapshot)
         record = {"epoch": epoch + 1, "start_auc": start_auc, "best_reward": best[0],
                   "trainings": trainings, "updated": False}
         if best[1] is not None and best[0] > start_auc - float(options["rej_lim"]):
             record.update(updated=True, formula=formula.describe(best[1]),
-                          auc_after=train_epoch(best[1]))
+                          auc_after=train_and_score(best[1]))
         epochs.append(record)
         logging.info("autolossgen epoch %d: %s", epoch + 1, record)
     checked = [c for c in sorted(candidates.values(), key=lambda c: -c["reward"])
                if _valid(c["spec"], options)]
     found = checked[0] if checked else None
     report = {"formula": found and found["formula"], "loss": found and found["spec"],
-              "reward": found and found["reward"], "valid_candidates": len(checked),
+              "reward": found and found["reward"], "reward_metric": metric,
+              "valid_candidates": len(checked),
               "trained_candidates": len(candidates), "samples": samples, "epochs": epochs,
               "candidates": [{k: c[k] for k in ("formula", "reward", "epoch")}
                              for c in sorted(candidates.values(), key=lambda c: -c["reward"])],
               "settings": options, "seconds": time.perf_counter() - start_time}
     if found is None:
         logging.warning("autolossgen: no trained candidate passed the validity check; the model "
-                        "keeps logloss.")
-    if ctx.report_dir:
-        os.makedirs(ctx.report_dir, exist_ok=True)
-        draw_rewards(samples, epochs, os.path.join(ctx.report_dir, REWARDS_PICTURE))
+                        "keeps its default loss.")
+    if report_dir:
+        os.makedirs(report_dir, exist_ok=True)
+        draw_rewards(samples, epochs, os.path.join(report_dir, REWARDS_PICTURE), metric)
         if found is not None:
-            formula.write_loss_file(found["spec"], os.path.join(ctx.report_dir, LOSS_FILE))
-            formula.draw_curves(found["spec"], os.path.join(ctx.report_dir, CURVES_PICTURE),
-                                f"AutoLossGen loss for {ctx.arch.model} "
-                                f"(search reward {found['reward']:.4f})")
-    return dataclasses.replace(ctx.arch, loss=found and found["spec"],
-                               search={**ctx.arch.search, NAME: report})
+            formula.write_loss_file(found["spec"], os.path.join(report_dir, LOSS_FILE))
+            formula.draw_curves(found["spec"], os.path.join(report_dir, CURVES_PICTURE),
+                                f"{title} (search reward {found['reward']:.4f})")
+    return (found and found["spec"]), report
 
 
 def _valid(spec: dict, options: dict[str, Any]) -> bool:
     return formula.direction_check(spec, int(options["check_points"]))["valid"]
 
 
-def draw_rewards(samples: list[dict[str, Any]], epochs: list[dict[str, Any]], path: str) -> None:
-    """Validation AUC of every trained candidate, the filtered reward and the moving baseline
-    per sample, and each search epoch's starting AUC."""
+def draw_rewards(samples: list[dict[str, Any]], epochs: list[dict[str, Any]], path: str,
+                 metric: str = "validation AUC") -> None:
+    """The validation score (``metric``) of every trained candidate, the filtered reward and the
+    moving baseline per sample, and each search epoch's starting score."""
     import matplotlib  # noqa: PLC0415 (plotting loads only when a report is written)
 
     matplotlib.use("Agg")
@@ -404,19 +476,19 @@ def draw_rewards(samples: list[dict[str, Any]], epochs: list[dict[str, Any]], pa
                if s["status"] == "trained"]
     if trained:
         ax.scatter(*zip(*trained, strict=True), s=14, color="tab:blue",
-                   label="candidate val AUC (trained)")
+                   label="candidate reward (trained)")
     ax.plot(steps, [s["baseline"] for s in samples], color="tab:orange", label="baseline b")
     starts = np.cumsum([0] + [sum(s["epoch"] == e["epoch"] for s in samples) for e in epochs])
     for e, (lo, hi) in zip(epochs, zip(starts[:-1], starts[1:], strict=True), strict=True):
         ax.hlines(e["start_auc"], lo + 0.5, hi + 0.5, colors="tab:gray", linestyles="--")
-    ax.plot([], [], color="tab:gray", linestyle="--", label="epoch start AUC")
+    ax.plot([], [], color="tab:gray", linestyle="--", label="epoch start")
     values = [a for _, a in trained] + [s["baseline"] for s in samples]
     if values:
         ax.set_ylim(min(values) - 0.01, max(values) + 0.01)
     filtered = sum(s["status"] != "trained" for s in samples)
     ax.set_xlabel(f"controller sample ({filtered} of {len(samples)} filtered without training: "
                   f"reward -1 or cached)")
-    ax.set_ylabel("validation AUC")
+    ax.set_ylabel(metric)
     ax.set_title("AutoLossGen search: rewards", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -14,6 +14,11 @@ code): half the squared norm of the batch's embeddings, divided by the batch siz
 
 Initialization follows LightGCN's MF baseline: ``N(0, 0.1^2)`` for both tables.
 
+A learned pointwise loss ``l(y_hat, y)`` (AutoLossGen's, ``Architecture.loss``) replaces the BPR
+term by ``1/(2|B|) sum_{(u,i,j) in B} [l(sigmoid(y(u, i)), 1) + l(sigmoid(y(u, j)), 0)]``: each
+triple's observed item is a positive and its sampled item a negative (the official AutoLossGen
+BiasedMF scores labelled pairs the same way, without the biases); the L2 term is unchanged.
+
 Example:
 
 >>> model = MatrixFactorization(num_users=3, num_items=4, embedding_dim=2)
@@ -24,7 +29,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -56,12 +61,30 @@ def bpr_loss(pos_scores: tf.Tensor, neg_scores: tf.Tensor, *,
     pos_scores = tf.convert_to_tensor(pos_scores)
     neg_scores = tf.cast(neg_scores, pos_scores.dtype)
     loss = tf.reduce_mean(tf.nn.softplus(neg_scores - pos_scores))
-    if l2 and embeddings:
-        batch = tf.cast(tf.shape(pos_scores)[0], pos_scores.dtype)
-        squared = tf.add_n([tf.reduce_sum(tf.square(tf.cast(t, pos_scores.dtype)))
-                            for t in embeddings])
-        loss += l2 * 0.5 * squared / batch
-    return loss
+    return loss + l2_penalty(embeddings, l2, tf.shape(pos_scores)[0], pos_scores.dtype)
+
+
+def l2_penalty(embeddings: Sequence[tf.Tensor], l2: float, batch_size: tf.Tensor,
+               dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """LightGCN's ``l2 * 1/2 * sum_t ||t||^2 / B`` over the batch's embeddings (0 when off)."""
+    if not (l2 and embeddings):
+        return tf.constant(0.0, dtype)
+    squared = tf.add_n([tf.reduce_sum(tf.square(tf.cast(t, dtype))) for t in embeddings])
+    return l2 * 0.5 * squared / tf.cast(batch_size, dtype)
+
+
+def pointwise_loss(pos_scores: tf.Tensor, neg_scores: tf.Tensor,
+                   loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], *,
+                   embeddings: Sequence[tf.Tensor] = (), l2: float = 0.0) -> tf.Tensor:
+    """A pointwise loss over a batch of triples (see the module docstring): ``loss_fn(y_true,
+    y_pred)`` (a tf_keras loss, reduced to the mean) on the ``[2B, 1]`` labels ``1...1 0...0``
+    and probabilities ``sigmoid`` of the observed then the sampled items' scores, plus the same
+    L2 term as :func:`bpr_loss`."""
+    pos_scores = tf.convert_to_tensor(pos_scores)
+    scores = tf.concat([pos_scores, tf.cast(neg_scores, pos_scores.dtype)], axis=0)
+    labels = tf.concat([tf.ones_like(pos_scores), tf.zeros_like(pos_scores)], axis=0)
+    loss = loss_fn(labels[:, None], tf.sigmoid(scores)[:, None])
+    return loss + l2_penalty(embeddings, l2, tf.shape(pos_scores)[0], pos_scores.dtype)
 
 
 @keras.utils.register_keras_serializable(package="autorec")
@@ -149,12 +172,17 @@ class MatrixFactorization(keras.Model):
         return tf.reduce_sum(vectors[USER_KEY] * vectors["item"], axis=-1)
 
     def compute_bpr_loss(self, user_ids: tf.Tensor, pos_item_ids: tf.Tensor,
-                         neg_item_ids: tf.Tensor) -> tf.Tensor:
-        """:func:`bpr_loss` of ``[B]`` triples ``(u, i, j)`` with this model's ``l2``."""
+                         neg_item_ids: tf.Tensor,
+                         loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None
+                         ) -> tf.Tensor:
+        """:func:`bpr_loss` of ``[B]`` triples ``(u, i, j)`` with this model's ``l2``, or with
+        ``loss_fn`` (a pointwise tf_keras loss) :func:`pointwise_loss` instead."""
         vectors = self({USER_KEY: user_ids, "item": pos_item_ids, "negative": neg_item_ids})
         user, pos, neg = vectors[USER_KEY], vectors["item"], vectors["negative"]
-        return bpr_loss(tf.reduce_sum(user * pos, axis=-1), tf.reduce_sum(user * neg, axis=-1),
-                        embeddings=(user, pos, neg), l2=self.l2)
+        scores = tf.reduce_sum(user * pos, axis=-1), tf.reduce_sum(user * neg, axis=-1)
+        if loss_fn is None:
+            return bpr_loss(*scores, embeddings=(user, pos, neg), l2=self.l2)
+        return pointwise_loss(*scores, loss_fn, embeddings=(user, pos, neg), l2=self.l2)
 
     def embedding_tables(self) -> tuple[tf.Tensor, tf.Tensor]:
         """The whole ``[num_users, D]`` user and ``[num_items, D]`` item tables."""

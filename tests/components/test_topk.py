@@ -155,6 +155,19 @@ def test_train_bpr_learns_planted_clusters_and_keeps_the_best_weights():
     assert result.train_seconds > 0 and result.examples_per_second > 0
 
 
+def test_train_bpr_with_a_learned_pointwise_loss_learns_planted_clusters():
+    nodes = [("log", [0]), ("multiply", [1, 3]),  # 3: log ŷ, 4: y log ŷ
+             ("negate", [0]), ("add", [5, 2]), ("log", [6]),  # 5: -ŷ, 6: 1 - ŷ, 7: log(1 - ŷ)
+             ("negate", [1]), ("add", [8, 2]), ("multiply", [9, 7]),  # 10: (1 - y) log(1 - ŷ)
+             ("add", [4, 10]), ("negate", [11])]  # 12: the logloss
+    logloss = {"kind": "autolossgen", "clamp": None,
+               "nodes": [{"op": op, "inputs": inputs} for op, inputs in nodes]}
+    result = train_bpr(_planted(), dim=16, learning_rate=0.05, batch_size=64, l2=0.0,
+                       max_epochs=30, patience=30, seed=0, eval_every=3, k=5, loss=logloss)
+    assert result.best_eval["recall@5"] > 0.6  # random: ~0.09
+    assert result.history[0]["loss"] > result.history[-1]["loss"] > 0
+
+
 def test_train_bpr_stops_on_patience_and_on_time():
     data = _planted(clusters=2)
     by_patience = train_bpr(data, dim=4, learning_rate=0.0, batch_size=64, max_epochs=20,

@@ -99,3 +99,20 @@ def test_predict_in_a_fresh_process_returns_20_items_per_user_row(topk_run, tmp_
         assert len(items.split()) == 20 == len(set(items.split()))
         assert all(i.startswith("i") for i in items.split())
         assert not [i for i in items.split() if (user, i) in seen], user
+
+
+def test_autolossgen_search_loss_reaches_the_trainer(tmp_path):
+    """``search_strategy: autolossgen`` on a top-k dataset: the loss found on train/eval is in
+    the architecture the Trainer trains MF with (a pointwise loss instead of BPR)."""
+    config = tiny_topk_config(str(tmp_path / "run"))
+    config.train.max_epochs = 5
+    config.search_strategy = "autolossgen"
+    config.search_options = {"autolossgen": {"search_epochs": 1, "samples_per_epoch": 30,
+                                             "max_trainings_per_epoch": 2}}
+    summary = run(config)
+    arch = summary["architecture"]
+    record = arch["search"]["autolossgen"]
+    assert arch["search"]["strategy"] == "autolossgen"
+    assert record["reward_metric"] == "eval Recall@20" and record["trained_candidates"] >= 1
+    assert arch["loss"] == record["loss"] and arch["loss"]["kind"] == "autolossgen"
+    assert summary["metrics"]["test_recall@20"] > 0.0

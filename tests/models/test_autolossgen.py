@@ -308,6 +308,35 @@ class SearchOnTinyDataTest(tf.test.TestCase):
         self.assertIsNone(arch.loss)
 
 
+def test_topk_search_scores_candidates_by_eval_recall_and_mf_retrains_with_the_loss(tmp_path):
+    from components.topk import topk_data_from_interactions, train_bpr  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 30, 1200)
+    items = (users % 5) * 8 + rng.integers(0, 8, 1200)  # 5 planted user/item clusters
+    split = rng.random(1200)
+
+    def pick(mask):
+        return users[mask].astype(str), items[mask].astype(str)
+
+    data = topk_data_from_interactions(pick(split < 0.8), pick((split >= 0.8) & (split < 0.9)),
+                                       pick(split >= 0.9))
+    options = {"num_nodes": 2, "search_epochs": 2, "samples_per_epoch": 20,
+               "max_trainings_per_epoch": 3, "lstm_size": 8, "check_points": 100}
+    loss, report = autolossgen.search_topk(data, dim=8, learning_rate=0.05, batch_size=128,
+                                           seed=1, options=options, k=10,
+                                           report_dir=str(tmp_path))
+    assert report["reward_metric"] == "eval Recall@10" and len(report["epochs"]) == 2
+    trained = [s for s in report["samples"] if s["status"] == "trained"]
+    assert 1 <= len(trained) <= 6 and all(0.0 <= s["auc"] <= 1.0 for s in trained)
+    assert (tmp_path / autolossgen.REWARDS_PICTURE).stat().st_size > 1000
+    assert report["valid_candidates"] >= 1, report["candidates"]
+    assert formula.direction_check(loss, 100)["valid"] and report["loss"] == loss
+    result = train_bpr(data, dim=8, learning_rate=0.05, batch_size=128, max_epochs=5,
+                       patience=5, seed=1, k=10, loss=loss)
+    assert np.isfinite(result.history[-1]["loss"]) and result.best_eval["recall@10"] > 0
+
+
 @pytest.mark.slow
 def test_search_then_retrain_on_synthetic(tmp_path):
     from benchmarks.bench import bench_row  # noqa: PLC0415 (loads Beam and TFT)

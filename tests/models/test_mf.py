@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from models.zoo.mf import MatrixFactorization, bpr_loss
+from models.losses import training_loss
+from models.zoo.mf import MatrixFactorization, bpr_loss, pointwise_loss
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -30,6 +31,27 @@ def test_bpr_loss_adds_lightgcn_l2_of_the_batch():
     penalty = 0.1 * 0.5 * (2.0 + 2.0 + 4.0) / 2  # l2 * 1/2 * sum of squares / batch
     np.testing.assert_allclose(loss, np.mean(_softplus(np.array([-1.0, 1.0]))) + penalty,
                                rtol=1e-6)
+
+
+def test_pointwise_loss_labels_observed_items_1_and_sampled_items_0():
+    pos, neg = tf.constant([2.0, 0.0]), tf.constant([1.0, -1.0])
+    user = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    loss = pointwise_loss(pos, neg, training_loss(None), embeddings=(user,), l2=0.1)
+    sig = 1.0 / (1.0 + np.exp(-np.array([2.0, 0.0, 1.0, -1.0])))
+    logloss = -np.mean(np.log([sig[0], sig[1], 1 - sig[2], 1 - sig[3]]))
+    np.testing.assert_allclose(loss, logloss + 0.1 * 0.5 * 2.0 / 2, rtol=1e-5)
+
+
+def test_compute_bpr_loss_takes_a_pointwise_loss_instead_of_bpr():
+    model = MatrixFactorization(3, 4, 2, l2=0.0, seed=0)
+    ids = tf.constant([0, 2]), tf.constant([1, 3]), tf.constant([0, 0])
+    squared_error = keras.losses.MeanSquaredError()
+    scores = [model.score(ids[0], ids[1]), model.score(ids[0], ids[2])]
+    expected = np.mean(np.square(np.concatenate(
+        [1.0 - tf.sigmoid(scores[0]).numpy(), tf.sigmoid(scores[1]).numpy()])))
+    np.testing.assert_allclose(model.compute_bpr_loss(*ids, squared_error), expected, rtol=1e-5)
+    np.testing.assert_allclose(model.compute_bpr_loss(*ids),
+                               bpr_loss(*scores), rtol=1e-6)
 
 
 def test_score_is_the_dot_product_of_the_tables():
