@@ -108,5 +108,8 @@ def _search(model: str, data: Any, settings: dict[str, Any], seed: int, config: 
     from models.search.autolossgen import search_topk  # noqa: PLC0415
 
     loss, report = search_topk(data, **settings, init_std=MF_INIT_STD, seed=seed,
-                               options=options, report_dir=report_dir)
+                               options=options, max_epochs=config.train.max_epochs,
+                               patience=max(config.train.patience, 3),
+                               eval_every=eval_every(config, data.num_users, data.num_items),
+                               report_dir=report_dir)
     return {"strategy": method, method: report}, None, loss

@@ -180,9 +180,12 @@ def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transf
                 "init_std": arch.embedding_init_std, "seed": config.train.seed,
                 "options": dict(config.search_options.get(method, {})), "report_dir": report_dir}
     if method == "autolossgen":
+        from components.topk_trainer import eval_every  # noqa: PLC0415
         from models.search.autolossgen import search_topk  # noqa: PLC0415
 
-        loss, report = search_topk(data, **settings)
+        loss, report = search_topk(data, **settings, max_epochs=config.train.max_epochs,
+                                   patience=max(config.train.patience, 3),
+                                   eval_every=eval_every(config, data.num_users, data.num_items))
         return dataclasses.replace(arch, loss=loss, search={
             "strategy": method, method: report, "tuned": {},
             "seconds": time.perf_counter() - start})

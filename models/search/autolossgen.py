@@ -21,9 +21,13 @@ Per search epoch (``search_epochs``), from the current recommender ``M`` with va
    ``-sum log pi(arc) (R - b) / num_aggregate``.
 
 Then ``M`` trains one epoch with the epoch's best loss when its reward beat ``a0 - rej_lim``.
-The found loss is the best-rewarded trained candidate that passes the validity check (rewards
-grow with the warm start, so in practice one of the last epoch's); the
-retrain stage trains the model from scratch with it (``Architecture.loss``).
+The ``finalists`` best-rewarded trained candidates that pass the validity check then each train
+the model from scratch to early stopping, as the retrain stage does (the official phase 3,
+"effectiveness test", run on validation only); the found loss is the finalist with the best
+validation score, and the retrain stage trains the model from scratch with it
+(``Architecture.loss``). ``finalists: 0`` keeps the official choice, the best-rewarded valid
+candidate (rewards grow with the warm start, so in practice one of the last epoch's, and a
+one-epoch reward ranks losses by how fast they start, not where they end).
 
 Deviations from the official code (all for a CPU budget of tens of trainings): the search space
 (``space``) is by default ``"split"``, ``y * f(y_hat) + g(y_hat)`` with two small controller-written
@@ -69,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "entropy_weight": 1e-4, "baseline_decay": 0.99, "skip_lim": 1e-5, "rej_lim": 1e-5,
     "zero_gradient": 1e-4, "proxy_points": 20, "check_points": 1000,
     "check_before_training": True, "space": "split", "learning_rate": None, "batch_size": None,
+    "finalists": 3,
 }
 LOSS_FILE = "autolossgen_loss.json"
 REWARDS_PICTURE = "autolossgen_rewards.png"
@@ -84,6 +89,7 @@ def settings(options: dict[str, Any]) -> dict[str, Any]:
     require_at_least(NAME, values, ("num_nodes", "search_epochs", "samples_per_epoch",
                                     "max_trainings_per_epoch", "num_aggregate", "lstm_size",
                                     "proxy_points", "check_points"), 1)
+    require_at_least(NAME, values, ("finalists",), 0)
     if values["space"] not in SPACES:
         raise SearchError(f"autolossgen: space must be one of {SPACES}. "
                           f"Received: space={values['space']!r}")
@@ -294,12 +300,15 @@ class Learner:
       set_weights: restores a snapshot.
       train_epoch: trains ``M`` one epoch (fresh optimizer) with a loss spec.
       validate: ``M``'s validation score (higher is better; AUC for CTR, Recall@k for top-k).
+      retrain: a fresh model trained with a loss spec to early stopping, as the retrain stage
+        does; returns its best validation score (the finalists' selection).
     """
 
     get_weights: Callable[[], Any]
     set_weights: Callable[[Any], None]
     train_epoch: Callable[[dict], None]
     validate: Callable[[], float]
+    retrain: Callable[[dict], float]
 
 
 def search(ctx: SearchContext) -> Architecture:
@@ -325,7 +334,16 @@ def search(ctx: SearchContext) -> Architecture:
                       loss=formula.keras_loss(spec))
         model.fit(train_ds, epochs=1, verbose=0)
 
-    learner = Learner(model.get_weights, model.set_weights, train_epoch, validation_auc)
+    def retrain(spec: dict) -> float:
+        from components.base import train_model  # noqa: PLC0415 (the retrain stage's loop)
+
+        result = train_model(dataclasses.replace(arch, loss=spec),
+                             ctx.dataset("train", names, True), eval_ds,
+                             learning_rate=ctx.learning_rate,
+                             max_epochs=ctx.max_epochs, patience=ctx.patience, seed=ctx.seed)
+        return max(result.history.get("val_auc", [0.0]))
+
+    learner = Learner(model.get_weights, model.set_weights, train_epoch, validation_auc, retrain)
     spec, report = run_search(learner, options, ctx.seed, ctx.report_dir,
                               f"AutoLossGen loss for {ctx.arch.model}")
     return dataclasses.replace(ctx.arch, loss=spec, search={**ctx.arch.search, NAME: report})
@@ -333,17 +351,19 @@ def search(ctx: SearchContext) -> Architecture:
 
 def search_topk(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
                 batch_size: int = 2048, l2: float = 1e-4, init_std: float = 0.1, seed: int = 0,
-                options: dict[str, Any] | None = None, k: int = 20,
+                options: dict[str, Any] | None = None, k: int = 20, max_epochs: int = 400,
+                patience: int = 10, eval_every: int = 1,
                 report_dir: str | None = None) -> tuple[dict | None, dict[str, Any]]:
     """AutoLossGen for top-k MF (bench ``mf+autolossgen``) on ``components.topk.TopkData``.
 
     ``M`` is plain MF trained with each candidate as a pointwise loss on the train split's
     observed items (label 1) and one uniform sampled item each (label 0)
     (``models.zoo.mf.pointwise_loss``); the reward is the eval split's full-ranking Recall@k
-    (the top-k path's validation metric, train items excluded). Returns the found loss (None:
-    none passed the validity check; MF keeps BPR) and the report.
+    (the top-k path's validation metric, train items excluded). The finalists train with
+    ``train_bpr`` (``max_epochs``, ``patience``, ``eval_every``: the retrain's). Returns the found
+    loss (None: none passed the validity check; MF keeps BPR) and the report.
     """
-    from components.topk import epoch_runner, evaluate_topk  # noqa: PLC0415
+    from components.topk import epoch_runner, evaluate_topk, train_bpr  # noqa: PLC0415
     from models.zoo.mf import MatrixFactorization  # noqa: PLC0415
 
     options = settings(options or {})
@@ -366,7 +386,14 @@ def search_topk(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
         return evaluate_topk(*tables, data.train_items_by_user, data.eval_items_by_user,
                              k)[f"recall@{k}"]
 
-    learner = Learner(model.get_weights, model.set_weights, train_epoch, validation_recall)
+    def retrain(spec: dict) -> float:
+        result = train_bpr(data, dim=dim, learning_rate=learning_rate, batch_size=batch_size,
+                           l2=l2, init_std=init_std, max_epochs=max_epochs, patience=patience,
+                           seed=seed, eval_every=eval_every, k=k, loss=spec)
+        return result.best_eval.get(f"recall@{k}", 0.0)
+
+    learner = Learner(model.get_weights, model.set_weights, train_epoch, validation_recall,
+                      retrain)
     return run_search(learner, options, seed, report_dir, "AutoLossGen loss for mf",
                       metric=f"eval Recall@{k}")
 
@@ -437,8 +464,17 @@ def run_search(learner: Learner, options: dict[str, Any], seed: int, report_dir:
     checked = [c for c in sorted(candidates.values(), key=lambda c: -c["reward"])
                if _valid(c["spec"], options)]
     found = checked[0] if checked else None
+    finalists = checked[:int(options["finalists"])]
+    for candidate in finalists:
+        candidate["retrain_score"] = learner.retrain(candidate["spec"])
+        logging.info("autolossgen finalist %s: retrained %s %.4f", candidate["formula"], metric,
+                     candidate["retrain_score"])
+    if finalists:
+        found = max(finalists, key=lambda c: c["retrain_score"])
     report = {"formula": found and found["formula"], "loss": found and found["spec"],
               "reward": found and found["reward"], "reward_metric": metric,
+              "finalists": [{k: c[k] for k in ("formula", "reward", "retrain_score")}
+                            for c in finalists],
               "valid_candidates": len(checked),
               "trained_candidates": len(candidates), "samples": samples, "epochs": epochs,
               "candidates": [{k: c[k] for k in ("formula", "reward", "epoch")}
