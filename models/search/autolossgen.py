@@ -21,10 +21,11 @@ Per search epoch (``search_epochs``), from the current recommender ``M`` with va
    ``-sum log pi(arc) (R - b) / num_aggregate``.
 
 Then ``M`` trains one epoch with the epoch's best loss when its reward beat ``a0 - rej_lim``.
-The ``finalists`` best-rewarded trained candidates that pass the validity check then each train
-the model from scratch to early stopping, as the retrain stage does (the official phase 3,
-"effectiveness test", run on validation only); the found loss is the finalist with the best
-validation score, and the retrain stage trains the model from scratch with it
+The ``finalists`` best-rewarded distinct trained candidates (by their proxy gradient) that pass
+the validity check then each train the model from scratch to early stopping, as the retrain
+stage does (the official phase 3, "effectiveness test", run on validation only); the found loss
+is the finalist with the best validation score, and the retrain stage trains the model from
+scratch with it
 (``Architecture.loss``). ``finalists: 0`` keeps the official choice, the best-rewarded valid
 candidate (rewards grow with the warm start, so in practice one of the last epoch's, and a
 one-epoch reward ranks losses by how fast they start, not where they end).
@@ -443,7 +444,7 @@ def run_search(learner: Learner, options: dict[str, Any], seed: int, report_dir:
                 proxy.remember(grad, auc)
                 if key not in candidates or auc > candidates[key]["reward"]:
                     candidates[key] = {"spec": spec, "formula": formula.describe(spec),
-                                       "reward": auc, "epoch": epoch + 1}
+                                       "reward": auc, "epoch": epoch + 1, "gradient": grad}
             reward, kept = reinforce.reward(auc, float(entropy))
             if kept and auc > best[0]:
                 best = (auc, spec)
@@ -464,7 +465,9 @@ def run_search(learner: Learner, options: dict[str, Any], seed: int, report_dir:
     checked = [c for c in sorted(candidates.values(), key=lambda c: -c["reward"])
                if _valid(c["spec"], options)]
     found = checked[0] if checked else None
-    finalists = checked[:int(options["finalists"])]
+    finalists = _distinct(checked, int(options["finalists"]), float(options["zero_gradient"]))
+    if len(finalists) < 2:  # nothing to choose between: no retraining
+        finalists = []
     for candidate in finalists:
         candidate["retrain_score"] = learner.retrain(candidate["spec"])
         logging.info("autolossgen finalist %s: retrained %s %.4f", candidate["formula"], metric,
@@ -491,6 +494,20 @@ def run_search(learner: Learner, options: dict[str, Any], seed: int, report_dir:
             formula.draw_curves(found["spec"], os.path.join(report_dir, CURVES_PICTURE),
                                 f"{title} (search reward {found['reward']:.4f})")
     return (found and found["spec"]), report
+
+
+def _distinct(candidates: list[dict[str, Any]], count: int, tol: float) -> list[dict[str, Any]]:
+    """The first ``count`` of ``candidates`` that are distinct functions: a candidate whose proxy
+    gradient is within ``tol`` of an earlier pick's (``y * 1/ŷ`` and ``y * 1 * 1/ŷ``, found in
+    different epochs) is skipped."""
+    picked: list[dict[str, Any]] = []
+    for candidate in candidates:
+        if len(picked) == count:
+            break
+        if all(float(np.max(np.abs(candidate["gradient"] - p["gradient"]))) >= tol
+               for p in picked):
+            picked.append(candidate)
+    return picked
 
 
 def _valid(spec: dict, options: dict[str, Any]) -> bool:

@@ -257,6 +257,16 @@ class ControllerTest(tf.test.TestCase):
 
 class SettingsTest(tf.test.TestCase):
 
+    def test_finalists_are_distinct_functions(self):
+        proxy = autolossgen.ProxyFilter(points=20, tol=1e-4, seed=0)
+        specs = [_spec(("reciprocal", [0]), ("multiply", [1, 3])),  # y * 1/ŷ
+                 _spec(("reciprocal", [0]), ("multiply", [3, 2]), ("multiply", [1, 4])),  # same
+                 _spec(("square", [0]))]
+        ranked = [{"spec": s, "gradient": proxy.gradient(s)} for s in specs]
+        picked = autolossgen._distinct(ranked, 2, 1e-4)
+        self.assertEqual([p["spec"] for p in picked], [specs[0], specs[2]])
+        self.assertLen(autolossgen._distinct(ranked, 1, 1e-4), 1)
+
     def test_defaults_and_bad_options(self):
         self.assertEqual(autolossgen.settings({})["space"], "split")
         with self.assertRaisesRegex(SearchError, "space='tree'"):
