@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -30,6 +32,8 @@ LOSS_KINDS = ("autoloss", "autolossgen")
 AUTODIS_AGGREGATIONS = ("weighted_average", "max_pooling", "top_k_sum")
 AUTODIS_DEFAULTS = {"num_meta_embeddings": 20, "temperature": 0.1, "skip_factor": 0.8,
                     "aggregation": "top_k_sum", "top_k": 3}
+# Models whose categorical vector tables are ``FieldEmbedding``'s, which applies ``id_l2``.
+ID_L2_MODELS = ("fm", "deepfm", "dnn", "dcn", "autoctr")
 
 
 def id_dims_chain(id_dims: list[int], output_dim: int) -> list[int]:
@@ -55,6 +59,22 @@ def multisize_params(blocks: list[list[int]], output_dim: int) -> int:
 
 class ArchitectureError(ValueError):
     """An Architecture that cannot be built; the message names the offending field."""
+
+
+def check_id_l2(id_l2: Mapping[str, Sequence[float]], vocab_sizes: Mapping[str, int]) -> None:
+    """Raises ``ArchitectureError`` naming the field unless every ``id_l2[f]`` belongs to a
+    categorical field of ``vocab_sizes`` and holds one finite strength ``>= 0`` per id."""
+    for name, strengths in id_l2.items():
+        if name not in vocab_sizes:
+            raise ArchitectureError(f"id_l2 names {name!r}, which is not a categorical field. "
+                                    f"Received: categorical={list(vocab_sizes)}")
+        if len(strengths) != vocab_sizes[name]:
+            raise ArchitectureError(f"id_l2[{name!r}] needs one strength per id "
+                                    f"({vocab_sizes[name]} ids). Received: {len(strengths)}")
+        bad = next((i for i, x in enumerate(strengths) if not (math.isfinite(x) and x >= 0)), None)
+        if bad is not None:
+            raise ArchitectureError(f"id_l2[{name!r}] strengths must be finite and >= 0. "
+                                    f"Received: {strengths[bad]} at id {bad}")
 
 
 @dataclass
@@ -93,6 +113,11 @@ class Architecture:
         ``embedding_dims``.
       id_dims: ESAPN per-value sizes: per categorical field, one embedding size per id (id
         order). Fields absent use ``embedding_dims``.
+      id_l2: λOpt's fixed per-id L2 strengths: per categorical field, one ``Λ[id] >= 0`` per id
+        (``vocab_sizes[f]`` values, OOV ids included), written by the ``lambdaopt`` search. Such a
+        field's table gets ``1/2 · sum_{rows r of the batch} Λ[r] · |e_r|^2 / batch_size``
+        (``models.layers.lambdaopt``) instead of ``l2``; training only. Fields absent keep
+        ``l2``. Models in ``ID_L2_MODELS`` only, without ``id_dims`` or ``embedding_blocks``.
       autoctr: the ``autoctr`` family's DAG of virtual blocks (plain JSON, schema in
         ``models.autoctr_dag``), written by the ``autoctr`` search; ``None`` before it (an
         ``autoctr`` model cannot be built without one).
@@ -129,6 +154,7 @@ class Architecture:
     unified_dim: int | None = None
     embedding_blocks: dict[str, list[list[int]]] = field(default_factory=dict)
     id_dims: dict[str, list[int]] = field(default_factory=dict)
+    id_l2: dict[str, list[float]] = field(default_factory=dict)
     autoctr: dict | None = None
     feature_groups: dict[str, list[list[str]]] = field(default_factory=dict)
     group_dims: dict[str, int] = field(default_factory=dict)
@@ -183,6 +209,7 @@ class Architecture:
                     f"embedding_blocks[{name!r}] needs [num_ids >= 1, dim in [0, {limit}]] blocks "
                     f"of a categorical field without id_dims, summing to its vocab size "
                     f"{self.vocab_sizes.get(name)}. Received: {blocks}")
+        self._check_id_l2()
         if self.autoctr is not None:
             try:
                 check_dag(self.autoctr, has_dense=any(
@@ -198,6 +225,17 @@ class Architecture:
         for pair in self.kept_interactions or []:
             if len(pair) != 2 or not set(pair) <= fields:
                 raise ArchitectureError(f"kept_interactions names an unknown pair {pair}.")
+
+    def _check_id_l2(self) -> None:
+        check_id_l2(self.id_l2, {f: self.vocab_sizes[f] for f in self.categorical})
+        if self.id_l2 and self.model not in ID_L2_MODELS:
+            raise ArchitectureError(f"id_l2 applies to models {ID_L2_MODELS}. "
+                                    f"Received: model={self.model!r}")
+        if self.id_l2 and (self.id_dims or self.embedding_blocks):
+            raise ArchitectureError(f"id_l2 cannot be combined with id_dims or embedding_blocks "
+                                    f"(their layers do not apply it). Received: id_l2 fields "
+                                    f"{sorted(self.id_l2)}, id_dims fields {sorted(self.id_dims)}, "
+                                    f"embedding_blocks fields {sorted(self.embedding_blocks)}")
 
     def _check_feature_groups(self) -> None:
         if self.feature_groups and self.model != "autogroup":

@@ -19,15 +19,17 @@ on CPU (on GPU it yields zeros), so nothing here clips ids and hides it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
 import tf_keras as keras
 
 from components.features import bucket_name, id_name, scaled_name
-from models.architecture import NUMERIC_ENCODINGS
+from models.architecture import NUMERIC_ENCODINGS, check_id_l2
 from models.layers.autodis import AutoDis
+from models.layers.lambdaopt import IdL2Regularizer
 
 
 def field_input_dtypes(categorical: Sequence[str], numerical: Sequence[str],
@@ -122,6 +124,10 @@ class FieldEmbedding(keras.layers.Layer):
       embeddings_initializer: initializer of the tables, field vectors and meta-embeddings.
       autodis: settings of the one ``AutoDis`` sub-layer over all ``"autodis"`` fields (its
         arguments but the dims, l2 and initializer; missing ones take its defaults).
+      id_l2: λOpt's fixed per-id L2 strengths (``Architecture.id_l2``): per categorical field,
+        one ``Λ[id] >= 0`` per id. In training (``training=True``) such a field adds
+        ``1/2 · sum_b Λ[id_b] · |e_b|^2 / B`` over the batch's rows as a loss
+        (``IdL2Regularizer.penalty``, non-trainable ``Λ``) instead of ``l2`` on its table.
 
     Input shape:
       A dict holding, per field, the features named by ``field_input_dtypes``, each ``[B]`` or
@@ -136,7 +142,8 @@ class FieldEmbedding(keras.layers.Layer):
                  vocab_sizes: Mapping[str, int], embedding_dims: Mapping[str, int],
                  numeric_encoding: Mapping[str, str] | None = None, num_buckets: int = 20,
                  l2: float = 0.0, embeddings_initializer: Any = "truncated_normal",
-                 autodis: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+                 autodis: Mapping[str, Any] | None = None,
+                 id_l2: Mapping[str, Sequence[float]] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.categorical = list(categorical)
         self.numerical = list(numerical)
@@ -182,6 +189,34 @@ class FieldEmbedding(keras.layers.Layer):
                 [self.embedding_dims[f] for f in self.autodis_fields], **self.autodis, l2=self.l2,
                 embeddings_initializer=_clone_initializer(self.embeddings_initializer),
                 name="autodis")
+        self.id_l2 = {f: [float(x) for x in values] for f, values in (id_l2 or {}).items()}
+        check_id_l2(self.id_l2, self.vocab_sizes)
+        self.id_l2_regularizers = {
+            f: IdL2Regularizer(self.vocab_sizes[f], self.embedding_dims[f], initial_value=values,
+                               trainable=False, name=f"{f}_id_l2")
+            for f, values in self.id_l2.items()}
+        self._substitutes: dict[str, tf.Tensor] = {}
+
+    @property
+    def tables(self) -> dict[str, tf.Variable]:
+        """The built tables and field vectors by field (AutoDis fields have none)."""
+        return dict(self._tables)
+
+    @contextlib.contextmanager
+    def substituted_tables(self, tables: Mapping[str, tf.Tensor]) -> Iterator[None]:
+        """Within the block, categorical field ``f`` looks its ids up in ``tables[f]`` (a tensor
+        of its table's shape) instead of its variable, so gradients flow into ``tables[f]``:
+        how λOpt's look-ahead runs the model at simulated next-step tables
+        (``models.search.lambdaopt_ctr``). Python state: call (or trace) the model inside."""
+        for f, table in tables.items():
+            if f not in self.vocab_sizes or tuple(table.shape) != tuple(self._tables[f].shape):
+                raise ValueError(f"substituted_tables takes built categorical tables of their "
+                                 f"shape. Received: {f!r} of shape {tuple(table.shape)}")
+        previous, self._substitutes = self._substitutes, dict(tables)
+        try:
+            yield
+        finally:
+            self._substitutes = previous
 
     @property
     def fields(self) -> list[str]:
@@ -193,9 +228,12 @@ class FieldEmbedding(keras.layers.Layer):
         return field_input_dtypes(self.categorical, self.numerical, self.numeric_encoding)
 
     def build(self, input_shape: Any) -> None:
-        regularizer = keras.regularizers.L2(self.l2) if self.l2 > 0 else None
+        l2 = keras.regularizers.L2(self.l2) if self.l2 > 0 else None
         if self.autodis_layer is not None:
             self.autodis_layer.build((None, len(self.autodis_fields)))
+        for regularizer in self.id_l2_regularizers.values():
+            with tf.name_scope(regularizer.name):  # one weight name per field
+                regularizer.build()
         for f in self.fields:
             if f in self.autodis_fields:
                 continue
@@ -207,10 +245,11 @@ class FieldEmbedding(keras.layers.Layer):
                 shape, name = (self.embedding_dims[f],), f"{f}_field_vector"
             self._tables[f] = self.add_weight(
                 name=name, shape=shape, initializer=_clone_initializer(self.embeddings_initializer),
-                regularizer=regularizer, trainable=True)
+                regularizer=None if f in self.id_l2 else l2, trainable=True)
         super().build(input_shape)
 
-    def call(self, inputs: Mapping[str, tf.Tensor]) -> list[tf.Tensor]:
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None
+             ) -> list[tf.Tensor]:
         missing = sorted(set(self.input_dtypes()) - set(inputs))
         if missing:
             raise ValueError(f"FieldEmbedding is missing input features {missing}. "
@@ -227,7 +266,11 @@ class FieldEmbedding(keras.layers.Layer):
                 continue
             table = self._tables[f]
             if f in self.vocab_sizes:
-                embedding = tf.gather(table, _as_vector(inputs[id_name(f)], id_name(f)))
+                ids = _as_vector(inputs[id_name(f)], id_name(f))
+                embedding = tf.gather(self._substitutes.get(f, table), ids)
+                if training and f in self.id_l2_regularizers:
+                    self.add_loss(self.id_l2_regularizers[f].penalty(ids, embedding,
+                                                                     tf.shape(ids)[0]))
             elif self.numeric_encoding[f] == "bucket":
                 embedding = tf.gather(table, _as_vector(inputs[bucket_name(f)], bucket_name(f)))
             else:
@@ -238,7 +281,8 @@ class FieldEmbedding(keras.layers.Layer):
         return embeddings
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), **_field_settings_config(self)}
+        return {**super().get_config(), **_field_settings_config(self),
+                "id_l2": {f: list(values) for f, values in self.id_l2.items()}}
 
 
 def _field_settings_config(layer: Any) -> dict[str, Any]:

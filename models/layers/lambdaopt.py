@@ -16,6 +16,10 @@ LightGCN's L2), with LightGCN's ``1/2`` and ``1/|B|`` so that a constant ``Λ = 
 row is ``c_r · Λ[r] ⊙ e_r / |B|`` (``c_r``: how often row ``r`` occurs in the batch), which
 ``penalty_gradient`` returns for whole tables (what λOpt's look-ahead differentiates).
 
+Fixed strengths (``trainable=False``, the Keras layer argument; ``initial_value`` one value per
+id) are how a retrained model applies a searched ``Architecture.id_l2``
+(``models.layers.embeddings.FieldEmbedding``).
+
 Example:
 
 >>> reg = IdL2Regularizer(num_ids=3, embedding_dim=2, initial_value=0.5)
@@ -27,7 +31,8 @@ Args:
   num_ids: rows of the table being regularised.
   embedding_dim: the table's width ``D``.
   per_dimension: one strength per (id, dim) instead of per id.
-  initial_value: the starting strength of every entry (official: 0).
+  initial_value: the starting strength of every entry (official: 0), or a sequence of
+    ``num_ids`` strengths, one per id (the same for each of its dims).
 
 Input shape: ``ids`` ``[N]`` integers and ``vectors`` ``[N, D]`` (the looked-up rows).
 Output shape: a scalar, ``1/2 · sum Λ[ids] ⊙ vectors^2`` (not divided by the batch size).
@@ -35,8 +40,10 @@ Output shape: a scalar, ``1/2 · sum Λ[ids] ⊙ vectors^2`` (not divided by the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -46,27 +53,33 @@ class IdL2Regularizer(keras.layers.Layer):
     """Per-id (or per-id-and-dim) L2 strengths ``Λ >= 0`` (see the module docstring)."""
 
     def __init__(self, num_ids: int, embedding_dim: int, per_dimension: bool = False,
-                 initial_value: float = 0.0, **kwargs: Any) -> None:
+                 initial_value: float | Sequence[float] = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name, value in (("num_ids", num_ids), ("embedding_dim", embedding_dim)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer. Received: {name}={value}")
-        if not initial_value >= 0:
+        values = np.asarray(initial_value, dtype=np.float64)
+        if values.ndim > 1 or (values.ndim == 1 and len(values) != int(num_ids)):
+            raise ValueError(f"initial_value must be a number or one value per id ({num_ids}). "
+                             f"Received: shape {values.shape}")
+        if not np.all(values >= 0):  # NaN fails too
             raise ValueError(f"initial_value must be >= 0. Received: initial_value="
-                             f"{initial_value}")
+                             f"{values.min() if values.ndim else values}")
         self.num_ids = int(num_ids)
         self.embedding_dim = int(embedding_dim)
         self.per_dimension = bool(per_dimension)
-        self.initial_value = float(initial_value)
+        self.initial_value = float(values) if values.ndim == 0 else values.tolist()
 
     @property
     def width(self) -> int:
         return self.embedding_dim if self.per_dimension else 1
 
     def build(self, input_shape: Any = None) -> None:
+        initial = np.broadcast_to(np.reshape(self.initial_value, (-1, 1)),
+                                  (self.num_ids, self.width))
         self.lambdas = self.add_weight(
             name="lambdas", shape=(self.num_ids, self.width),
-            initializer=keras.initializers.Constant(self.initial_value),
+            initializer=keras.initializers.Constant(initial),
             constraint=keras.constraints.NonNeg(), trainable=True)
         self.built = True
 
@@ -95,10 +108,17 @@ class IdL2Regularizer(keras.layers.Layer):
                 "initial_value": self.initial_value}
 
 
+def row_scales(ids: tf.Tensor, num_rows: tf.Tensor | int, batch_size: tf.Tensor | int,
+               dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """``c_r / |B|`` per row, ``[num_rows, 1]``: ``c_r`` the number of occurrences of row ``r`` in
+    ``ids``. The penalty gradient of a table is ``row_scales ⊙ Λ ⊙ table``."""
+    # A segment sum, not ``bincount``: XLA would compile ``bincount`` once per id *value*.
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(ids, dtype), ids, num_rows)
+    return (counts / tf.cast(batch_size, dtype))[:, None]
+
+
 def penalty_gradient(lambdas: tf.Tensor, table: tf.Tensor, ids: tf.Tensor,
                      batch_size: tf.Tensor | int) -> tf.Tensor:
     """``∂Ω/∂table`` for a whole ``[N, D]`` table: ``c_r · Λ[r] ⊙ table[r] / |B|`` per row, ``c_r``
     the number of occurrences of row ``r`` in ``ids`` (rows not looked up get 0)."""
-    counts = tf.math.unsorted_segment_sum(tf.ones_like(ids, table.dtype), ids,
-                                          tf.shape(table)[0])
-    return counts[:, None] * lambdas * table / tf.cast(batch_size, table.dtype)
+    return row_scales(ids, tf.shape(table)[0], batch_size, table.dtype) * lambdas * table

@@ -42,7 +42,8 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "autodim": ("models.search.autodim", ("fm", "deepfm", "dnn", "dcn")),
     "nis": ("models.search.nis", ("fm", "deepfm", "dnn", "dcn")),
     "esapn": ("models.search.esapn", ("mf", "deepfm")),
-    "lambdaopt": ("models.search.lambdaopt", ("mf",)),  # top-k MF only (bench mf+lambdaopt)
+    # Top-k MF through the bench (mf+lambdaopt); CTR models' per-id L2 into Architecture.id_l2.
+    "lambdaopt": ("models.search.lambdaopt", ("mf", "fm", "deepfm", "dnn", "dcn")),
     "autoloss": ("models.search.autoloss", ("lr", "fm", "deepfm", "dnn", "dcn")),
     "autolossgen": ("models.search.autolossgen", ("lr", "fm", "deepfm", "dnn", "dcn", "mf")),
     "autoctr": ("models.search.autoctr", ("autoctr",)),  # finds the autoctr family's DAG

@@ -47,7 +47,11 @@ Deviations from the official code, and why:
 
 The final model is the jointly trained one (the paper has no retrain): its weights at the best
 eval epoch, with ``Λ`` as it was then. The per-id ``Λ`` goes to the report (summary, a picture
-against id frequency, and ``lambdas.npz``); ``Architecture.id_l2`` can hold it per field.
+against id frequency, and ``lambdas.npz``).
+
+CTR models (fm, deepfm, dnn, dcn) run the truncated variant through :func:`search`
+(``models.search.lambdaopt_ctr``): ``Λ`` per categorical field goes into ``Architecture.id_l2``
+and the retrain stage applies it.
 
 Options (``PipelineConfig.search_options["lambdaopt"]``): see ``DEFAULTS``.
 """
@@ -62,26 +66,32 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from models.architecture import Architecture
-from models.layers.lambdaopt import IdL2Regularizer
-from models.search import SearchContext, SearchError, merge_options
+from models.architecture import TOPK_MODELS, Architecture
+from models.layers.lambdaopt import IdL2Regularizer, row_scales
+from models.search import SearchContext, SearchError, merge_options, require_at_least
 
 NAME = "lambdaopt"
 VARIANTS = ("truncated", "full")
 PLOT_FILE = "lambdaopt_lambdas.png"
 LAMBDA_FILE = "lambdas.npz"
+# MF's defaults; CTR models replace a few (``models.search.lambdaopt_ctr.CTR_DEFAULTS``).
 DEFAULTS: dict[str, Any] = {
     "variant": "truncated",
     "per_dimension": False,       # True: the official ml1m "dimension+user+item" (DUI)
     "lambda_learning_rate": 1e-3,  # official ml1m
     "lambda_init": 0.0,            # official
     "lambda_clipnorm": 100.0,      # official
+    "lambda_epsilon": 1e-7,        # the λ AMSGrad's ε (Keras' default)
     "val_batch_size": None,        # None: the train batch size
     "jit_compile": True,
     # Bench only (``mf+l2grid``): the fixed-λ MF baselines (official ``fixed_lambda_candidate``
     # has {10, 1, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 0}; these are around this MF's default 1e-4).
     "l2_grid": [0.0, 1e-5, 1e-4, 1e-3],
+    # CTR only (``search``): the epoch budget of the joint training; it also stops after the
+    # retrain's ``patience`` epochs without a better eval AUC (MF: ``train_lambdaopt``'s own).
+    "search_epochs": 30,
 }
+CTR_ONLY = ("search_epochs",)
 _TINY = 1e-30
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # tf_keras Adam's defaults
 
@@ -93,12 +103,13 @@ def settings(options: dict[str, Any] | None) -> dict[str, Any]:
     if values["variant"] not in VARIANTS:
         raise SearchError(f"lambdaopt: variant must be one of {VARIANTS}. "
                           f"Received: variant={values['variant']!r}")
-    for key in ("lambda_learning_rate", "lambda_clipnorm"):
+    for key in ("lambda_learning_rate", "lambda_clipnorm", "lambda_epsilon"):
         if not float(values[key]) > 0:
             raise SearchError(f"lambdaopt: {key} must be > 0. Received: {key}={values[key]}")
     if not float(values["lambda_init"]) >= 0:
         raise SearchError(f"lambdaopt: lambda_init must be >= 0. "
                           f"Received: lambda_init={values['lambda_init']}")
+    require_at_least(NAME, values, ("search_epochs",), 1)
     if values["val_batch_size"] is not None and int(values["val_batch_size"]) < 1:
         raise SearchError(f"lambdaopt: val_batch_size must be >= 1 or None. "
                           f"Received: val_batch_size={values['val_batch_size']}")
@@ -137,14 +148,9 @@ def bpr_mean(users: tf.Tensor, items: tf.Tensor, u: tf.Tensor, i: tf.Tensor,
 def batch_scales(u: tf.Tensor, i: tf.Tensor, j: tf.Tensor, num_users: int, num_items: int,
                  dtype: tf.DType = tf.float32) -> tuple[tf.Tensor, tf.Tensor]:
     """``c_r / |B|`` per row (``[N, 1]``): the penalty gradient is ``scale ⊙ Λ ⊙ θ``."""
-    size = tf.cast(tf.shape(u)[0], dtype)
-
-    def scale(ids: tf.Tensor, rows: int) -> tf.Tensor:
-        # A segment sum, not ``bincount``: XLA would compile ``bincount`` once per id *value*.
-        counts = tf.math.unsorted_segment_sum(tf.ones_like(ids, dtype), ids, rows)
-        return (counts / size)[:, None]
-
-    return scale(u, num_users), scale(tf.concat([i, j], 0), num_items)
+    size = tf.shape(u)[0]
+    return (row_scales(u, num_users, size, dtype),
+            row_scales(tf.concat([i, j], 0), num_items, size, dtype))
 
 
 def bpr_gradients(users: tf.Tensor, items: tf.Tensor, u: tf.Tensor, i: tf.Tensor,
@@ -240,7 +246,8 @@ class LambdaOptTrainer:
                                                      trainable=False) for t in self.tables),
                          "step": tf.Variable(0, dtype=tf.int64, trainable=False)}
         self.optimizer = keras.optimizers.Adam(values["lambda_learning_rate"], amsgrad=True,
-                                               global_clipnorm=values["lambda_clipnorm"])
+                                               global_clipnorm=values["lambda_clipnorm"],
+                                               epsilon=values["lambda_epsilon"])
         ids = tf.TensorSpec([None], tf.int64)
         jit = bool(values["jit_compile"])
         self.train_step = tf.function(self._train_step, input_signature=[ids] * 6,
@@ -396,7 +403,8 @@ def train_lambdaopt(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
     lambdas = dict(zip(("user", "item"), best_lambdas, strict=True))
     frequency = {"user": data.train_items_by_user.counts.astype(float),
                  "item": np.bincount(data.train_pairs[:, 1], minlength=data.num_items)}
-    report = _report(values, lambdas, frequency, result.best_epoch)
+    recorded = {k: v for k, v in values.items() if k not in ("l2_grid", *CTR_ONLY)}
+    report = lambda_report(recorded, lambdas, frequency, result.best_epoch)
     if report_dir:
         os.makedirs(report_dir, exist_ok=True)
         np.savez_compressed(os.path.join(report_dir, LAMBDA_FILE), **lambdas)
@@ -404,10 +412,11 @@ def train_lambdaopt(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
     return LambdaOptResult(result=result, lambdas=lambdas, report=report)
 
 
-def _report(values: dict[str, Any], lambdas: dict[str, np.ndarray],
-            frequency: dict[str, np.ndarray], best_epoch: int) -> dict[str, Any]:
-    """Settings and a per-table summary of ``Λ``: quantiles, and the mean ``λ`` per frequency
-    quartile (least frequent first) with the Spearman correlation of ``λ`` and frequency."""
+def lambda_report(recorded: dict[str, Any], lambdas: dict[str, np.ndarray],
+                  frequency: dict[str, np.ndarray], best_epoch: int) -> dict[str, Any]:
+    """The settings ``recorded`` and a per-table summary of ``Λ`` (``[num_ids, width]`` per
+    table): quantiles, and the mean ``λ`` per frequency quartile (least frequent first) with the
+    Spearman correlation of ``λ`` and frequency."""
     from scipy.stats import spearmanr  # noqa: PLC0415
 
     summary = {}
@@ -424,21 +433,24 @@ def _report(values: dict[str, Any], lambdas: dict[str, np.ndarray],
             "mean_by_frequency_quartile": [float(per_id[quartile == q].mean())
                                            if np.any(quartile == q) else None for q in range(4)],
             "spearman_with_frequency": None if rho is None else float(rho)}
-    settings_ = {k: v for k, v in values.items() if k != "l2_grid"}
-    return {"settings": settings_, "best_epoch": best_epoch, "lambda": summary}
+    return {"settings": recorded, "best_epoch": best_epoch, "lambda": summary}
 
 
 def plot_lambdas(lambdas: dict[str, np.ndarray], frequency: dict[str, np.ndarray], variant: str,
                  path: str) -> None:
-    """Per table, each id's ``λ`` (mean over dims) against its train frequency, with the median
-    per log-frequency bin."""
+    """Per table (a panel each, four per row), each id's ``λ`` (mean over dims) against its train
+    frequency, with the median per log-frequency bin."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (key, lam) in zip(axes, lambdas.items(), strict=True):
+    cols = min(len(lambdas), 4)
+    rows = -(-len(lambdas) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(lambdas):]:
+        ax.axis("off")
+    for ax, (key, lam) in zip(axes.flat, lambdas.items(), strict=False):
         per_id, freq = lam.mean(axis=1), np.maximum(frequency[key], 1)
         ax.scatter(freq, per_id, s=2, alpha=0.3)
         edges = np.unique(np.geomspace(1, freq.max() + 1, 16).astype(int))
@@ -450,7 +462,7 @@ def plot_lambdas(lambdas: dict[str, np.ndarray], frequency: dict[str, np.ndarray
         ax.set_xscale("log")
         ax.set_xlabel(f"{key} train frequency")
         ax.set_ylabel("learned λ (mean over dims)")
-        ax.set_title(f"λOpt [{variant}]: {key}s")
+        ax.set_title(f"λOpt [{variant}]: {key}")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -458,7 +470,12 @@ def plot_lambdas(lambdas: dict[str, np.ndarray], frequency: dict[str, np.ndarray
 
 
 def search(ctx: SearchContext) -> Architecture:
-    """The CTR path (``run_strategy``) is not implemented: λOpt runs on top-k MF through
-    :func:`train_lambdaopt` (bench ``mf+lambdaopt``)."""
-    raise SearchError(f"lambdaopt runs on top-k MF (bench model 'mf+lambdaopt'); the CTR search "
-                      f"path is not implemented. Received: model {ctx.arch.model!r}")
+    """CTR models: per-id ``Λ`` for every categorical table, into ``Architecture.id_l2``
+    (``models.search.lambdaopt_ctr.search_ctr``). Top-k MF runs through :func:`train_lambdaopt`
+    instead (bench ``mf+lambdaopt``)."""
+    if ctx.arch.model in TOPK_MODELS:
+        raise SearchError(f"lambdaopt on top-k MF runs in the bench (model 'mf+lambdaopt'), not "
+                          f"as a search stage. Received: model {ctx.arch.model!r}")
+    from models.search.lambdaopt_ctr import search_ctr  # noqa: PLC0415 (imports this module)
+
+    return search_ctr(ctx)

@@ -52,6 +52,7 @@ from models.zoo.autogroup import autogroup_parts
 LOGIT_LAYER = "logit"
 PROBABILITY_LAYER = "probability"
 FM_INTERACTION_LAYER = "fm_interaction"  # FM's pairwise term, plain or AutoFIS-gated
+FIELD_EMBEDDING_LAYER = "field_embedding"  # the per-field tables (``_field_embedding``)
 
 
 def model_input_dtypes(arch: Architecture) -> dict[str, tf.DType]:
@@ -112,21 +113,21 @@ def _field_embedding(arch: Architecture) -> FieldEmbedding:
         return ESAPNFieldEmbedding(
             arch.categorical, arch.numerical, arch.vocab_sizes, arch.embedding_dims,
             id_dims=arch.id_dims, numeric_encoding=arch.numeric_encoding,
-            num_buckets=arch.num_buckets, l2=arch.l2, name="field_embedding",
+            num_buckets=arch.num_buckets, l2=arch.l2, name=FIELD_EMBEDDING_LAYER,
             embeddings_initializer=keras.initializers.RandomNormal(stddev=arch.embedding_init_std))
     if arch.embedding_blocks:  # NIS: multi-size blocks of the fields it searched
         return MultiSizeFieldEmbedding(
             arch.categorical, arch.numerical, arch.vocab_sizes, arch.embedding_dims,
             embedding_blocks=arch.embedding_blocks, numeric_encoding=arch.numeric_encoding,
             num_buckets=arch.num_buckets, l2=arch.l2, autodis=arch.autodis,
-            name="field_embedding",
+            name=FIELD_EMBEDDING_LAYER,
             embeddings_initializer=keras.initializers.RandomNormal(stddev=arch.embedding_init_std))
     return FieldEmbedding(arch.categorical, arch.numerical, arch.vocab_sizes,
                           arch.embedding_dims, numeric_encoding=arch.numeric_encoding,
                           num_buckets=arch.num_buckets, l2=arch.l2,
                           embeddings_initializer=keras.initializers.RandomNormal(
                               stddev=arch.embedding_init_std),
-                          autodis=arch.autodis, name="field_embedding")
+                          autodis=arch.autodis, id_l2=arch.id_l2, name=FIELD_EMBEDDING_LAYER)
 
 
 def _embeddings(arch: Architecture, layer: keras.layers.Layer,

@@ -60,6 +60,18 @@ def test_per_id_and_per_dimension_shapes():
     assert [tuple(lam.shape) for lam in trainer.lambdas] == [(5, 4), (6, 4)]
 
 
+def test_per_id_initial_values_fixed_when_not_trainable():
+    reg = IdL2Regularizer(3, 2, per_dimension=True, initial_value=[0.0, 0.5, 2.0],
+                          trainable=False)
+    reg.build()
+    np.testing.assert_allclose(reg.lambdas, [[0.0, 0.0], [0.5, 0.5], [2.0, 2.0]])
+    assert reg.trainable_weights == [] and reg.non_trainable_weights == [reg.lambdas]
+    assert IdL2Regularizer.from_config(reg.get_config()).get_config() == reg.get_config()
+    # 1/2 * (0.5 * 2 + 2 * 8) / 2 = 4.25
+    assert float(reg.penalty(tf.constant([1, 2]), tf.constant([[1.0, 1.0], [2.0, 2.0]]),
+                             2)) == pytest.approx(4.25)
+
+
 def test_penalty_gradient_matches_autodiff_with_repeated_ids():
     table = tf.random.stateless_normal([4, 3], seed=[1, 2])
     lam = tf.constant([[0.1], [0.2], [0.3], [0.4]])
@@ -96,6 +108,8 @@ def test_get_config_round_trip_and_savedmodel(tmp_path):
     ({"num_ids": 0, "embedding_dim": 2}, "num_ids"),
     ({"num_ids": 2, "embedding_dim": 0}, "embedding_dim"),
     ({"num_ids": 2, "embedding_dim": 2, "initial_value": -1.0}, "initial_value"),
+    ({"num_ids": 2, "embedding_dim": 2, "initial_value": [0.1, -1.0]}, "initial_value"),
+    ({"num_ids": 2, "embedding_dim": 2, "initial_value": [0.1]}, "one value per id"),
 ])
 def test_layer_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -107,6 +121,7 @@ def test_layer_bad_arguments(kwargs, message):
     ({"variant": "second"}, "variant"),
     ({"lambda_learning_rate": 0.0}, "lambda_learning_rate"),
     ({"lambda_clipnorm": -1.0}, "lambda_clipnorm"),
+    ({"lambda_epsilon": 0.0}, "lambda_epsilon"),
     ({"lambda_init": -0.1}, "lambda_init"),
     ({"val_batch_size": 0}, "val_batch_size"),
     ({"l2_grid": []}, "l2_grid"),
@@ -120,7 +135,8 @@ def test_bad_options_name_the_option(options, message):
 def test_settings_defaults_and_registry():
     assert settings({}) == {**DEFAULTS, "l2_grid": [0.0, 1e-5, 1e-4, 1e-3]}
     assert len(settings({})["l2_grid"]) >= 4
-    assert METHODS["lambdaopt"] == ("models.search.lambdaopt", ("mf",))
+    assert METHODS["lambdaopt"] == ("models.search.lambdaopt",
+                                    ("mf", "fm", "deepfm", "dnn", "dcn"))
 
 
 # --- the Λ step: hypergradients against finite differences -------------------------------------
