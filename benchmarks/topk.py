@@ -56,7 +56,9 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
     mf = config.topk
     settings = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,
                 "batch_size": mf.batch_size, "l2": mf.l2}
-    every = eval_every(config, data.num_users, data.num_items)
+    # The retrain's early stopping; AutoLossGen's finalists train with the same.
+    fit = {"max_epochs": config.train.max_epochs, "patience": max(config.train.patience, 3),
+           "eval_every": eval_every(config, data.num_users, data.num_items)}
     rows = []
     for seed in seeds:
         for model in models:
@@ -65,11 +67,10 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
                 continue
             start = time.perf_counter()
             report_dir = search_dir and os.path.join(search_dir, f"{dataset}-{model}-seed{seed}")
-            search, id_dims, loss = _search(model, data, settings, seed, config, report_dir)
+            search, id_dims, loss = _search(model, data, settings, fit, seed, config,
+                                            report_dir)
             search_seconds = time.perf_counter() - start if model != "mf" else 0.0
-            result = train_bpr(data, **settings, max_epochs=config.train.max_epochs,
-                               patience=max(config.train.patience, 3), seed=seed,
-                               eval_every=every, id_dims=id_dims, loss=loss)
+            result = train_bpr(data, **settings, **fit, seed=seed, id_dims=id_dims, loss=loss)
             users, items = (t.numpy() for t in result.model.embedding_tables())
             test = evaluate_split(data, users, items, "test")
             rows.append({
@@ -91,8 +92,9 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
     return rows
 
 
-def _search(model: str, data: Any, settings: dict[str, Any], seed: int, config: PipelineConfig,
-            report_dir: str | None) -> tuple[dict[str, Any], dict | None, dict | None]:
+def _search(model: str, data: Any, settings: dict[str, Any], fit: dict[str, int], seed: int,
+            config: PipelineConfig, report_dir: str | None
+            ) -> tuple[dict[str, Any], dict | None, dict | None]:
     """``(search report, ESAPN id_dims, loss)`` of a top-k bench model (train and eval only)."""
     if model == "mf":
         loss = config.fixed_loss()
@@ -108,8 +110,5 @@ def _search(model: str, data: Any, settings: dict[str, Any], seed: int, config: 
     from models.search.autolossgen import search_topk  # noqa: PLC0415
 
     loss, report = search_topk(data, **settings, init_std=MF_INIT_STD, seed=seed,
-                               options=options, max_epochs=config.train.max_epochs,
-                               patience=max(config.train.patience, 3),
-                               eval_every=eval_every(config, data.num_users, data.num_items),
-                               report_dir=report_dir)
+                               options=options, **fit, report_dir=report_dir)
     return {"strategy": method, method: report}, None, loss
