@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import tensorflow_transform as tft
 from tfx import v1 as tfx
@@ -146,14 +147,15 @@ def ArchitectureSearch(
     architecture.set_int_custom_property("architecture_version", arch.version)
 
 
-TOPK_STRATEGIES = ("esapn", "autolossgen")
+TOPK_STRATEGIES = ("esapn", "autolossgen", "lambdaopt")
 
 
 def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transform_output,
                  report_dir: str) -> Architecture:
     """Top-k strategies (``TOPK_STRATEGIES``, one at a time) on Transform's train and eval id
     pairs: ESAPN's per-id sizes (indexed by Transform id; ids absent from train keep the smallest
-    size) or AutoLossGen's pointwise loss (``arch.loss``)."""
+    size), AutoLossGen's pointwise loss (``arch.loss``) or λOpt's per-id L2 (``arch.id_l2``,
+    indexed by Transform id; ids absent from train keep ``arch.l2``)."""
     import dataclasses  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415
@@ -179,28 +181,42 @@ def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transf
                 "learning_rate": config.topk.learning_rate, "batch_size": config.topk.batch_size,
                 "init_std": arch.embedding_init_std, "seed": config.train.seed,
                 "options": dict(config.search_options.get(method, {})), "report_dir": report_dir}
-    if method == "autolossgen":
-        from components.topk_trainer import eval_every  # noqa: PLC0415
-        from models.search.autolossgen import search_topk  # noqa: PLC0415
+    rows = (("user", user, data.user_ids), ("item", item, data.item_ids))
 
-        loss, report = search_topk(data, **settings, max_epochs=config.train.max_epochs,
-                                   patience=max(config.train.patience, 3),
-                                   eval_every=eval_every(config, data.num_users, data.num_items))
-        return dataclasses.replace(arch, loss=loss, search={
+    def by_transform_id(found: dict[str, np.ndarray], default: float, dtype: type) -> dict:
+        """``found[key]`` (one value per TopkData row) spread over the field's Transform ids."""
+        spread = {}
+        for key, field, ids in rows:
+            values = np.full(arch.vocab_sizes[field], default, dtype)
+            values[ids.astype(np.int64)] = found[key]
+            spread[field] = values.tolist()
+        return spread
+
+    def done(**changes: Any) -> Architecture:
+        return dataclasses.replace(arch, **changes, search={
             "strategy": method, method: report, "tuned": {},
             "seconds": time.perf_counter() - start})
-    from models.search.esapn import search_topk  # noqa: PLC0415
 
-    found = search_topk(data, **settings)
-    smallest = found["report"]["settings"]["candidate_dims"][0]
-    id_dims = {}
-    for key, field, ids in (("user", user, data.user_ids), ("item", item, data.item_ids)):
-        sizes = np.full(arch.vocab_sizes[field], smallest, np.int64)
-        sizes[ids.astype(np.int64)] = found["id_dims"][key]
-        id_dims[field] = sizes.tolist()
-    return dataclasses.replace(arch, id_dims=id_dims, search={
-        "strategy": "esapn", "esapn": found["report"], "tuned": {},
-        "seconds": time.perf_counter() - start})
+    if method in ("autolossgen", "lambdaopt"):
+        from components.topk_trainer import eval_every  # noqa: PLC0415
+
+        fit = {"max_epochs": config.train.max_epochs, "patience": max(config.train.patience, 3),
+               "eval_every": eval_every(config, data.num_users, data.num_items)}
+        if method == "autolossgen":
+            from models.search.autolossgen import search_topk  # noqa: PLC0415
+
+            loss, report = search_topk(data, **settings, **fit)
+            return done(loss=loss)
+        from models.search.lambdaopt import search_topk as lambdaopt_topk  # noqa: PLC0415
+
+        lambdas, report = lambdaopt_topk(data, **settings, **fit)
+        return done(id_l2=by_transform_id(lambdas, arch.l2, np.float64))
+    from models.search.esapn import search_topk as esapn_topk  # noqa: PLC0415
+
+    found = esapn_topk(data, **settings)
+    report = found["report"]
+    smallest = report["settings"]["candidate_dims"][0]
+    return done(id_dims=by_transform_id(found["id_dims"], smallest, np.int64))
 
 
 def _split_reader(examples, tf_transform_output, label: str, config: PipelineConfig) -> Callable:

@@ -338,7 +338,8 @@ def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
               max_epochs: int = 400, patience: int = 10, max_seconds: float | None = None,
               seed: int = 0, eval_every: int = 1, k: int = 20,
               jit_compile: bool = True, id_dims: dict[str, list[int]] | None = None,
-              loss: dict | None = None) -> TopkResult:
+              loss: dict | None = None,
+              id_l2: dict[str, list[float]] | None = None) -> TopkResult:
     """Trains :class:`MatrixFactorization` with BPR and Adam, early-stopping on eval Recall@k.
 
     Each epoch visits every train pair once in a seeded random order, each with one fresh
@@ -351,6 +352,8 @@ def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
     one size per id) trains ESAPN's per-id sizes instead of ``dim`` for every row. ``loss`` (an
     ``Architecture.loss`` spec, e.g. an AutoLossGen formula) trains with that pointwise loss on
     each triple's observed and sampled item instead of BPR (``models.zoo.mf.pointwise_loss``).
+    ``id_l2`` (``"user"``/``"item"``: one fixed ``Λ`` per id, λOpt's) replaces ``l2`` on those
+    tables by each looked-up row's own strength.
 
     Raises:
       ValueError: the eval split has no usable interaction, or a setting is out of range.
@@ -362,7 +365,7 @@ def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
         if value < 1:
             raise ValueError(f"{name} must be positive. Received: {name}={value}")
     model = MatrixFactorization(data.num_users, data.num_items, dim, l2=l2, init_std=init_std,
-                                seed=seed, id_dims=id_dims)
+                                seed=seed, id_dims=id_dims, id_l2=id_l2)
     model.build()
     run_epoch = epoch_runner(data, model, keras.optimizers.Adam(learning_rate), batch_size,
                              np.random.default_rng(seed), loss=loss, jit_compile=jit_compile)
@@ -384,7 +387,7 @@ def epoch_runner(data: TopkData, model: MatrixFactorization, optimizer: keras.op
     @tf.function(input_signature=[ids, ids, ids], jit_compile=jit_compile)
     def train_step(users: tf.Tensor, positives: tf.Tensor, negatives: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            value = model.compute_bpr_loss(users, positives, negatives, loss_fn)
+            value = model.triple_loss(users, positives, negatives, loss_fn)
         gradients = tape.gradient(value, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         return value

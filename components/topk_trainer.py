@@ -186,16 +186,18 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
     logging.info("Training MF-BPR on %d users x %d items (%d train pairs; eval pairs with a "
                  "user or item unseen in train: %d); %s.", data.num_users, data.num_items,
                  len(data.train_pairs), data.dropped.get("eval", 0), training)
-    # ESAPN's per-id sizes are indexed by Transform id; TopkData rows hold Transform ids as text.
-    id_dims = {key: [arch.id_dims[field][int(t)] for t in ids]
-               for key, field, ids in (("user", user, data.user_ids), ("item", item, data.item_ids))
-               if field in arch.id_dims} or None
+    # ESAPN's per-id sizes and λOpt's per-id L2 are indexed by Transform id; TopkData rows hold
+    # Transform ids as text.
+    rows = (("user", user, data.user_ids), ("item", item, data.item_ids))
+    id_dims, id_l2 = ({key: [per_id[field][int(t)] for t in ids]
+                       for key, field, ids in rows if field in per_id} or None
+                      for per_id in (arch.id_dims, arch.id_l2))
     result = train_bpr(data, dim=arch.embedding_dims[user], learning_rate=training["learning_rate"],
                        batch_size=training["batch_size"], l2=arch.l2,
                        init_std=arch.embedding_init_std,
                        max_epochs=training["max_epochs"], patience=training["patience"],
                        seed=config.train.seed, eval_every=training["eval_every"], k=K,
-                       id_dims=id_dims, loss=arch.loss)
+                       id_dims=id_dims, loss=arch.loss, id_l2=id_l2)
     users, items = (t.numpy() for t in result.model.embedding_tables())
     # TopkData indexes Transform ids given as text; map its rows back to the ids.
     user_table = table_by_transform_id(users, data.user_ids, arch.vocab_sizes[user])

@@ -33,7 +33,8 @@ AUTODIS_AGGREGATIONS = ("weighted_average", "max_pooling", "top_k_sum")
 AUTODIS_DEFAULTS = {"num_meta_embeddings": 20, "temperature": 0.1, "skip_factor": 0.8,
                     "aggregation": "top_k_sum", "top_k": 3}
 # Models whose categorical vector tables are ``FieldEmbedding``'s, which applies ``id_l2``.
-ID_L2_MODELS = ("fm", "deepfm", "dnn", "dcn", "autoctr")
+# ``mf`` applies it to its user and item tables (``models.zoo.mf``).
+ID_L2_MODELS = ("fm", "deepfm", "dnn", "dcn", "autoctr", "mf")
 
 
 def id_dims_chain(id_dims: list[int], output_dim: int) -> list[int]:

@@ -412,6 +412,27 @@ def train_lambdaopt(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
     return LambdaOptResult(result=result, lambdas=lambdas, report=report)
 
 
+def search_topk(data: Any, *, dim: int, learning_rate: float, batch_size: int, init_std: float,
+                seed: int, options: dict[str, Any] | None, max_epochs: int, patience: int,
+                eval_every: int, report_dir: str | None = None, l2: float | None = None
+                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The pipeline's top-k search stage: ``(Λ, report)`` of :func:`train_lambdaopt` (``l2`` is
+    not used: the learned ``Λ`` replaces it), ``Λ``
+    (``"user"``/``"item"``: one strength per ``data`` row, from the best eval epoch) to become
+    ``Architecture.id_l2``, which the retrain applies as a fixed per-id L2. The per-dimension
+    variant is refused: ``id_l2`` holds one strength per id."""
+    values = settings(options)
+    if values["per_dimension"]:
+        raise SearchError("lambdaopt: per_dimension Λ cannot be written into Architecture.id_l2 "
+                          "(one strength per id); the pipeline's search runs it per id. "
+                          "Received: per_dimension=True")
+    found = train_lambdaopt(data, dim=dim, learning_rate=learning_rate, batch_size=batch_size,
+                            init_std=init_std, seed=seed, options=options,
+                            max_epochs=max_epochs, patience=patience, eval_every=eval_every,
+                            report_dir=report_dir)
+    return {key: lam[:, 0] for key, lam in found.lambdas.items()}, found.report
+
+
 def lambda_report(recorded: dict[str, Any], lambdas: dict[str, np.ndarray],
                   frequency: dict[str, np.ndarray], best_epoch: int) -> dict[str, Any]:
     """The settings ``recorded`` and a per-table summary of ``Λ`` (``[num_ids, width]`` per
@@ -471,11 +492,11 @@ def plot_lambdas(lambdas: dict[str, np.ndarray], frequency: dict[str, np.ndarray
 
 def search(ctx: SearchContext) -> Architecture:
     """CTR models: per-id ``Λ`` for every categorical table, into ``Architecture.id_l2``
-    (``models.search.lambdaopt_ctr.search_ctr``). Top-k MF runs through :func:`train_lambdaopt`
-    instead (bench ``mf+lambdaopt``)."""
+    (``models.search.lambdaopt_ctr.search_ctr``). Top-k MF runs through :func:`search_topk`
+    (the pipeline's top-k search stage) or :func:`train_lambdaopt` (bench ``mf+lambdaopt``)."""
     if ctx.arch.model in TOPK_MODELS:
-        raise SearchError(f"lambdaopt on top-k MF runs in the bench (model 'mf+lambdaopt'), not "
-                          f"as a search stage. Received: model {ctx.arch.model!r}")
+        raise SearchError(f"lambdaopt on top-k MF runs through search_topk (top-k datasets), not "
+                          f"the CTR search. Received: model {ctx.arch.model!r}")
     from models.search.lambdaopt_ctr import search_ctr  # noqa: PLC0415 (imports this module)
 
     return search_ctr(ctx)

@@ -14,6 +14,10 @@ code): half the squared norm of the batch's embeddings, divided by the batch siz
 
 Initialization follows LightGCN's MF baseline: ``N(0, 0.1^2)`` for both tables.
 
+λOpt's per-id strengths (``id_l2``: ``Λ[r] >= 0`` per row of a table, learned by
+``models.search.lambdaopt`` and fixed here) replace that table's ``l2`` by ``Λ`` of each looked-up
+row: ``1/2 · sum_{rows r of the batch} Λ[r] · |e_r|^2 / |B|``, the penalty λOpt trains with.
+
 A learned pointwise loss ``l(y_hat, y)`` (AutoLossGen's, ``Architecture.loss``) replaces the BPR
 term by ``1/(2|B|) sum_{(u,i,j) in B} [l(sigmoid(y(u, i)), 1) + l(sigmoid(y(u, j)), 0)]``: each
 triple's observed item is a positive and its sampled item a negative (the official AutoLossGen
@@ -29,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -100,13 +105,16 @@ class MatrixFactorization(keras.Model):
       num_users: rows of the user table.
       num_items: rows of the item table.
       embedding_dim: the vectors' size ``D``.
-      l2: weight of the L2 penalty in :meth:`compute_bpr_loss`.
+      l2: weight of the L2 penalty in :meth:`triple_loss` (tables without ``id_l2``).
       init_std: standard deviation of the normal initializer of both tables.
       seed: initializer seed; ``None`` draws one.
       id_dims: ESAPN per-id sizes under ``"user"`` and/or ``"item"`` (one size <= ``D`` per
         id); such a table is an ``ESAPNEmbedding`` over the sizes it uses, mapped up to ``D``.
       candidate_dims: the ESAPN tables' size chain (ending at ``D``); None: the sizes that
         ``id_dims`` uses, then ``D`` (a search passes its whole candidate set).
+      id_l2: λOpt's fixed per-id L2 under ``"user"`` and/or ``"item"`` (one ``Λ >= 0`` per row);
+        such a table's penalty uses ``Λ`` of the looked-up rows instead of ``l2``. Not with
+        ``id_dims``.
 
     Input shape: a dict of ``[B]`` (or ``[B, N]``) integer ids under ``"user"``, ``"item"``,
       ``"negative"``; any subset.
@@ -116,7 +124,8 @@ class MatrixFactorization(keras.Model):
     def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
                  l2: float = 1e-4, init_std: float = 0.1, seed: int | None = None,
                  id_dims: Mapping[str, Sequence[int]] | None = None,
-                 candidate_dims: Sequence[int] | None = None, **kwargs: Any) -> None:
+                 candidate_dims: Sequence[int] | None = None,
+                 id_l2: Mapping[str, Sequence[float]] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name, value in (("num_users", num_users), ("num_items", num_items),
                             ("embedding_dim", embedding_dim)):
@@ -137,9 +146,26 @@ class MatrixFactorization(keras.Model):
         if unknown:
             raise ValueError(f"id_dims takes 'user' and 'item'. Received: keys {unknown}")
         self.candidate_dims = None if candidate_dims is None else [int(d) for d in candidate_dims]
+        self.id_l2 = self._check_id_l2(id_l2 or {})
         self.user_embedding = self._table(USER_KEY, self.num_users, seed)
         self.item_embedding = self._table("item", self.num_items,
                                           None if seed is None else seed + 1)
+
+    def _check_id_l2(self, id_l2: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+        values = {key: [float(x) for x in strengths] for key, strengths in id_l2.items()}
+        rows = {USER_KEY: self.num_users, "item": self.num_items}
+        for key, strengths in values.items():
+            if key not in rows:
+                raise ValueError(f"id_l2 takes 'user' and 'item'. Received: key {key!r}")
+            if len(strengths) != rows[key]:
+                raise ValueError(f"id_l2[{key!r}] needs one strength per row ({rows[key]}). "
+                                 f"Received: {len(strengths)}")
+            if not all(math.isfinite(x) and x >= 0 for x in strengths):
+                raise ValueError(f"id_l2[{key!r}] strengths must be finite and >= 0.")
+        if values and self.id_dims:
+            raise ValueError("id_l2 cannot be combined with id_dims (ESAPN tables).")
+        self._id_l2_tensors = {key: tf.constant(v, tf.float32) for key, v in values.items()}
+        return values
 
     def _table(self, key: str, rows: int, seed: int | None) -> keras.layers.Layer:
         initializer = keras.initializers.RandomNormal(stddev=self.init_std, seed=seed)
@@ -171,18 +197,29 @@ class MatrixFactorization(keras.Model):
         vectors = self({USER_KEY: user_ids, "item": item_ids})
         return tf.reduce_sum(vectors[USER_KEY] * vectors["item"], axis=-1)
 
-    def compute_bpr_loss(self, user_ids: tf.Tensor, pos_item_ids: tf.Tensor,
-                         neg_item_ids: tf.Tensor,
-                         loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None
-                         ) -> tf.Tensor:
-        """:func:`bpr_loss` of ``[B]`` triples ``(u, i, j)`` with this model's ``l2``, or with
-        ``loss_fn`` (a pointwise tf_keras loss) :func:`pointwise_loss` instead."""
+    def triple_loss(self, user_ids: tf.Tensor, pos_item_ids: tf.Tensor,
+                    neg_item_ids: tf.Tensor,
+                    loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None
+                    ) -> tf.Tensor:
+        """The training loss of ``[B]`` triples ``(u, i, j)``: :func:`bpr_loss`, or with
+        ``loss_fn`` (a pointwise tf_keras loss) :func:`pointwise_loss`, each with this model's
+        ``l2``; tables with ``id_l2`` are penalised by their rows' ``Λ`` instead."""
         vectors = self({USER_KEY: user_ids, "item": pos_item_ids, "negative": neg_item_ids})
         user, pos, neg = vectors[USER_KEY], vectors["item"], vectors["negative"]
         scores = tf.reduce_sum(user * pos, axis=-1), tf.reduce_sum(user * neg, axis=-1)
+        rows = ((USER_KEY, user, user_ids), ("item", pos, pos_item_ids),
+                ("item", neg, neg_item_ids))
+        plain = tuple(vectors for key, vectors, _ in rows if key not in self.id_l2)
         if loss_fn is None:
-            return bpr_loss(*scores, embeddings=(user, pos, neg), l2=self.l2)
-        return pointwise_loss(*scores, loss_fn, embeddings=(user, pos, neg), l2=self.l2)
+            loss = bpr_loss(*scores, embeddings=plain, l2=self.l2)
+        else:
+            loss = pointwise_loss(*scores, loss_fn, embeddings=plain, l2=self.l2)
+        if not self.id_l2:
+            return loss
+        weighted = [tf.reduce_sum(tf.gather(self._id_l2_tensors[key], ids)[..., None]
+                                  * tf.square(vectors))
+                    for key, vectors, ids in rows if key in self.id_l2]
+        return loss + 0.5 * tf.add_n(weighted) / tf.cast(tf.shape(user)[0], loss.dtype)
 
     def embedding_tables(self) -> tuple[tf.Tensor, tf.Tensor]:
         """The whole ``[num_users, D]`` user and ``[num_items, D]`` item tables."""
@@ -216,4 +253,5 @@ class MatrixFactorization(keras.Model):
             "id_dims": {key: getattr(self, f"{key}_embedding").id_dims() if self.built else dims
                         for key, dims in self.id_dims.items()},
             "candidate_dims": self.candidate_dims,
+            "id_l2": self.id_l2,
         }

@@ -10,6 +10,8 @@ import json
 import os
 import subprocess
 
+import numpy as np
+
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
@@ -116,3 +118,33 @@ def test_autolossgen_search_loss_reaches_the_trainer(tmp_path):
     assert record["reward_metric"] == "eval Recall@20" and record["trained_candidates"] >= 1
     assert arch["loss"] == record["loss"] and arch["loss"]["kind"] == "autolossgen"
     assert summary["metrics"]["test_recall@20"] > 0.0
+
+
+def test_lambdaopt_search_per_id_l2_reaches_the_trainer(tmp_path):
+    """``search_strategy: lambdaopt`` on a top-k dataset: λOpt's per-id Λ, learned on train/eval,
+    is ``Architecture.id_l2`` by Transform id, and the Trainer retrains MF with it fixed."""
+    config = tiny_topk_config(str(tmp_path / "run"))
+    config.train.max_epochs = 4
+    config.search_strategy = "lambdaopt"
+    config.search_options = {"lambdaopt": {"lambda_learning_rate": 0.01}}
+    summary = run(config)
+    arch = summary["architecture"]
+    assert arch["search"]["strategy"] == "lambdaopt"
+    summary_lambda = arch["search"]["lambdaopt"]["lambda"]
+    for field in ("user", "item"):
+        strengths = np.asarray(arch["id_l2"][field])
+        assert len(strengths) == arch["vocab_sizes"][field]
+        assert np.all(strengths >= 0) and np.isfinite(strengths).all()
+        # Learned (λ starts at 0 everywhere); the search's own summary is of these values.
+        learned_max = summary_lambda[field]["quantiles"]["max"]
+        assert learned_max > 0 and np.isclose(strengths, learned_max, rtol=1e-5).any(), field
+    assert summary["metrics"]["test_recall@20"] > 0.0
+
+
+def test_lambdaopt_per_dimension_is_refused_by_the_topk_search(tmp_path):
+    config = tiny_topk_config(str(tmp_path / "run"))
+    config.search_strategy = "lambdaopt"
+    config.search_options = {"lambdaopt": {"per_dimension": True}}
+    with pytest.raises(Exception, match="per_dimension"):
+        run(config)
+    assert not os.path.exists(os.path.join(str(tmp_path / "run"), "summary.json"))

@@ -289,7 +289,7 @@ def test_model_step_with_constant_lambda_is_adam_on_plain_l2():
         u, i, j = _ids(rng, 5), _ids(rng, 7), _ids(rng, 7)
         trainer.model_step(u, i, j)
         with tf.GradientTape() as tape:
-            loss = reference.compute_bpr_loss(u, i, j)
+            loss = reference.triple_loss(u, i, j)
         grads = tape.gradient(loss, reference.trainable_variables)
         grads = [tf.convert_to_tensor(g) for g in grads]
         optimizer.apply_gradients(zip(grads, reference.trainable_variables, strict=True))

@@ -42,15 +42,15 @@ def test_pointwise_loss_labels_observed_items_1_and_sampled_items_0():
     np.testing.assert_allclose(loss, logloss + 0.1 * 0.5 * 2.0 / 2, rtol=1e-5)
 
 
-def test_compute_bpr_loss_takes_a_pointwise_loss_instead_of_bpr():
+def test_triple_loss_takes_a_pointwise_loss_instead_of_bpr():
     model = MatrixFactorization(3, 4, 2, l2=0.0, seed=0)
     ids = tf.constant([0, 2]), tf.constant([1, 3]), tf.constant([0, 0])
     squared_error = keras.losses.MeanSquaredError()
     scores = [model.score(ids[0], ids[1]), model.score(ids[0], ids[2])]
     expected = np.mean(np.square(np.concatenate(
         [1.0 - tf.sigmoid(scores[0]).numpy(), tf.sigmoid(scores[1]).numpy()])))
-    np.testing.assert_allclose(model.compute_bpr_loss(*ids, squared_error), expected, rtol=1e-5)
-    np.testing.assert_allclose(model.compute_bpr_loss(*ids),
+    np.testing.assert_allclose(model.triple_loss(*ids, squared_error), expected, rtol=1e-5)
+    np.testing.assert_allclose(model.triple_loss(*ids),
                                bpr_loss(*scores), rtol=1e-6)
 
 
@@ -72,7 +72,7 @@ def test_default_initializer_is_normal_with_std_point_one():
     assert model.count_params() == (200 + 300) * 64
 
 
-def test_compute_bpr_loss_matches_bpr_loss_of_the_looked_up_vectors():
+def test_triple_loss_matches_bpr_loss_of_the_looked_up_vectors():
     model = MatrixFactorization(num_users=3, num_items=4, embedding_dim=2, l2=0.5, seed=1)
     users_table, items_table = (t.numpy() for t in model.embedding_tables())
     u, i, j = np.array([0, 2]), np.array([1, 3]), np.array([0, 0])
@@ -80,7 +80,41 @@ def test_compute_bpr_loss_matches_bpr_loss_of_the_looked_up_vectors():
     neg = np.sum(users_table[u] * items_table[j], axis=1)
     squares = sum(np.sum(t ** 2) for t in (users_table[u], items_table[i], items_table[j]))
     expected = np.mean(_softplus(neg - pos)) + 0.5 * 0.5 * squares / 2
-    np.testing.assert_allclose(model.compute_bpr_loss(u, i, j), expected, rtol=1e-5)
+    np.testing.assert_allclose(model.triple_loss(u, i, j), expected, rtol=1e-5)
+
+
+def test_id_l2_penalises_each_looked_up_row_by_its_own_strength():
+    lam_user, lam_item = [0.0, 1.0, 2.0], [0.5, 0.0, 3.0, 4.0]
+    model = MatrixFactorization(num_users=3, num_items=4, embedding_dim=2, l2=0.7, seed=1,
+                                id_l2={"user": lam_user, "item": lam_item})
+    users_table, items_table = (t.numpy() for t in model.embedding_tables())
+    u, i, j = np.array([1, 2, 2]), np.array([3, 0, 1]), np.array([2, 2, 0])
+    pos = np.sum(users_table[u] * items_table[i], axis=1)
+    neg = np.sum(users_table[u] * items_table[j], axis=1)
+    penalty = (sum(lam_user[r] * np.sum(users_table[r] ** 2) for r in u)
+               + sum(lam_item[r] * np.sum(items_table[r] ** 2) for r in (*i, *j)))
+    expected = np.mean(_softplus(neg - pos)) + 0.5 * penalty / 3
+    np.testing.assert_allclose(model.triple_loss(u, i, j), expected, rtol=1e-5)
+    # Only the item table's strengths: the user rows keep the scalar l2.
+    items_only = MatrixFactorization(num_users=3, num_items=4, embedding_dim=2, l2=0.7, seed=1,
+                                     id_l2={"item": lam_item})
+    user_part = 0.7 * sum(np.sum(users_table[r] ** 2) for r in u)
+    item_part = sum(lam_item[r] * np.sum(items_table[r] ** 2) for r in (*i, *j))
+    np.testing.assert_allclose(items_only.triple_loss(u, i, j),
+                               np.mean(_softplus(neg - pos)) + 0.5 * (user_part + item_part) / 3,
+                               rtol=1e-5)
+    assert MatrixFactorization.from_config(model.get_config()).id_l2 == {
+        "user": lam_user, "item": lam_item}
+
+
+@pytest.mark.parametrize("id_l2, message", [
+    ({"user": [0.1, 0.2]}, "one strength per row"),
+    ({"item": [0.1, -1.0, 0.0, 0.0]}, "finite and >= 0"),
+    ({"other": [0.1]}, "takes 'user' and 'item'"),
+])
+def test_bad_id_l2_is_refused_naming_the_table(id_l2, message):
+    with pytest.raises(ValueError, match=message):
+        MatrixFactorization(num_users=3, num_items=4, embedding_dim=2, id_l2=id_l2)
 
 
 def test_config_round_trip_keeps_every_argument_and_the_weights():
