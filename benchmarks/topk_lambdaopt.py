@@ -4,7 +4,9 @@
 ``mf[l2=VALUE]``, plain ``train_bpr`` with that L2); ``mf+lambdaopt`` into
 ``mf+lambdaopt[truncated]`` and ``mf+lambdaopt[full]`` (``models.search.lambdaopt``: the jointly
 trained model, scored at its best eval epoch; ``Λ``'s picture and ``lambdas.npz`` go to
-``<search_dir>/<dataset>-<row>-seed<seed>/``).
+``<search_dir>/<dataset>-<row>-seed<seed>/``), plus ``mf+lambdaopt[retrain]``: what the pipeline's
+top-k ``search_strategy: lambdaopt`` does (the configured variant's ``Λ`` of the best eval epoch,
+then MF retrained from scratch with it as a fixed per-id L2; ``search_seconds`` is the search).
 
 Every row runs in a fresh Python process (``python -m benchmarks.topk_lambdaopt``), so that
 ``ru_maxrss`` is that row's own peak resident memory. A row records ``peak_rss_mb`` (the process's
@@ -22,6 +24,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 from pipeline.configs import PipelineConfig
@@ -37,7 +40,7 @@ def expand(model: str, config: PipelineConfig) -> list[tuple[str, dict[str, Any]
     """``(row model name, spec)`` pairs of a bench model in ``EXPANSIONS``.
 
     >>> [name for name, _ in expand("mf+lambdaopt", PipelineConfig())]
-    ['mf+lambdaopt[truncated]', 'mf+lambdaopt[full]']
+    ['mf+lambdaopt[truncated]', 'mf+lambdaopt[full]', 'mf+lambdaopt[retrain]']
     """
     from models.search.lambdaopt import VARIANTS, settings  # noqa: PLC0415
 
@@ -45,8 +48,9 @@ def expand(model: str, config: PipelineConfig) -> list[tuple[str, dict[str, Any]
     if model == "mf+l2grid":
         return [(grid_name(v), {"kind": "fixed", "l2": v}) for v in values["l2_grid"]]
     if model == "mf+lambdaopt":
-        return [(f"mf+lambdaopt[{variant}]", {"kind": "lambdaopt", "variant": variant})
-                for variant in VARIANTS]
+        return [*((f"mf+lambdaopt[{variant}]", {"kind": "lambdaopt", "variant": variant})
+                  for variant in VARIANTS),
+                ("mf+lambdaopt[retrain]", {"kind": "retrain", "variant": values["variant"]})]
     raise ValueError(f"Unknown expansion {model!r}; known: {EXPANSIONS}.")
 
 
@@ -71,8 +75,20 @@ def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: 
               "eval_every": eval_every(config, data.num_users, data.num_items)}
     before = _rss_mb()
     search: dict[str, Any] = {"strategy": "none"}
+    search_seconds = 0.0
     if spec["kind"] == "fixed":
         result, l2 = train_bpr(data, l2=spec["l2"], **common), spec["l2"]
+    elif spec["kind"] == "retrain":
+        from models.search.lambdaopt import search_topk  # noqa: PLC0415
+
+        options = {**config.search_options.get("lambdaopt", {}), "variant": spec["variant"]}
+        start = time.perf_counter()
+        lambdas, report = search_topk(data, init_std=MF_INIT_STD, options=options,
+                                      report_dir=report_dir, **common)
+        search_seconds = time.perf_counter() - start
+        result = train_bpr(data, l2=mf.l2, init_std=MF_INIT_STD, **common,
+                           id_l2={key: lam.tolist() for key, lam in lambdas.items()})
+        l2, search = None, {"strategy": "lambdaopt", "lambdaopt": report}
     else:
         from models.search.lambdaopt import train_lambdaopt  # noqa: PLC0415
 
@@ -91,7 +107,7 @@ def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: 
         "val_recall@20": result.best_eval.get("recall@20"),
         "best_epoch": result.best_epoch, "epochs": epochs, "stop_reason": result.stop_reason,
         "embedding_params": result.embedding_params, "total_params": result.embedding_params,
-        "search_seconds": 0.0, "train_seconds": result.train_seconds,
+        "search_seconds": search_seconds, "train_seconds": result.train_seconds,
         "seconds_per_epoch": result.train_seconds / max(epochs, 1),
         "train_examples_per_second": result.examples_per_second,
         "peak_rss_mb": peak, "train_rss_mb": peak - before,

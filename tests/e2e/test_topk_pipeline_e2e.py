@@ -11,7 +11,6 @@ import os
 import subprocess
 
 import numpy as np
-
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 

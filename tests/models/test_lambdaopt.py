@@ -354,7 +354,7 @@ def test_bench_names_expand_into_rows():
     assert [n for n, _ in expand("mf+l2grid", config)] == [
         "mf[l2=0]", "mf[l2=1e-05]", "mf[l2=0.0001]", "mf[l2=0.001]"]
     assert [n for n, _ in expand("mf+lambdaopt", config)] == [
-        "mf+lambdaopt[truncated]", "mf+lambdaopt[full]"]
+        "mf+lambdaopt[truncated]", "mf+lambdaopt[full]", "mf+lambdaopt[retrain]"]
     config.search_options["lambdaopt"] = {"l2_grid": [0, 1e-2]}
     assert [s["l2"] for _, s in expand("mf+l2grid", config)] == [0.0, 1e-2]
 
@@ -370,7 +370,9 @@ def test_bench_rows_on_synthetic_topk(tmp_path):
     rows = run_topk("synthetic_topk", ["mf+l2grid", "mf+lambdaopt"], [0], config,
                     str(tmp_path / "work"), None, search_dir=str(tmp_path / "search"))
     assert [r["model"] for r in rows] == ["mf[l2=0]", "mf[l2=0.0001]",
-                                          "mf+lambdaopt[truncated]", "mf+lambdaopt[full]"]
+                                          "mf+lambdaopt[truncated]", "mf+lambdaopt[full]",
+                                          "mf+lambdaopt[retrain]"]
+    assert rows[-1]["search_seconds"] > 0 and rows[2]["search_seconds"] == 0.0
     for row in rows:
         assert 0 <= row["recall@20"] <= 1 and row["peak_rss_mb"] > 0
         assert row["time_vs_mf"] is not None and row["time_vs_mf"] > 0
