@@ -20,7 +20,7 @@ import tf_keras as keras
 from benchmarks.data import BenchData, prepare_bench_data, transformed_dataset
 from benchmarks.report import write_report
 from benchmarks.topk import is_topk, run_topk
-from benchmarks.topk_lambdaopt import EXPANSIONS
+from benchmarks.topk_lambdaopt import is_expansion_row
 from components import base
 from components.search import searched_architecture
 from models.architecture import TOPK_MODELS
@@ -149,7 +149,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(f"--seeds must be integers: {args.seeds!r}") from e
     for model in models:
-        if model not in TOPK_MODELS and model not in EXPANSIONS:  # EXPANSIONS: top-k rows
+        # EXPANSIONS and their rows (e.g. mf+lambdaopt[retrain]): top-k rows.
+        if model not in TOPK_MODELS and not is_expansion_row(model, config):
             parse_model(model, config)
     out = os.path.abspath(args.out)
     work_dir = args.work_dir or os.path.join(os.path.dirname(out), "bench-work")

@@ -17,7 +17,12 @@ import os
 import time
 from typing import Any
 
-from benchmarks.topk_lambdaopt import EXPANSIONS, add_relative_costs, run_rows
+from benchmarks.topk_lambdaopt import (
+    EXPANSIONS,
+    add_relative_costs,
+    is_expansion_row,
+    run_rows,
+)
 from components.search import MF_INIT_STD
 from components.topk import evaluate_split, load_topk, train_bpr
 from components.topk_trainer import eval_every
@@ -47,7 +52,7 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
              search_dir: str | None = None) -> list[dict[str, Any]]:
     """One row per (model, seed) on a top-k dataset; the split is the published one."""
     known = [*TOPK_MODELS, *(f"mf+{m}" for m in TOPK_SEARCHES), *EXPANSIONS]
-    unknown = [m for m in models if m not in known]
+    unknown = [m for m in models if m not in known and not is_expansion_row(m, config)]
     if unknown:
         raise ConfigError(f"Dataset {dataset!r} is a top-k dataset; models {unknown} are CTR "
                           f"models. Top-k models: {known}.")
@@ -62,7 +67,9 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
     rows = []
     for seed in seeds:
         for model in models:
-            if model in EXPANSIONS:  # mf+l2grid, mf+lambdaopt: a row each, in fresh processes
+            # mf+l2grid, mf+lambdaopt (a row each) or one of their rows (e.g. mf[l2=0.001]),
+            # each in a fresh process.
+            if model in EXPANSIONS or model not in known:
                 rows += run_rows(dataset, model, seed, config, work_dir, data_dir, search_dir)
                 continue
             start = time.perf_counter()

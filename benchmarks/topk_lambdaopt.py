@@ -37,7 +37,8 @@ def grid_name(value: float) -> str:
 
 
 def expand(model: str, config: PipelineConfig) -> list[tuple[str, dict[str, Any]]]:
-    """``(row model name, spec)`` pairs of a bench model in ``EXPANSIONS``.
+    """``(row model name, spec)`` pairs of a bench model in ``EXPANSIONS``, or the one row named
+    ``model`` (e.g. ``mf+lambdaopt[retrain]``: that row alone).
 
     >>> [name for name, _ in expand("mf+lambdaopt", PipelineConfig())]
     ['mf+lambdaopt[truncated]', 'mf+lambdaopt[full]', 'mf+lambdaopt[retrain]']
@@ -45,6 +46,10 @@ def expand(model: str, config: PipelineConfig) -> list[tuple[str, dict[str, Any]
     from models.search.lambdaopt import VARIANTS, settings  # noqa: PLC0415
 
     values = settings(config.search_options.get("lambdaopt", {}))
+    if model not in EXPANSIONS:  # one row of an expansion by its own name
+        rows = [row for name in EXPANSIONS for row in expand(name, config) if row[0] == model]
+        if rows:
+            return rows
     if model == "mf+l2grid":
         return [(grid_name(v), {"kind": "fixed", "l2": v}) for v in values["l2_grid"]]
     if model == "mf+lambdaopt":
@@ -115,6 +120,14 @@ def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: 
                          "num_users": data.num_users, "num_items": data.num_items,
                          "l2": l2, "search": search, "id_dims": {}},
     }
+
+
+def is_expansion_row(model: str, config: PipelineConfig) -> bool:
+    """Whether ``model`` is ``EXPANSIONS``' name or one of their rows'."""
+    try:
+        return bool(expand(model, config))
+    except ValueError:
+        return False
 
 
 def run_rows(dataset: str, model: str, seed: int, config: PipelineConfig, work_dir: str,

@@ -355,8 +355,13 @@ def test_bench_names_expand_into_rows():
         "mf[l2=0]", "mf[l2=1e-05]", "mf[l2=0.0001]", "mf[l2=0.001]"]
     assert [n for n, _ in expand("mf+lambdaopt", config)] == [
         "mf+lambdaopt[truncated]", "mf+lambdaopt[full]", "mf+lambdaopt[retrain]"]
+    assert expand("mf+lambdaopt[retrain]", config) == [
+        ("mf+lambdaopt[retrain]", {"kind": "retrain", "variant": "truncated"})]
     config.search_options["lambdaopt"] = {"l2_grid": [0, 1e-2]}
     assert [s["l2"] for _, s in expand("mf+l2grid", config)] == [0.0, 1e-2]
+    assert expand("mf[l2=0.01]", config) == [("mf[l2=0.01]", {"kind": "fixed", "l2": 0.01})]
+    with pytest.raises(ValueError, match="Unknown expansion"):
+        expand("mf[l2=0.5]", config)
 
 
 @pytest.mark.slow
