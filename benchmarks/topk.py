@@ -28,6 +28,7 @@ from components.topk import evaluate_split, load_topk, train_bpr
 from components.topk_trainer import eval_every
 from models.architecture import TOPK_MODELS
 from models.losses import describe_loss
+from models.search.topk import search_topk
 from pipeline.configs import ConfigError, PipelineConfig
 from pipeline.datasets import prepare_dataset
 from pipeline.datasets.base import PreparedDataset
@@ -107,15 +108,8 @@ def _search(model: str, data: Any, settings: dict[str, Any], fit: dict[str, int]
         loss = config.fixed_loss()
         return {"strategy": "none", **({"loss_from": config.loss_from} if loss else {})}, None, loss
     method = model.split("+", 1)[1]
-    options = config.search_options.get(method, {})
-    if method == "esapn":
-        from models.search.esapn import search_topk  # noqa: PLC0415
-
-        found = search_topk(data, **settings, init_std=MF_INIT_STD, seed=seed, options=options,
-                            report_dir=report_dir)
-        return {"strategy": method, method: found["report"]}, found["id_dims"], None
-    from models.search.autolossgen import search_topk  # noqa: PLC0415
-
-    loss, report = search_topk(data, **settings, init_std=MF_INIT_STD, seed=seed,
-                               options=options, **fit, report_dir=report_dir)
-    return {"strategy": method, method: report}, None, loss
+    found = search_topk(method, data, settings={**settings, "init_std": MF_INIT_STD, "seed": seed},
+                        fit=fit, options=config.search_options.get(method, {}),
+                        report_dir=report_dir)
+    id_dims = found.id_dims and {key: dims.tolist() for key, dims in found.id_dims.items()}
+    return {"strategy": method, method: found.report}, id_dims, found.loss

@@ -147,22 +147,20 @@ def ArchitectureSearch(
     architecture.set_int_custom_property("architecture_version", arch.version)
 
 
-TOPK_STRATEGIES = ("esapn", "autolossgen", "lambdaopt")
-
-
 def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transform_output,
                  report_dir: str) -> Architecture:
-    """Top-k strategies (``TOPK_STRATEGIES``, one at a time) on Transform's train and eval id
-    pairs: ESAPN's per-id sizes (indexed by Transform id; ids absent from train keep the smallest
-    size), AutoLossGen's pointwise loss (``arch.loss``) or λOpt's per-id L2 (``arch.id_l2``,
-    indexed by Transform id; ids absent from train keep ``arch.l2``)."""
+    """A top-k strategy (``models.search.topk``) on Transform's train and eval id pairs; what
+    it found per ``TopkData`` row is spread over Transform ids: ESAPN's per-id sizes (ids absent
+    from train keep the smallest size), λOpt's per-id L2 (``arch.id_l2``; absent ids keep
+    ``arch.l2``) or AutoLossGen's pointwise loss (``arch.loss``)."""
     import dataclasses  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415
 
     from components.topk import topk_data_from_interactions  # noqa: PLC0415
-    from components.topk_trainer import read_id_pairs  # noqa: PLC0415
+    from components.topk_trainer import eval_every, read_id_pairs  # noqa: PLC0415
     from models.search import SearchError  # noqa: PLC0415
+    from models.search.topk import TOPK_STRATEGIES, search_topk  # noqa: PLC0415
 
     method = config.search_strategy
     if method not in TOPK_STRATEGIES:
@@ -179,44 +177,29 @@ def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transf
     start = time.perf_counter()
     settings = {"dim": arch.embedding_dims[user], "l2": arch.l2,
                 "learning_rate": config.topk.learning_rate, "batch_size": config.topk.batch_size,
-                "init_std": arch.embedding_init_std, "seed": config.train.seed,
-                "options": dict(config.search_options.get(method, {})), "report_dir": report_dir}
-    rows = (("user", user, data.user_ids), ("item", item, data.item_ids))
+                "init_std": arch.embedding_init_std, "seed": config.train.seed}
+    fit = {"max_epochs": config.train.max_epochs, "patience": max(config.train.patience, 3),
+           "eval_every": eval_every(config, data.num_users, data.num_items)}
+    found = search_topk(method, data, settings=settings, fit=fit,
+                        options=config.search_options.get(method, {}), report_dir=report_dir)
 
-    def by_transform_id(found: dict[str, np.ndarray], default: float, dtype: type) -> dict:
-        """``found[key]`` (one value per TopkData row) spread over the field's Transform ids."""
+    def by_transform_id(per_row: dict[str, np.ndarray], default: float, dtype: type) -> dict:
         spread = {}
-        for key, field, ids in rows:
+        for key, field, ids in (("user", user, data.user_ids), ("item", item, data.item_ids)):
             values = np.full(arch.vocab_sizes[field], default, dtype)
-            values[ids.astype(np.int64)] = found[key]
+            values[ids.astype(np.int64)] = per_row[key]
             spread[field] = values.tolist()
         return spread
 
-    def done(**changes: Any) -> Architecture:
-        return dataclasses.replace(arch, **changes, search={
-            "strategy": method, method: report, "tuned": {},
-            "seconds": time.perf_counter() - start})
-
-    if method in ("autolossgen", "lambdaopt"):
-        from components.topk_trainer import eval_every  # noqa: PLC0415
-
-        fit = {"max_epochs": config.train.max_epochs, "patience": max(config.train.patience, 3),
-               "eval_every": eval_every(config, data.num_users, data.num_items)}
-        if method == "autolossgen":
-            from models.search.autolossgen import search_topk  # noqa: PLC0415
-
-            loss, report = search_topk(data, **settings, **fit)
-            return done(loss=loss)
-        from models.search.lambdaopt import search_topk as lambdaopt_topk  # noqa: PLC0415
-
-        lambdas, report = lambdaopt_topk(data, **settings, **fit)
-        return done(id_l2=by_transform_id(lambdas, arch.l2, np.float64))
-    from models.search.esapn import search_topk as esapn_topk  # noqa: PLC0415
-
-    found = esapn_topk(data, **settings)
-    report = found["report"]
-    smallest = report["settings"]["candidate_dims"][0]
-    return done(id_dims=by_transform_id(found["id_dims"], smallest, np.int64))
+    changes: dict[str, Any] = {"loss": found.loss} if method == "autolossgen" else {}
+    if found.id_dims is not None:
+        smallest = found.report["settings"]["candidate_dims"][0]
+        changes["id_dims"] = by_transform_id(found.id_dims, smallest, np.int64)
+    if found.id_l2 is not None:
+        changes["id_l2"] = by_transform_id(found.id_l2, arch.l2, np.float64)
+    return dataclasses.replace(arch, **changes, search={
+        "strategy": method, method: found.report, "tuned": {},
+        "seconds": time.perf_counter() - start})
 
 
 def _split_reader(examples, tf_transform_output, label: str, config: PipelineConfig) -> Callable:

@@ -42,7 +42,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "autodim": ("models.search.autodim", ("fm", "deepfm", "dnn", "dcn")),
     "nis": ("models.search.nis", ("fm", "deepfm", "dnn", "dcn")),
     "esapn": ("models.search.esapn", ("mf", "deepfm")),
-    # Top-k MF through the bench (mf+lambdaopt); CTR models' per-id L2 into Architecture.id_l2.
+    # Per-id L2 into Architecture.id_l2 (top-k MF: models.search.topk; bench mf+lambdaopt).
     "lambdaopt": ("models.search.lambdaopt", ("mf", "fm", "deepfm", "dnn", "dcn")),
     "autoloss": ("models.search.autoloss", ("lr", "fm", "deepfm", "dnn", "dcn")),
     "autolossgen": ("models.search.autolossgen", ("lr", "fm", "deepfm", "dnn", "dcn", "mf")),
