@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 PRESET_KEYS = ("l2", "dropout", "batch_norm")
 _DEEP = {"l2": 0.2, "dropout": 0.3, "batch_norm": True}
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "deepfm": _DEEP, "dnn": _DEEP, "dcn": _DEEP,
+    # DeepFM's embedding L2 was re-chosen on frappe86k's validation AUC (README, Measured).
+    "deepfm": {**_DEEP, "l2": 0.3}, "dnn": _DEEP, "dcn": _DEEP,
     "autoctr": _DEEP,
     "autogroup": _DEEP,  # an MLP over its set interactions, like DeepFM's
     "fm": {"l2": 0.0, "dropout": 0.0, "batch_norm": False},

@@ -65,7 +65,9 @@ def test_remote_runner_needs_its_settings(monkeypatch):
 
 def test_model_presets_fill_only_unset_regularisation():
     deep = PipelineConfig.from_dict({"train": {"model": "deepfm"}}).train.resolved()
-    assert (deep.l2, deep.dropout, deep.batch_norm) == (0.2, 0.3, True)
+    assert (deep.l2, deep.dropout, deep.batch_norm) == (0.3, 0.3, True)
+    dcn = PipelineConfig.from_dict({"train": {"model": "dcn"}}).train.resolved()
+    assert (dcn.l2, dcn.dropout, dcn.batch_norm) == (0.2, 0.3, True)
     shallow = PipelineConfig.from_dict({"train": {"model": "fm"}}).train.resolved()
     assert (shallow.l2, shallow.dropout, shallow.batch_norm) == (0.0, 0.0, False)
     explicit = PipelineConfig.from_dict({"train": {"model": "deepfm", "l2": 0.0}}).train
