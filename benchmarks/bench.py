@@ -149,7 +149,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(f"--seeds must be integers: {args.seeds!r}") from e
     for model in models:
-        # EXPANSIONS and their rows (e.g. mf+lambdaopt[retrain]): top-k rows.
+        # EXPANSIONS and their rows (e.g. mf+lambdaopt[fixed]): top-k rows.
         if model not in TOPK_MODELS and not is_expansion_row(model, config):
             parse_model(model, config)
     out = os.path.abspath(args.out)

@@ -4,9 +4,10 @@
 ``mf[l2=VALUE]``, plain ``train_bpr`` with that L2); ``mf+lambdaopt`` into
 ``mf+lambdaopt[truncated]`` and ``mf+lambdaopt[full]`` (``models.search.lambdaopt``: the jointly
 trained model, scored at its best eval epoch; ``Λ``'s picture and ``lambdas.npz`` go to
-``<search_dir>/<dataset>-<row>-seed<seed>/``), plus ``mf+lambdaopt[retrain]``: what the pipeline's
-top-k ``search_strategy: lambdaopt`` does (the configured variant's ``Λ`` of the best eval epoch,
-then MF retrained from scratch with it as a fixed per-id L2; ``search_seconds`` is the search).
+``<search_dir>/<dataset>-<row>-seed<seed>/``; the pipeline's top-k ``search_strategy: lambdaopt``
+trains the same way), plus ``mf+lambdaopt[fixed]``: the configured variant's ``Λ`` of the best
+eval epoch, then MF retrained from scratch with that ``Λ`` as a fixed per-id L2
+(``search_seconds`` is the first training), the retrain the pipeline does *not* use.
 
 Every row runs in a fresh Python process (``python -m benchmarks.topk_lambdaopt``), so that
 ``ru_maxrss`` is that row's own peak resident memory. A row records ``peak_rss_mb`` (the process's
@@ -38,10 +39,10 @@ def grid_name(value: float) -> str:
 
 def expand(model: str, config: PipelineConfig) -> list[tuple[str, dict[str, Any]]]:
     """``(row model name, spec)`` pairs of a bench model in ``EXPANSIONS``, or the one row named
-    ``model`` (e.g. ``mf+lambdaopt[retrain]``: that row alone).
+    ``model`` (e.g. ``mf+lambdaopt[fixed]``: that row alone).
 
     >>> [name for name, _ in expand("mf+lambdaopt", PipelineConfig())]
-    ['mf+lambdaopt[truncated]', 'mf+lambdaopt[full]', 'mf+lambdaopt[retrain]']
+    ['mf+lambdaopt[truncated]', 'mf+lambdaopt[full]', 'mf+lambdaopt[fixed]']
     """
     from models.search.lambdaopt import VARIANTS, settings  # noqa: PLC0415
 
@@ -55,7 +56,7 @@ def expand(model: str, config: PipelineConfig) -> list[tuple[str, dict[str, Any]
     if model == "mf+lambdaopt":
         return [*((f"mf+lambdaopt[{variant}]", {"kind": "lambdaopt", "variant": variant})
                   for variant in VARIANTS),
-                ("mf+lambdaopt[retrain]", {"kind": "retrain", "variant": values["variant"]})]
+                ("mf+lambdaopt[fixed]", {"kind": "fixed_lambdas", "variant": values["variant"]})]
     raise ValueError(f"Unknown expansion {model!r}; known: {EXPANSIONS}.")
 
 
@@ -83,13 +84,13 @@ def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: 
     search_seconds = 0.0
     if spec["kind"] == "fixed":
         result, l2 = train_bpr(data, l2=spec["l2"], **common), spec["l2"]
-    elif spec["kind"] == "retrain":
-        from models.search.lambdaopt import search_topk  # noqa: PLC0415
+    elif spec["kind"] == "fixed_lambdas":
+        from models.search.lambdaopt import fixed_lambdas  # noqa: PLC0415
 
         options = {**config.search_options.get("lambdaopt", {}), "variant": spec["variant"]}
         start = time.perf_counter()
-        lambdas, report = search_topk(data, init_std=MF_INIT_STD, options=options,
-                                      report_dir=report_dir, **common)
+        lambdas, report = fixed_lambdas(data, init_std=MF_INIT_STD, options=options,
+                                        report_dir=report_dir, **common)
         search_seconds = time.perf_counter() - start
         result = train_bpr(data, l2=mf.l2, init_std=MF_INIT_STD, **common,
                            id_l2={key: lam.tolist() for key, lam in lambdas.items()})

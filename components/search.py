@@ -149,10 +149,10 @@ def ArchitectureSearch(
 
 def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transform_output,
                  report_dir: str) -> Architecture:
-    """A top-k strategy (``models.search.topk``) on Transform's train and eval id pairs; what
-    it found per ``TopkData`` row is spread over Transform ids: ESAPN's per-id sizes (ids absent
-    from train keep the smallest size), λOpt's per-id L2 (``arch.id_l2``; absent ids keep
-    ``arch.l2``) or AutoLossGen's pointwise loss (``arch.loss``)."""
+    """A top-k strategy (``models.search.topk``) on Transform's train and eval id pairs: ESAPN's
+    per-id sizes (per ``TopkData`` row, spread over Transform ids; ids absent from train keep the
+    smallest size), AutoLossGen's pointwise loss (``arch.loss``) or λOpt's joint training
+    settings (``arch.lambdaopt``; nothing to read or train here)."""
     import dataclasses  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415
@@ -163,6 +163,11 @@ def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transf
     from models.search.topk import TOPK_STRATEGIES, search_topk  # noqa: PLC0415
 
     method = config.search_strategy
+    if method == "lambdaopt":  # settings only: the retrain learns Λ (models.search.topk)
+        found = search_topk(method, None, settings={}, fit={},
+                            options=config.search_options.get(method, {}), report_dir=report_dir)
+        return dataclasses.replace(arch, lambdaopt=found.lambdaopt, search={
+            "strategy": method, method: found.report, "tuned": {}, "seconds": 0.0})
     if method not in TOPK_STRATEGIES:
         raise SearchError(f"Top-k datasets support the search strategies {TOPK_STRATEGIES} "
                           f"(one at a time). Received: {method!r}")
@@ -183,20 +188,14 @@ def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transf
     found = search_topk(method, data, settings=settings, fit=fit,
                         options=config.search_options.get(method, {}), report_dir=report_dir)
 
-    def by_transform_id(per_row: dict[str, np.ndarray], default: float, dtype: type) -> dict:
-        spread = {}
-        for key, field, ids in (("user", user, data.user_ids), ("item", item, data.item_ids)):
-            values = np.full(arch.vocab_sizes[field], default, dtype)
-            values[ids.astype(np.int64)] = per_row[key]
-            spread[field] = values.tolist()
-        return spread
-
     changes: dict[str, Any] = {"loss": found.loss} if method == "autolossgen" else {}
     if found.id_dims is not None:
         smallest = found.report["settings"]["candidate_dims"][0]
-        changes["id_dims"] = by_transform_id(found.id_dims, smallest, np.int64)
-    if found.id_l2 is not None:
-        changes["id_l2"] = by_transform_id(found.id_l2, arch.l2, np.float64)
+        changes["id_dims"] = {}
+        for key, field, ids in (("user", user, data.user_ids), ("item", item, data.item_ids)):
+            sizes = np.full(arch.vocab_sizes[field], smallest, np.int64)
+            sizes[ids.astype(np.int64)] = found.id_dims[key]
+            changes["id_dims"][field] = sizes.tolist()
     return dataclasses.replace(arch, **changes, search={
         "strategy": method, method: found.report, "tuned": {},
         "seconds": time.perf_counter() - start})

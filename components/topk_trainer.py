@@ -2,8 +2,11 @@
 
 ``run_fn`` hands over here when the searched architecture is ``mf``. The transformed train and
 eval splits are read as ``(user_id, item_id)`` pairs; :func:`components.topk.train_bpr` trains
-with early stopping on the eval split's Recall@20 (full ranking, training items excluded); the
-test split is never read here. The export is a SavedModel whose ``serving_default`` signature
+with early stopping on the eval split's Recall@20 (full ranking, training items excluded), or,
+when ``arch.lambdaopt`` is set, ``models.search.lambdaopt.train_lambdaopt`` learns per-id L2
+jointly with the model under the same early stopping (its ``Λ`` summary goes into the training
+report, its picture and ``lambdas.npz`` into the model run directory); the test split is never
+read here. The export is a SavedModel whose ``serving_default`` signature
 takes serialized raw tf.Examples holding the user field and returns the user's top-k items
 (``items``, strings) and their ``scores``. Unseen users map to Transform's OOV id, whose vector is
 zero: every item ties, and ``top_k`` then returns the most frequent train items (Transform's
@@ -192,12 +195,20 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
     id_dims, id_l2 = ({key: [per_id[field][int(t)] for t in ids]
                        for key, field, ids in rows if field in per_id} or None
                       for per_id in (arch.id_dims, arch.id_l2))
-    result = train_bpr(data, dim=arch.embedding_dims[user], learning_rate=training["learning_rate"],
-                       batch_size=training["batch_size"], l2=arch.l2,
-                       init_std=arch.embedding_init_std,
-                       max_epochs=training["max_epochs"], patience=training["patience"],
-                       seed=config.train.seed, eval_every=training["eval_every"], k=K,
-                       id_dims=id_dims, loss=arch.loss, id_l2=id_l2)
+    common = {"dim": arch.embedding_dims[user], "learning_rate": training["learning_rate"],
+              "batch_size": training["batch_size"], "init_std": arch.embedding_init_std,
+              "max_epochs": training["max_epochs"], "patience": training["patience"],
+              "seed": config.train.seed, "eval_every": training["eval_every"], "k": K}
+    lambdaopt_report = None
+    if arch.lambdaopt is not None:  # λOpt: Λ learned jointly with the model (the paper's way)
+        from models.search.lambdaopt import train_lambdaopt  # noqa: PLC0415
+
+        found = train_lambdaopt(data, **common, options=arch.lambdaopt,
+                                report_dir=fn_args.model_run_dir)
+        result, lambdaopt_report = found.result, found.report
+    else:
+        result = train_bpr(data, **common, l2=arch.l2, id_dims=id_dims, loss=arch.loss,
+                           id_l2=id_l2)
     users, items = (t.numpy() for t in result.model.embedding_tables())
     # TopkData indexes Transform ids given as text; map its rows back to the ids.
     user_table = table_by_transform_id(users, data.user_ids, arch.vocab_sizes[user])
@@ -205,6 +216,8 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
     export_topk_model(fn_args.serving_model_dir, tf_transform_output, arch, label, user_table,
                       item_table, seen=train_ids if config.topk.exclude_seen else None)
     report = _report(result, data.dropped, arch, training)
+    if lambdaopt_report is not None:
+        report["lambdaopt"] = lambdaopt_report
     with open(os.path.join(fn_args.model_run_dir, TRAINING_REPORT), "w") as f:
         json.dump(report, f, indent=2)
     return report

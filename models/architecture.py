@@ -131,6 +131,10 @@ class Architecture:
       loss: the training loss: ``None`` is logloss (BPR for ``mf``); otherwise a learned loss
         ``{"kind": one of LOSS_KINDS, ...}`` (plain JSON; ``models.losses`` builds it). Training
         only: serving is the same whatever the loss.
+      lambdaopt: λOpt's joint training (top-k ``mf`` only): the settings of
+        ``models.search.lambdaopt`` (``variant``, ``lambda_learning_rate``, ...). The retrain
+        then learns per-user and per-item ``Λ`` jointly with the model, from ``Λ₀``, as the paper
+        does, instead of a fixed ``l2``. Written by the top-k ``lambdaopt`` strategy.
       search: what produced this architecture (strategy name and its own report).
       version: schema version of this JSON.
     """
@@ -160,6 +164,7 @@ class Architecture:
     feature_groups: dict[str, list[list[str]]] = field(default_factory=dict)
     group_dims: dict[str, int] = field(default_factory=dict)
     loss: dict | None = None
+    lambdaopt: dict | None = None
     search: dict = field(default_factory=lambda: {"strategy": "none"})
     version: int = ARCHITECTURE_VERSION
 
@@ -211,6 +216,11 @@ class Architecture:
                     f"of a categorical field without id_dims, summing to its vocab size "
                     f"{self.vocab_sizes.get(name)}. Received: {blocks}")
         self._check_id_l2()
+        if self.lambdaopt is not None and (self.model not in TOPK_MODELS or not isinstance(
+                self.lambdaopt, dict) or self.id_dims or self.id_l2):
+            raise ArchitectureError(f"lambdaopt (joint λOpt training settings, a dict) applies to "
+                                    f"{TOPK_MODELS} without id_dims or id_l2. Received: "
+                                    f"model={self.model!r}, lambdaopt={self.lambdaopt!r:.200}")
         if self.autoctr is not None:
             try:
                 check_dag(self.autoctr, has_dense=any(

@@ -47,7 +47,10 @@ Deviations from the official code, and why:
 
 The final model is the jointly trained one (the paper has no retrain): its weights at the best
 eval epoch, with ``Λ`` as it was then. The per-id ``Λ`` goes to the report (summary, a picture
-against id frequency, and ``lambdas.npz``).
+against id frequency, and ``lambdas.npz``). In the pipeline, the top-k ``lambdaopt`` strategy
+writes the settings into ``Architecture.lambdaopt`` and the Trainer runs this joint training:
+``Λ`` depends on the training trajectory, and MF retrained from scratch with the final ``Λ``
+fixed (:func:`fixed_lambdas`, bench ``mf+lambdaopt[fixed]``) fell below plain MF on ml1m_topk.
 
 CTR models (fm, deepfm, dnn, dcn) run the truncated variant through :func:`search`
 (``models.search.lambdaopt_ctr``): ``Λ`` per categorical field goes into ``Architecture.id_l2``
@@ -412,24 +415,23 @@ def train_lambdaopt(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
     return LambdaOptResult(result=result, lambdas=lambdas, report=report)
 
 
-def search_topk(data: Any, *, dim: int, learning_rate: float, batch_size: int, init_std: float,
-                seed: int, options: dict[str, Any] | None, max_epochs: int, patience: int,
-                eval_every: int, report_dir: str | None = None, l2: float | None = None
-                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The pipeline's top-k search stage: ``(Λ, report)`` of :func:`train_lambdaopt` (``l2`` is
-    not used: the learned ``Λ`` replaces it), ``Λ``
-    (``"user"``/``"item"``: one strength per ``data`` row, from the best eval epoch) to become
-    ``Architecture.id_l2``, which the retrain applies as a fixed per-id L2. The per-dimension
-    variant is refused: ``id_l2`` holds one strength per id."""
-    values = settings(options)
-    if values["per_dimension"]:
-        raise SearchError("lambdaopt: per_dimension Λ cannot be written into Architecture.id_l2 "
-                          "(one strength per id); the pipeline's search runs it per id. "
+def joint_training_settings(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The validated settings :func:`train_lambdaopt` runs with (``DEFAULTS`` updated with
+    ``options``, without the bench's and CTR's own keys): what the top-k ``lambdaopt``
+    strategy writes into ``Architecture.lambdaopt`` for the retrain's joint training."""
+    return {k: v for k, v in settings(options).items() if k not in ("l2_grid", *CTR_ONLY)}
+
+
+def fixed_lambdas(data: Any, *, options: dict[str, Any] | None, report_dir: str | None = None,
+                  **fit: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``(Λ, report)`` of :func:`train_lambdaopt` (``fit``: its other arguments), ``Λ`` one
+    strength per ``data`` row (``"user"``/``"item"``, the best eval epoch's), for a retrain with
+    ``Λ`` fixed (``train_bpr(id_l2=...)``; the bench's ``mf+lambdaopt[fixed]``). The
+    per-dimension variant is refused: ``id_l2`` holds one strength per id."""
+    if settings(options)["per_dimension"]:
+        raise SearchError("lambdaopt: a fixed per-id Λ holds one strength per id. "
                           "Received: per_dimension=True")
-    found = train_lambdaopt(data, dim=dim, learning_rate=learning_rate, batch_size=batch_size,
-                            init_std=init_std, seed=seed, options=options,
-                            max_epochs=max_epochs, patience=patience, eval_every=eval_every,
-                            report_dir=report_dir)
+    found = train_lambdaopt(data, options=options, report_dir=report_dir, **fit)
     return {key: lam[:, 0] for key, lam in found.lambdas.items()}, found.report
 
 
@@ -492,10 +494,11 @@ def plot_lambdas(lambdas: dict[str, np.ndarray], frequency: dict[str, np.ndarray
 
 def search(ctx: SearchContext) -> Architecture:
     """CTR models: per-id ``Λ`` for every categorical table, into ``Architecture.id_l2``
-    (``models.search.lambdaopt_ctr.search_ctr``). Top-k MF runs through :func:`search_topk`
-    (the pipeline's top-k search stage) or :func:`train_lambdaopt` (bench ``mf+lambdaopt``)."""
+    (``models.search.lambdaopt_ctr.search_ctr``). Top-k MF trains through
+    :func:`train_lambdaopt` (the pipeline's retrain with ``Architecture.lambdaopt``; bench
+    ``mf+lambdaopt``)."""
     if ctx.arch.model in TOPK_MODELS:
-        raise SearchError(f"lambdaopt on top-k MF runs through search_topk (top-k datasets), not "
+        raise SearchError(f"lambdaopt on top-k MF is a joint training (models.search.topk), not "
                           f"the CTR search. Received: model {ctx.arch.model!r}")
     from models.search.lambdaopt_ctr import search_ctr  # noqa: PLC0415 (imports this module)
 

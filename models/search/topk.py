@@ -7,7 +7,9 @@ and rewards; never test) and returns what it found per ``TopkData`` row; the pip
 
 - ``esapn``: per-id embedding sizes (``id_dims``), ``models.search.esapn.search_topk``;
 - ``autolossgen``: a pointwise loss (``loss``), ``models.search.autolossgen.search_topk``;
-- ``lambdaopt``: per-id L2 strengths (``id_l2``), ``models.search.lambdaopt.search_topk``.
+- ``lambdaopt``: nothing is trained here: ``Λ`` is learned jointly with the model, so the
+  strategy returns the validated settings of that joint training (``lambdaopt``,
+  ``models.search.lambdaopt.joint_training_settings``) and the retrain runs it.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ TOPK_STRATEGIES = ("esapn", "autolossgen", "lambdaopt")
 @dataclass
 class TopkFound:
     """A top-k search's result: ``report`` (for ``arch.search[method]``) and one of ``id_dims``
-    / ``id_l2`` (``"user"``/``"item"``: one value per ``TopkData`` row) or ``loss`` (a loss
-    spec, None when AutoLossGen found no valid candidate)."""
+    (``"user"``/``"item"``: one size per ``TopkData`` row), ``loss`` (a loss spec, None when
+    AutoLossGen found no valid candidate) or ``lambdaopt`` (joint training settings)."""
 
     report: dict[str, Any]
     id_dims: dict[str, np.ndarray] | None = None
     loss: dict | None = None
-    id_l2: dict[str, np.ndarray] | None = None
+    lambdaopt: dict[str, Any] | None = None
 
 
 def search_topk(method: str, data: Any, *, settings: dict[str, Any], fit: dict[str, int],
@@ -65,7 +67,7 @@ def search_topk(method: str, data: Any, *, settings: dict[str, Any], fit: dict[s
 
         loss, report = autolossgen(data, **common, **fit)
         return TopkFound(report=report, loss=loss)
-    from models.search.lambdaopt import search_topk as lambdaopt  # noqa: PLC0415
+    from models.search.lambdaopt import joint_training_settings  # noqa: PLC0415
 
-    lambdas, report = lambdaopt(data, **common, **fit)
-    return TopkFound(report=report, id_l2=lambdas)
+    values = joint_training_settings(options)
+    return TopkFound(report={"settings": values, "trained_in": "retrain"}, lambdaopt=values)

@@ -119,31 +119,36 @@ def test_autolossgen_search_loss_reaches_the_trainer(tmp_path):
     assert summary["metrics"]["test_recall@20"] > 0.0
 
 
-def test_lambdaopt_search_per_id_l2_reaches_the_trainer(tmp_path):
-    """``search_strategy: lambdaopt`` on a top-k dataset: λOpt's per-id Λ, learned on train/eval,
-    is ``Architecture.id_l2`` by Transform id, and the Trainer retrains MF with it fixed."""
+def test_lambdaopt_strategy_trains_mf_jointly_with_per_id_l2(tmp_path):
+    """``search_strategy: lambdaopt`` on a top-k dataset: the Architecture holds the joint
+    training's settings and the Trainer learns per-user and per-item Λ with the model."""
     config = tiny_topk_config(str(tmp_path / "run"))
     config.train.max_epochs = 4
     config.search_strategy = "lambdaopt"
-    config.search_options = {"lambdaopt": {"lambda_learning_rate": 0.01}}
+    config.search_options = {"lambdaopt": {"lambda_learning_rate": 0.01, "variant": "full"}}
     summary = run(config)
     arch = summary["architecture"]
     assert arch["search"]["strategy"] == "lambdaopt"
-    summary_lambda = arch["search"]["lambdaopt"]["lambda"]
-    for field in ("user", "item"):
-        strengths = np.asarray(arch["id_l2"][field])
-        assert len(strengths) == arch["vocab_sizes"][field]
-        assert np.all(strengths >= 0) and np.isfinite(strengths).all()
-        # Learned (λ starts at 0 everywhere); the search's own summary is of these values.
-        learned_max = summary_lambda[field]["quantiles"]["max"]
-        assert learned_max > 0 and np.isclose(strengths, learned_max, rtol=1e-5).any(), field
+    assert arch["lambdaopt"]["variant"] == "full"
+    assert arch["lambdaopt"]["lambda_learning_rate"] == 0.01 and not arch["id_l2"]
+    run_dirs = [d for d, _, files in os.walk(os.path.join(str(tmp_path / "run"), "pipeline",
+                                                          "Trainer"))
+                if "training_report.json" in files]
+    with open(os.path.join(run_dirs[0], "training_report.json")) as f:
+        report = json.load(f)["lambdaopt"]
+    assert report["settings"]["variant"] == "full"
+    for key in ("user", "item"):  # learned: Λ starts at 0 everywhere
+        assert report["lambda"][key]["quantiles"]["max"] > 0, key
+    lambdas = np.load(os.path.join(run_dirs[0], "lambdas.npz"))
+    assert lambdas["user"].shape[1] == 1 and lambdas["item"].shape[1] == 1  # one Λ per id
+    assert np.all(lambdas["user"] >= 0) and np.all(lambdas["item"] >= 0)
     assert summary["metrics"]["test_recall@20"] > 0.0
 
 
-def test_lambdaopt_per_dimension_is_refused_by_the_topk_search(tmp_path):
+def test_lambdaopt_bad_option_is_refused_before_training(tmp_path):
     config = tiny_topk_config(str(tmp_path / "run"))
     config.search_strategy = "lambdaopt"
-    config.search_options = {"lambdaopt": {"per_dimension": True}}
-    with pytest.raises(Exception, match="per_dimension"):
+    config.search_options = {"lambdaopt": {"variant": "approximate"}}
+    with pytest.raises(Exception, match="variant"):
         run(config)
     assert not os.path.exists(os.path.join(str(tmp_path / "run"), "summary.json"))

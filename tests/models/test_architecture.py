@@ -31,6 +31,7 @@ def test_json_round_trip():
     ({"dropout": 1.0}, "dropout must be in"),
     ({"l2": -1.0}, "l2 must be >= 0"),
     ({"kept_interactions": [["u", "zzz"]]}, "unknown pair"),
+    ({"lambdaopt": {"variant": "truncated"}}, "lambdaopt .* applies to"),
 ])
 def test_errors_name_the_value(change, needle):
     data = dict(vars(_arch("fm")))
@@ -45,3 +46,14 @@ def test_unknown_version_and_keys_are_rejected():
         Architecture.from_json(text.replace('"version": 1', '"version": 99'))
     with pytest.raises(ArchitectureError, match="unknown keys"):
         Architecture.from_json(text.replace('"version": 1', '"version": 1, "magic": 2'))
+
+
+def test_lambdaopt_settings_round_trip_on_mf():
+    arch = Architecture.uniform("mf", ["user", "item"], [], {"user": 5, "item": 7},
+                                embedding_dim=4, hidden_units=[],
+                                lambdaopt={"variant": "full", "lambda_learning_rate": 0.01})
+    assert Architecture.from_json(arch.to_json()) == arch
+    with pytest.raises(ArchitectureError, match="without id_dims or id_l2"):
+        Architecture.uniform("mf", ["user", "item"], [], {"user": 5, "item": 7},
+                             embedding_dim=4, hidden_units=[], lambdaopt={},
+                             id_l2={"user": [0.1] * 5})

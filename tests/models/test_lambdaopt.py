@@ -354,9 +354,9 @@ def test_bench_names_expand_into_rows():
     assert [n for n, _ in expand("mf+l2grid", config)] == [
         "mf[l2=0]", "mf[l2=1e-05]", "mf[l2=0.0001]", "mf[l2=0.001]"]
     assert [n for n, _ in expand("mf+lambdaopt", config)] == [
-        "mf+lambdaopt[truncated]", "mf+lambdaopt[full]", "mf+lambdaopt[retrain]"]
-    assert expand("mf+lambdaopt[retrain]", config) == [
-        ("mf+lambdaopt[retrain]", {"kind": "retrain", "variant": "truncated"})]
+        "mf+lambdaopt[truncated]", "mf+lambdaopt[full]", "mf+lambdaopt[fixed]"]
+    assert expand("mf+lambdaopt[fixed]", config) == [
+        ("mf+lambdaopt[fixed]", {"kind": "fixed_lambdas", "variant": "truncated"})]
     config.search_options["lambdaopt"] = {"l2_grid": [0, 1e-2]}
     assert [s["l2"] for _, s in expand("mf+l2grid", config)] == [0.0, 1e-2]
     assert expand("mf[l2=0.01]", config) == [("mf[l2=0.01]", {"kind": "fixed", "l2": 0.01})]
@@ -376,7 +376,7 @@ def test_bench_rows_on_synthetic_topk(tmp_path):
                     str(tmp_path / "work"), None, search_dir=str(tmp_path / "search"))
     assert [r["model"] for r in rows] == ["mf[l2=0]", "mf[l2=0.0001]",
                                           "mf+lambdaopt[truncated]", "mf+lambdaopt[full]",
-                                          "mf+lambdaopt[retrain]"]
+                                          "mf+lambdaopt[fixed]"]
     assert rows[-1]["search_seconds"] > 0 and rows[2]["search_seconds"] == 0.0
     for row in rows:
         assert 0 <= row["recall@20"] <= 1 and row["peak_rss_mb"] > 0
