@@ -61,11 +61,11 @@ from models.search.lambdaopt import (
     LAMBDA_FILE,
     NAME,
     PLOT_FILE,
-    adam_update,
     lambda_report,
     plot_lambdas,
     settings,
 )
+from models.search.lambdaopt_lookahead import adam_update
 from models.zoo import LOGIT_LAYER, build_ctr_model, model_input_names
 from models.zoo.ctr import FIELD_EMBEDDING_LAYER
 

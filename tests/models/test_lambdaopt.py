@@ -12,15 +12,12 @@ import tf_keras as keras
 
 from models.layers.lambdaopt import IdL2Regularizer, penalty_gradient
 from models.search import METHODS, SearchError
-from models.search.lambdaopt import (
-    DEFAULTS,
-    LambdaOptTrainer,
+from models.search.lambdaopt import DEFAULTS, LambdaOptTrainer, settings, train_lambdaopt
+from models.search.lambdaopt_lookahead import (
     adam_update,
     batch_scales,
     bpr_gradients,
     full_val_loss,
-    settings,
-    train_lambdaopt,
     truncated_val_loss,
 )
 from models.zoo.mf import MatrixFactorization, bpr_loss

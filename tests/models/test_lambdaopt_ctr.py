@@ -18,8 +18,9 @@ from models.architecture import Architecture, ArchitectureError
 from models.layers.embeddings import FieldEmbedding
 from models.layers.lambdaopt import row_scales
 from models.search import SearchContext, SearchError, check_applies
-from models.search.lambdaopt import adam_update, search, settings
+from models.search.lambdaopt import search, settings
 from models.search.lambdaopt_ctr import CTRLambdaOptTrainer, lookahead_val_loss
+from models.search.lambdaopt_lookahead import adam_update
 from models.zoo import LOGIT_LAYER, build_ctr_model, model_input_names
 from tests.models.test_lambdaopt import F64, _finite_difference
 
@@ -233,11 +234,11 @@ def test_unsupported_options_name_themselves(options, message):
         search(_context(_arch(), options))
 
 
-def test_registered_for_ctr_families_and_mf_stays_in_the_bench():
+def test_registered_for_ctr_families_and_mf_is_a_joint_training():
     for family in ("fm", "deepfm", "dnn", "dcn"):
         check_applies("lambdaopt", family)
     mf = Architecture.uniform("mf", ["u", "i"], [], VOCAB, embedding_dim=2)
-    with pytest.raises(SearchError, match="mf\\+lambdaopt"):
+    with pytest.raises(SearchError, match="top-k MF is a joint training"):
         search(_context(mf, {}))
 
 
