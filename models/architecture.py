@@ -51,11 +51,18 @@ def id_dims_params(id_dims: list[int], chain: list[int], use_bias: bool = True) 
     return int(sum(id_dims)) + sum((d + int(use_bias)) * e for d, e in pairwise(used))
 
 
-def multisize_params(blocks: list[list[int]], output_dim: int) -> int:
-    """NIS multi-size embedding of blocks ``[[n_v, d_v], ...]``: ``sum_v n_v d_v`` plus a
-    ``d_v x output_dim`` projection per block with ``0 < d_v < output_dim``
-    (``models.layers.multisize.MultiSizeEmbedding``'s parameters)."""
-    return sum(n * d + (d * output_dim if 0 < d < output_dim else 0) for n, d in blocks)
+BLOCK_PROJECTIONS = ("learned", "pad")  # how a NIS block of size d_v < D reaches D
+
+
+def multisize_params(blocks: list[list[int]], output_dim: int,
+                     projection: str = "learned") -> int:
+    """NIS multi-size embedding of blocks ``[[n_v, d_v], ...]``: ``sum_v n_v d_v``, plus a
+    ``d_v x output_dim`` projection per block with ``0 < d_v < output_dim`` when ``projection``
+    is ``"learned"`` (``"pad"`` zero-pads and stores none;
+    ``models.layers.multisize.MultiSizeEmbedding``'s parameters)."""
+    learned = projection == "learned"
+    return sum(n * d + (d * output_dim if learned and 0 < d < output_dim else 0)
+               for n, d in blocks)
 
 
 class ArchitectureError(ValueError):
@@ -112,6 +119,9 @@ class Architecture:
         ...]`` blocks in id order (ids are sorted by train frequency, so the first block holds
         the most frequent ids); the counts sum to the field's vocab size. Fields absent use
         ``embedding_dims``.
+      block_projection: how a NIS block of size ``d_v`` below the field's size reaches it:
+        ``"learned"``, a trainable ``d_v x D`` projection (the paper's), or ``"pad"``,
+        zero-padding (what the NIS search's weight-sharing super-table trains; no parameters).
       id_dims: ESAPN per-value sizes: per categorical field, one embedding size per id (id
         order). Fields absent use ``embedding_dims``.
       id_l2: λOpt's fixed per-id L2 strengths: per categorical field, one ``Λ[id] >= 0`` per id
@@ -158,6 +168,7 @@ class Architecture:
     autodis: dict = field(default_factory=dict)
     unified_dim: int | None = None
     embedding_blocks: dict[str, list[list[int]]] = field(default_factory=dict)
+    block_projection: str = "learned"
     id_dims: dict[str, list[int]] = field(default_factory=dict)
     id_l2: dict[str, list[float]] = field(default_factory=dict)
     autoctr: dict | None = None
@@ -215,6 +226,9 @@ class Architecture:
                     f"embedding_blocks[{name!r}] needs [num_ids >= 1, dim in [0, {limit}]] blocks "
                     f"of a categorical field without id_dims, summing to its vocab size "
                     f"{self.vocab_sizes.get(name)}. Received: {blocks}")
+        if self.block_projection not in BLOCK_PROJECTIONS:
+            raise ArchitectureError(f"block_projection must be one of {BLOCK_PROJECTIONS}. "
+                                    f"Received: block_projection={self.block_projection!r}")
         self._check_id_l2()
         if self.lambdaopt is not None and (self.model not in TOPK_MODELS or not isinstance(
                 self.lambdaopt, dict) or self.id_dims or self.id_l2):
@@ -288,8 +302,9 @@ class Architecture:
         An AutoDis field holds ``H x d_f`` meta-embeddings and one first-order scalar. With
         ``unified_dim`` (AutoDim), each field's projection ``(d_f + 1) x unified_dim`` counts too:
         it is the price of storing fields at their own sizes. A NIS field (``embedding_blocks``)
-        holds its block tables plus their projections (``multisize_params``). An ``autogroup``
-        field holds one ``vocab x group_dims[p]`` table per order ``p`` whose sets use it."""
+        holds its block tables plus their learned projections, if any (``multisize_params``).
+        An ``autogroup`` field holds one ``vocab x group_dims[p]`` table per order ``p`` whose
+        sets use it."""
         vector = {f: 0 if self.model == "lr" else self.embedding_dims[f] for f in self.fields}
         if self.model == "autogroup":  # a table per order for the fields of its sets
             vector = {f: sum(self.group_dims[p] for p in self.feature_groups
@@ -310,7 +325,8 @@ class Architecture:
                                         use_bias=self.model not in TOPK_MODELS)
                 total -= self.vocab_sizes[f] * vector[f]
             for f, blocks in self.embedding_blocks.items():  # NIS: blocks plus projections
-                total += multisize_params(blocks, vector[f]) - self.vocab_sizes[f] * vector[f]
+                total += (multisize_params(blocks, vector[f], self.block_projection)
+                          - self.vocab_sizes[f] * vector[f])
         return total
 
     def autodis_settings(self) -> dict:

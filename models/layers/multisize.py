@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from models.architecture import multisize_params
+from models.architecture import BLOCK_PROJECTIONS, multisize_params
 from models.layers.embeddings import PerFieldEmbedding, _clone_initializer
 
 
@@ -36,7 +36,11 @@ class MultiSizeEmbedding(keras.layers.Layer):
 
     ``P_v`` is the paper's projection of a smaller block to the common size ``D``; it starts as
     ``[I | 0]`` (zero-padding, what the search trained). The layer stores
-    ``sum_v n_v d_v + sum_{0 < d_v < D} d_v D`` parameters (``stored_params``).
+    ``sum_v n_v d_v + sum_{0 < d_v < D} d_v D`` parameters (``stored_params``). With
+    ``projection="pad"`` every ``P_v`` stays ``[I | 0]`` (not a weight): a block's vectors are
+    zero-padded to ``D``, exactly the search's super-network, and only ``sum_v n_v d_v`` is
+    stored. A trainable ``P_v`` can undo the tables' L2 (shrink ``E_v``, grow ``P_v``); on
+    frappe86k's validation split padding scored higher (README, NIS).
 
     With ``search=True`` the layer is the weight-sharing super-network of the NIS search: one
     table ``E in R^{num_ids x D}`` and ``e_i = E[i] * 1[j < d_v]_{j < D}``, a block using the
@@ -53,6 +57,7 @@ class MultiSizeEmbedding(keras.layers.Layer):
       blocks: ``[[n_v, d_v], ...]`` in id order; ``n_v >= 1``, ``0 <= d_v <= output_dim``.
       output_dim: the common size ``D``.
       search: one masked super-table instead of per-block tables.
+      projection: ``"learned"`` (trainable ``P_v``) or ``"pad"`` (fixed zero-padding).
       l2: L2 strength on the tables (not on the projections).
       embeddings_initializer: initializer of the tables (cloned per block).
 
@@ -62,7 +67,7 @@ class MultiSizeEmbedding(keras.layers.Layer):
 
     def __init__(self, blocks: Sequence[Sequence[int]], output_dim: int, search: bool = False,
                  l2: float = 0.0, embeddings_initializer: Any = "truncated_normal",
-                 **kwargs: Any) -> None:
+                 projection: str = "learned", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(output_dim) < 1:
             raise ValueError(f"output_dim must be >= 1. Received: output_dim={output_dim}")
@@ -73,6 +78,10 @@ class MultiSizeEmbedding(keras.layers.Layer):
                              f"Received: blocks={[list(b) for b in blocks]}")
         if l2 < 0:
             raise ValueError(f"l2 must be >= 0. Received: l2={l2}")
+        if projection not in BLOCK_PROJECTIONS:
+            raise ValueError(f"projection must be one of {BLOCK_PROJECTIONS}. "
+                             f"Received: projection={projection!r}")
+        self.projection = projection
         self.search = bool(search)
         self.l2 = float(l2)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
@@ -98,7 +107,7 @@ class MultiSizeEmbedding(keras.layers.Layer):
                 self.tables[str(v)] = self.add_weight(
                     name=f"block_{v}_embeddings", shape=(n, d), regularizer=regularizer,
                     initializer=_clone_initializer(self.embeddings_initializer))
-                if d < self.output_dim:
+                if d < self.output_dim and self.projection == "learned":
                     self.projections[str(v)] = self.add_weight(
                         name=f"block_{v}_projection", shape=(d, self.output_dim),
                         initializer=_identity_projection)
@@ -127,6 +136,8 @@ class MultiSizeEmbedding(keras.layers.Layer):
             vectors = tf.gather(tf.cast(table, self.compute_dtype), local)
             if key in self.projections:
                 vectors = tf.matmul(vectors, tf.cast(self.projections[key], self.compute_dtype))
+            elif self.blocks[v][1] < self.output_dim:
+                vectors = tf.pad(vectors, [[0, 0], [0, self.output_dim - self.blocks[v][1]]])
             out += tf.cast(tf.equal(block, v), self.compute_dtype)[:, tf.newaxis] * vectors
         return tf.reshape(out, flat_shape)
 
@@ -136,7 +147,7 @@ class MultiSizeEmbedding(keras.layers.Layer):
 
     def stored_params(self) -> int:
         """Parameters of the retrain-mode tables and projections."""
-        return multisize_params(self.blocks, self.output_dim)
+        return multisize_params(self.blocks, self.output_dim, self.projection)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -144,6 +155,7 @@ class MultiSizeEmbedding(keras.layers.Layer):
             "blocks": [list(b) for b in self.blocks],
             "output_dim": self.output_dim,
             "search": self.search,
+            "projection": self.projection,
             "l2": self.l2,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
         }
@@ -171,6 +183,7 @@ class MultiSizeFieldEmbedding(PerFieldEmbedding):
       embedding_blocks: per multi-size field, ``[[n_v, d_v], ...]`` whose ``n_v`` sum to its
         vocab size and whose ``d_v`` are at most ``embedding_dims[f]``.
       search: the multi-size fields are search-mode super-tables.
+      block_projection: the multi-size fields' ``projection`` (``MultiSizeEmbedding``).
 
     Input shape: as ``FieldEmbedding``.
     Output shape: a list with one ``[B, d_f]`` tensor per field.
@@ -181,7 +194,8 @@ class MultiSizeFieldEmbedding(PerFieldEmbedding):
                  embedding_blocks: Mapping[str, Sequence[Sequence[int]]], search: bool = False,
                  numeric_encoding: Mapping[str, str] | None = None, num_buckets: int = 20,
                  l2: float = 0.0, embeddings_initializer: Any = "truncated_normal",
-                 autodis: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+                 autodis: Mapping[str, Any] | None = None, block_projection: str = "learned",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         unknown = sorted(set(embedding_blocks) - set(categorical))
         if unknown:
@@ -197,10 +211,12 @@ class MultiSizeFieldEmbedding(PerFieldEmbedding):
                                  f"{self.vocab_sizes[f]}. Received: blocks={blocks}")
         self.embedding_blocks = checked
         self.search = bool(search)
+        self.block_projection = block_projection
         self.multisize = {f: MultiSizeEmbedding(
             self.embedding_blocks[f], self.embedding_dims[f], search=self.search, l2=self.l2,
             embeddings_initializer=_clone_initializer(self.embeddings_initializer),
-            name=f"{f}_multisize") for f in self.categorical if f in self.embedding_blocks}
+            projection=block_projection, name=f"{f}_multisize")
+            for f in self.categorical if f in self.embedding_blocks}
         self.special = self.multisize
         self._build_plain()
 
@@ -210,4 +226,5 @@ class MultiSizeFieldEmbedding(PerFieldEmbedding):
             "embedding_blocks": {f: [list(b) for b in bs]
                                  for f, bs in self.embedding_blocks.items()},
             "search": self.search,
+            "block_projection": self.block_projection,
         }

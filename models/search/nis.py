@@ -20,19 +20,23 @@ arXiv:1907.04471, Sec. 3-4. The searching layer is ``models.layers.multisize``'s
 
        R(a) = AUC_val(a) - λ * C_M(a),   C_M(a) = params(a) / params(all blocks at D)
 
-   over the searched fields (``params`` counts block tables and projections), and ``θ`` takes
-   an Adam step on REINFORCE's ``(R(a) - b) ∇_θ log π_θ(a)`` with a moving-average baseline
-   ``b <- β b + (1 - β) R(a)``.
+   over the searched fields (``params`` counts block tables and any learned projections), and
+   ``θ`` takes an Adam step on REINFORCE's ``(R(a) - b) ∇_θ log π_θ(a)`` with a
+   moving-average baseline ``b <- β b + (1 - β) R(a)``.
 5. Derive: the most probable size of every block, within NIS's memory constraint: while the
    embedding parameters exceed ``max_params_fraction`` of the starting architecture's, the
    block reduction that loses the least log-probability per parameter saved is applied.
-   Adjacent blocks of equal size merge. The retrain stage builds fresh per-block tables with
-   projections (``embedding_blocks``).
+   Adjacent blocks of equal size merge. The retrain stage builds fresh per-block tables
+   (``embedding_blocks``) whose smaller blocks reach ``D`` by ``projection``: ``"pad"``
+   (default) zero-pads them, the very model the super-network scored, and stores no projection;
+   ``"learned"`` trains the paper's ``d_v x D`` projections, which can undo the tables' L2
+   (shrink ``E_v``, grow ``P_v``). On frappe86k's validation split (seeds 2021-2023, README)
+   padding scored higher.
 
 Options (``PipelineConfig.search_options["nis"]``): ``vocab_blocks``, ``dim_blocks``,
 ``min_vocab``, ``memory_weight`` (λ), ``max_params_fraction``, ``warmup_epochs``, ``epochs``,
 ``samples``, ``controller_learning_rate``, ``baseline_decay``, ``batch_size``,
-``reward_examples``. The
+``reward_examples``, ``projection``. The
 defaults were picked on frappe86k's validation split (README).
 """
 
@@ -47,7 +51,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from models.architecture import Architecture, multisize_params
+from models.architecture import BLOCK_PROJECTIONS, Architecture, multisize_params
 from models.layers.multisize import MultiSizeFieldEmbedding
 from models.search import SearchContext, SearchError, merge_options, require_at_least
 from models.zoo import build_ctr_model, model_input_names
@@ -67,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "baseline_decay": 0.9,
     "batch_size": 1024,
     "reward_examples": 8192,
+    "projection": "pad",  # how a smaller block reaches D in the retrain: "pad" or "learned"
 }
 
 
@@ -80,6 +85,9 @@ def settings(options: dict[str, Any]) -> dict[str, Any]:
     if not 0 < values["max_params_fraction"] <= 1:
         raise SearchError(f"nis: max_params_fraction must be in (0, 1]. "
                           f"Received: max_params_fraction={values['max_params_fraction']}")
+    if values["projection"] not in BLOCK_PROJECTIONS:
+        raise SearchError(f"nis: projection must be one of {BLOCK_PROJECTIONS}. "
+                          f"Received: projection={values['projection']!r}")
     if not 0 <= values["baseline_decay"] < 1:
         raise SearchError(f"nis: baseline_decay must be in [0, 1). "
                           f"Received: baseline_decay={values['baseline_decay']}")
@@ -207,8 +215,8 @@ def search(ctx: SearchContext) -> Architecture:
     full = sum(arch.vocab_sizes[f] * arch.embedding_dims[f] for f in fields)
 
     def memory_cost(blocks: dict[str, list[list[int]]]) -> float:
-        return sum(multisize_params(merge_blocks(b), arch.embedding_dims[f])
-                   for f, b in blocks.items()) / full
+        return sum(multisize_params(merge_blocks(b), arch.embedding_dims[f],
+                                    values["projection"]) for f, b in blocks.items()) / full
 
     curve = _search_loop(ctx, model, layer, controller, blocks_of, memory_cost, values)
 
@@ -221,7 +229,7 @@ def search(ctx: SearchContext) -> Architecture:
     actions = most_probable_within(controller, total_params, budget)
     chosen = {f: merge_blocks(b) for f, b in blocks_of(actions).items()}
     found = dataclasses.replace(arch, embedding_blocks={**arch.embedding_blocks, **chosen},
-                                search=dict(arch.search))
+                                block_projection=values["projection"], search=dict(arch.search))
     probabilities = controller.probabilities()
     found.search[NAME] = {
         "policy": {f"{f}[{v}]": [round(float(p), 4) for p in probabilities[k]]

@@ -118,7 +118,8 @@ def _field_embedding(arch: Architecture) -> FieldEmbedding:
     if arch.embedding_blocks:  # NIS: multi-size blocks of the fields it searched
         return MultiSizeFieldEmbedding(
             arch.categorical, arch.numerical, arch.vocab_sizes, arch.embedding_dims,
-            embedding_blocks=arch.embedding_blocks, numeric_encoding=arch.numeric_encoding,
+            embedding_blocks=arch.embedding_blocks, block_projection=arch.block_projection,
+            numeric_encoding=arch.numeric_encoding,
             num_buckets=arch.num_buckets, l2=arch.l2, autodis=arch.autodis,
             name=FIELD_EMBEDDING_LAYER,
             embeddings_initializer=keras.initializers.RandomNormal(stddev=arch.embedding_init_std))

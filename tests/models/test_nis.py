@@ -28,10 +28,11 @@ BLOCKS = [[2, 4], [3, 2], [1, 0]]
 IDS = tf.constant([0, 1, 2, 4, 5], tf.int64)
 
 
-def _retrain_arch(model: str = "deepfm") -> Architecture:
+def _retrain_arch(model: str = "deepfm", block_projection: str = "learned") -> Architecture:
     return Architecture.uniform(model, ["user", "item"], ["age"], {"user": 6, "item": 4},
                                 embedding_dim=4, hidden_units=[8],
-                                embedding_blocks={"user": BLOCKS, "item": [[4, 4]]})
+                                embedding_blocks={"user": BLOCKS, "item": [[4, 4]]},
+                                block_projection=block_projection)
 
 
 class MultiSizeEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
@@ -54,6 +55,33 @@ class MultiSizeEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
         layer(IDS[:1])
         self.assertAllClose(layer.projections["1"], np.eye(2, 4))
 
+    def test_pad_mode_zero_pads_each_block_and_stores_only_the_tables(self):
+        layer = MultiSizeEmbedding(BLOCKS, output_dim=4, projection="pad")
+        layer(IDS)
+        rng = np.random.default_rng(0)
+        top, small = rng.normal(size=(2, 4)), rng.normal(size=(3, 2))
+        layer.tables["0"].assign(top)
+        layer.tables["1"].assign(small)
+        expected = np.stack([top[0], top[1], np.r_[small[0], 0, 0], np.r_[small[2], 0, 0],
+                             np.zeros(4)])
+        self.assertAllClose(layer(IDS), expected, rtol=1e-6)
+        self.assertEqual(layer.projections, {})
+        self.assertEqual(layer.stored_params(), 2 * 4 + 3 * 2)
+        self.assertEqual(sum(int(np.prod(w.shape)) for w in layer.weights),
+                         layer.stored_params())
+
+    def test_pad_mode_is_the_search_super_network(self):
+        """A padded retrain model with the search table's rows computes what the search scored."""
+        search = MultiSizeEmbedding(BLOCKS, output_dim=4, search=True)
+        search(IDS)
+        table = np.arange(24, dtype=np.float32).reshape(6, 4) + 1
+        search.table.assign(table)
+        padded = MultiSizeEmbedding(BLOCKS, output_dim=4, projection="pad")
+        padded(IDS)
+        padded.tables["0"].assign(table[:2])
+        padded.tables["1"].assign(table[2:5, :2])
+        self.assertAllClose(padded(IDS), search(IDS))
+
     def test_search_mode_masks_a_shared_table(self):
         layer = MultiSizeEmbedding(BLOCKS, output_dim=4, search=True)
         layer(IDS)
@@ -71,11 +99,12 @@ class MultiSizeEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(layer.stored_params(), 22)
         self.assertEqual(sum(int(np.prod(w.shape)) for w in layer.weights), 22)
 
-    @parameterized.parameters(False, True)
-    def test_config_round_trip(self, search):
+    @parameterized.parameters((False, "learned"), (True, "learned"), (False, "pad"))
+    def test_config_round_trip(self, search, projection):
         layer = MultiSizeFieldEmbedding(
             ["user", "item"], ["age"], {"user": 6, "item": 4}, {"user": 4, "item": 4, "age": 4},
-            embedding_blocks={"user": BLOCKS}, search=search, l2=0.1, name="nis")
+            embedding_blocks={"user": BLOCKS}, search=search, l2=0.1, name="nis",
+            block_projection=projection)
         inputs = {"user_id": IDS[:3], "item_id": tf.constant([0, 3, 1], tf.int64),
                   "age_z": tf.constant([0.5, -1.0, 0.0])}
         expected = layer(inputs)
@@ -91,6 +120,7 @@ class MultiSizeEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
         ({"blocks": [[2, 5]]}, r"blocks=\[\[2, 5\]\]"),
         ({"blocks": []}, r"blocks=\[\]"),
         ({"l2": -1.0}, "l2=-1.0"),
+        ({"projection": "linear"}, "projection='linear'"),
     )
     def test_validation_errors_name_the_value(self, overrides: dict[str, Any], message: str):
         with self.assertRaisesRegex(ValueError, message):
@@ -107,9 +137,10 @@ class MultiSizeEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
 
 class MultiSizeArchitectureTest(tf.test.TestCase, parameterized.TestCase):
 
-    @parameterized.parameters("fm", "deepfm", "dnn", "dcn")
-    def test_embedding_params_count_the_built_tables(self, model_name):
-        arch = _retrain_arch(model_name)
+    @parameterized.product(model_name=["fm", "deepfm", "dnn", "dcn"],
+                           block_projection=["learned", "pad"])
+    def test_embedding_params_count_the_built_tables(self, model_name, block_projection):
+        arch = _retrain_arch(model_name, block_projection)
         model = build_ctr_model(arch)
         tables = model.get_layer("field_embedding").weights
         if model_name in ("fm", "deepfm"):
@@ -126,8 +157,14 @@ class MultiSizeArchitectureTest(tf.test.TestCase, parameterized.TestCase):
             Architecture.uniform("deepfm", ["user"], ["age"], {"user": 6}, embedding_dim=4,
                                  embedding_blocks=blocks)
 
-    def test_saved_model_round_trip(self):
-        arch = Architecture.from_json(_retrain_arch().to_json())
+    def test_architecture_rejects_an_unknown_block_projection(self):
+        with self.assertRaisesRegex(ArchitectureError, "block_projection='linear'"):
+            _retrain_arch(block_projection="linear")
+
+    @parameterized.parameters("learned", "pad")
+    def test_saved_model_round_trip(self, block_projection):
+        arch = Architecture.from_json(_retrain_arch(block_projection=block_projection).to_json())
+        self.assertEqual(arch.block_projection, block_projection)
         model = build_ctr_model(arch)
         rng = np.random.default_rng(0)
         inputs = {"user_id": rng.integers(0, 6, 5), "item_id": rng.integers(0, 4, 5),
@@ -191,6 +228,9 @@ def test_blocks_helpers_and_settings():
         settings({"baseline_decay": 1})
     with pytest.raises(SearchError, match="max_params_fraction=0"):
         settings({"max_params_fraction": 0})
+    with pytest.raises(SearchError, match="projection='linear'"):
+        settings({"projection": "linear"})
+    assert settings({})["projection"] == "pad"
 
 
 @pytest.mark.slow
@@ -218,8 +258,10 @@ def test_search_writes_blocks_that_retrain_alone(tmp_path):
     found = arch.search["nis"]
     assert set(arch.embedding_blocks) == set(found["chosen"]) <= set(categorical)
     assert found["params_after"] == arch.embedding_params()
+    assert arch.block_projection == "pad"  # the default: the model the super-network scored
     assert len(found["reward_curve"]) == 1
     assert (tmp_path / "report" / "nis_blocks.png").stat().st_size > 1000
     rebuilt = Architecture.from_json(arch.to_json())
     assert rebuilt.embedding_blocks == arch.embedding_blocks
+    assert rebuilt.block_projection == "pad"
     assert build_ctr_model(rebuilt).count_params() > 0
