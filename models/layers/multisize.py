@@ -39,8 +39,7 @@ class MultiSizeEmbedding(keras.layers.Layer):
     ``sum_v n_v d_v + sum_{0 < d_v < D} d_v D`` parameters (``stored_params``). With
     ``projection="pad"`` every ``P_v`` stays ``[I | 0]`` (not a weight): a block's vectors are
     zero-padded to ``D``, exactly the search's super-network, and only ``sum_v n_v d_v`` is
-    stored. A trainable ``P_v`` can undo the tables' L2 (shrink ``E_v``, grow ``P_v``); on
-    frappe86k's validation split padding scored higher (README, NIS).
+    stored (README, NIS: on frappe86k's validation split the learned ``P_v`` scored higher).
 
     With ``search=True`` the layer is the weight-sharing super-network of the NIS search: one
     table ``E in R^{num_ids x D}`` and ``e_i = E[i] * 1[j < d_v]_{j < D}``, a block using the

@@ -27,11 +27,10 @@ arXiv:1907.04471, Sec. 3-4. The searching layer is ``models.layers.multisize``'s
    embedding parameters exceed ``max_params_fraction`` of the starting architecture's, the
    block reduction that loses the least log-probability per parameter saved is applied.
    Adjacent blocks of equal size merge. The retrain stage builds fresh per-block tables
-   (``embedding_blocks``) whose smaller blocks reach ``D`` by ``projection``: ``"pad"``
-   (default) zero-pads them, the very model the super-network scored, and stores no projection;
-   ``"learned"`` trains the paper's ``d_v x D`` projections, which can undo the tables' L2
-   (shrink ``E_v``, grow ``P_v``). On frappe86k's validation split (seeds 2021-2023, README)
-   padding scored higher.
+   (``embedding_blocks``) whose smaller blocks reach ``D`` by ``projection``: ``"learned"``
+   (default) trains the paper's ``d_v x D`` projections; ``"pad"`` zero-pads them, the very
+   model the super-network scored, and stores no projection. On frappe86k's validation split
+   (seeds 2021-2023, README) the learned projections scored higher (mean AUC 0.9490 vs 0.9483).
 
 Options (``PipelineConfig.search_options["nis"]``): ``vocab_blocks``, ``dim_blocks``,
 ``min_vocab``, ``memory_weight`` (λ), ``max_params_fraction``, ``warmup_epochs``, ``epochs``,
@@ -71,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "baseline_decay": 0.9,
     "batch_size": 1024,
     "reward_examples": 8192,
-    "projection": "pad",  # how a smaller block reaches D in the retrain: "pad" or "learned"
+    "projection": "learned",  # how a smaller block reaches D in the retrain: or "pad"
 }
 
 

@@ -230,7 +230,7 @@ def test_blocks_helpers_and_settings():
         settings({"max_params_fraction": 0})
     with pytest.raises(SearchError, match="projection='linear'"):
         settings({"projection": "linear"})
-    assert settings({})["projection"] == "pad"
+    assert settings({})["projection"] == "learned"
 
 
 @pytest.mark.slow
@@ -244,7 +244,7 @@ def test_search_writes_blocks_that_retrain_alone(tmp_path):
     config = PipelineConfig.from_dict({
         "search_strategy": "nis", "train": {"model": "deepfm", "hidden_units": [16]},
         "search_options": {"nis": {"min_vocab": 2, "warmup_epochs": 0, "epochs": 1,
-                                   "samples": 2, "batch_size": 4096}}})
+                                   "samples": 2, "batch_size": 4096, "projection": "pad"}}})
 
     def dataset(split: str, input_names: list[str], shuffle: bool) -> tf.data.Dataset:
         return transformed_dataset(data, split, input_names, config.train.batch_size,
@@ -258,7 +258,7 @@ def test_search_writes_blocks_that_retrain_alone(tmp_path):
     found = arch.search["nis"]
     assert set(arch.embedding_blocks) == set(found["chosen"]) <= set(categorical)
     assert found["params_after"] == arch.embedding_params()
-    assert arch.block_projection == "pad"  # the default: the model the super-network scored
+    assert arch.block_projection == "pad"  # the option reaches the written architecture
     assert len(found["reward_curve"]) == 1
     assert (tmp_path / "report" / "nis_blocks.png").stat().st_size > 1000
     rebuilt = Architecture.from_json(arch.to_json())
