@@ -30,7 +30,7 @@ arXiv:1907.04471, Sec. 3-4. The searching layer is ``models.layers.multisize``'s
    (``embedding_blocks``) whose smaller blocks reach ``D`` by ``projection``: ``"learned"``
    (default) trains the paper's ``d_v x D`` projections; ``"pad"`` zero-pads them, the very
    model the super-network scored, and stores no projection. On frappe86k's validation split
-   (seeds 2021-2023, README) the learned projections scored higher (mean AUC 0.9490 vs 0.9483).
+   (seeds 2021-2023, README) the learned projections scored higher (mean AUC 0.9490 vs 0.9484).
 
 Options (``PipelineConfig.search_options["nis"]``): ``vocab_blocks``, ``dim_blocks``,
 ``min_vocab``, ``memory_weight`` (λ), ``max_params_fraction``, ``warmup_epochs``, ``epochs``,
