@@ -23,6 +23,9 @@ finite (``"clamp": null`` switches that off, e.g. to write logloss as a DAG). Th
     negate -a    identity a        log sign(a) log(|a| + eps)
     square a^2   reciprocal sign(a) / (|a| + eps)
 
+and one of ours, ``complement`` ``1 - a`` (not searched: the fixed nodes of the ``"mirror"``
+search space, ``models.search.autolossgen.layout``, write ``1 - y_hat`` and ``1 - y`` with it).
+
 The spec is never run as code: ``validate`` checks it against this schema (operator names from a
 fixed table, integer node indices, numbers) and the interpreter maps each name to a TF function.
 A loss file (``load_loss_file``) holds a spec, or an Architecture JSON with one under ``"loss"``;
@@ -63,12 +66,14 @@ _UNARY: dict[str, Callable[[tf.Tensor, float], tf.Tensor]] = {
     "log": lambda a, eps: tf.sign(a) * tf.math.log(tf.abs(a) + eps),
     "square": lambda a, eps: tf.square(a),
     "reciprocal": lambda a, eps: tf.sign(a) / (tf.abs(a) + eps),
+    "complement": lambda a, eps: 1.0 - a,  # ours (not official): 1 - a
 }
 _BINARY: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
     "add": tf.add, "multiply": tf.multiply, "max": tf.maximum, "min": tf.minimum,
 }
-# Operator name -> arity, in the official id order (0-3 binary, 4-8 unary).
+# Operator name -> arity, in the official id order (0-3 binary, 4-8 unary), then ours.
 OPERATORS: dict[str, int] = {**dict.fromkeys(_BINARY, 2), **dict.fromkeys(_UNARY, 1)}
+OFFICIAL_OPERATORS = tuple(op for op in OPERATORS if op != "complement")  # official ids 0-8
 
 
 class LossFormulaError(ArchitectureError):
@@ -194,7 +199,8 @@ def keras_loss(spec: dict) -> keras.losses.Loss:
 # Operator -> (template, precedence of the result, least precedence an operand keeps unwrapped).
 _TEXT = {"add": ("{} + {}", 1, 1), "multiply": ("{} * {}", 2, 2), "max": ("max({}, {})", 4, 0),
          "min": ("min({}, {})", 4, 0), "negate": ("-{}", 3, 3), "identity": ("{}", None, 0),
-         "log": ("log({})", 4, 0), "square": ("{}^2", 4, 4), "reciprocal": ("1/{}", 3, 4)}
+         "log": ("log({})", 4, 0), "square": ("{}^2", 4, 4), "reciprocal": ("1/{}", 3, 4),
+         "complement": ("1 - {}", 1, 2)}
 
 
 def _text(spec: dict, index: int) -> tuple[str, int]:

@@ -34,8 +34,13 @@ Deviations from the official code (all for a CPU budget of tens of trainings): t
 (``space``) is by default ``"split"``, ``y * f(y_hat) + g(y_hat)`` with two small controller-written
 DAGs ``f`` and ``g`` of ``num_nodes`` nodes each (``layout``): in the official ``"free"`` space of
 10 nodes, 0 of 300 controller samples passed the validity check (every node's clamp makes most
-DAGs flat or label-blind), against 14 of 300 in ``"split"`` with 2 nodes per branch; a fixed
-number of samples per epoch, ended early after ``max_trainings_per_epoch`` trainings (official: 100+
+DAGs flat or label-blind), against 14 of 300 in ``"split"`` with 2 nodes per branch.
+``"mirror"`` (ours) writes one DAG ``f`` and scores both labels with it,
+``y * f(y_hat) + (1 - y) * f(1 - y_hat)`` (``mirror_nodes``; ``1 - a`` is the interpreter's
+``complement``, an operator the controller never picks). Logloss is in it (``f = log(1/p)``);
+the clamp keeps it out of the other two spaces, which cannot write ``1 - y_hat`` (17 of 200
+untrained samples valid at 3 nodes, against 8 for ``"split"``). A fixed number of samples per
+epoch, ended early after ``max_trainings_per_epoch`` trainings (official: 100+
 samples, every one that passes the filters trains); the validity check runs before training
 (``check_before_training``; official: after the search, on the logged formulas); when no
 candidate beats ``a0`` the recommender keeps its weights (official: rejection-samples until one
@@ -80,8 +85,8 @@ LOSS_FILE = "autolossgen_loss.json"
 REWARDS_PICTURE = "autolossgen_rewards.png"
 CURVES_PICTURE = "autolossgen_loss_curves.png"
 MIN_REWARD = -1.0
-OPERATORS = list(formula.OPERATORS)
-SPACES = ("free", "split")
+OPERATORS = list(formula.OFFICIAL_OPERATORS)  # what the controller writes
+SPACES = ("free", "split", "mirror")
 
 
 def settings(options: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +117,7 @@ class LossController(keras.Model):
       num_nodes: chosen nodes per DAG (``"split"``: per branch; see ``layout``).
       lstm_size: LSTM width.
       tanh_constant: ``c``.
-      space: ``"free"`` (official) or ``"split"`` (``layout``).
+      space: ``"free"`` (official), ``"split"`` or ``"mirror"`` (``layout``).
     """
 
     def __init__(self, num_nodes: int = 10, lstm_size: int = 64, tanh_constant: float = 1.5,
@@ -200,11 +205,16 @@ def layout(num_nodes: int, space: str) -> list[list[int] | dict]:
     ``"split"``: ``num_nodes`` nodes write ``f(y_hat, 1)``, then ``y * f``, then ``num_nodes``
     nodes write ``g(y_hat, 1)``, then the loss ``y * f + g`` (two fixed nodes), so the loss
     depends on the label by construction (``2 num_nodes + 2`` nodes in all).
+    ``"mirror"``: ``num_nodes`` nodes write ``f(p, 1)``; ``spec_of`` makes the loss
+    ``y * f(y_hat) + (1 - y) * f(1 - y_hat)`` (``mirror_nodes``): both labels are scored alike,
+    as by logloss (``f = log(1/p)``).
     """
     if space == "free":
         return [list(range(formula.NUM_INPUTS + k)) for k in range(num_nodes)]
     first = formula.NUM_INPUTS
     f_nodes = [[0, 2, *range(first, first + k)] for k in range(num_nodes)]
+    if space == "mirror":  # the controller writes f only; ``spec_of`` mirrors it
+        return f_nodes
     gated = first + num_nodes  # y * f
     g_first = gated + 1
     g_nodes = [[0, 2, *range(g_first, g_first + k)] for k in range(num_nodes)]
@@ -217,8 +227,34 @@ def _draw(rng: np.random.Generator, probs: np.ndarray) -> int:
     return int(rng.choice(len(probs), p=probs / probs.sum()))
 
 
-def spec_of(nodes: list[dict]) -> dict:
+def spec_of(nodes: list[dict], space: str = "free") -> dict:
+    """The loss spec of a controller sample (``"mirror"``: through ``mirror_nodes``)."""
+    if space == "mirror":
+        nodes = mirror_nodes(nodes)
     return formula.validate({"kind": formula.KIND, "nodes": nodes})
+
+
+def mirror_nodes(f_nodes: list[dict]) -> list[dict]:
+    """``y * f(y_hat) + (1 - y) * f(1 - y_hat)`` as one DAG, for ``f`` written over
+    ``(y_hat, 1)`` as nodes ``3 ...`` (its last node is ``f``; it must not read ``y``).
+
+    >>> formula.describe(spec_of([{"op": "reciprocal", "inputs": [0]},
+    ...                           {"op": "log", "inputs": [3]}], "mirror"))
+    'y * log(1/ŷ) + (1 - y) * log(1/(1 - ŷ))'
+    """
+    first, n = formula.NUM_INPUTS, len(f_nodes)
+    if any(1 in node["inputs"] for node in f_nodes):
+        raise ValueError(f"mirror: f reads only y_hat (0), 1 (2) and its own nodes. "
+                         f"Received: {f_nodes}")
+    complement_pred, complement_label = first + n, first + n + 1
+    shift = {0: complement_pred, 2: 2, **{first + k: first + n + 2 + k for k in range(n)}}
+    mirrored = [{"op": node["op"], "inputs": [shift[i] for i in node["inputs"]]}
+                for node in f_nodes]
+    f_out, mirror_out = first + n - 1, first + 2 * n + 1
+    return [*f_nodes, {"op": "complement", "inputs": [0]}, {"op": "complement", "inputs": [1]},
+            *mirrored, {"op": "multiply", "inputs": [1, f_out]},
+            {"op": "multiply", "inputs": [complement_label, mirror_out]},
+            {"op": "add", "inputs": [first + 2 * n + 2, first + 2 * n + 3]}]
 
 
 class Reinforce:
@@ -427,7 +463,7 @@ def run_search(learner: Learner, options: dict[str, Any], seed: int, report_dir:
         trainings = 0
         for _ in range(int(options["samples_per_epoch"])):
             nodes, _, entropy = controller.run(rng=rng)
-            spec = formula.pruned(spec_of(nodes))
+            spec = formula.pruned(spec_of(nodes, options["space"]))
             key = formula.canonical_key(spec)
             grad = proxy.gradient(spec)
             auc, status = MIN_REWARD, "trained"

@@ -50,6 +50,7 @@ class InterpreterTest(tf.test.TestCase, parameterized.TestCase):
         ("log", [0], np.log(Y_PRED + EPS)),
         ("square", [0], Y_PRED ** 2),
         ("reciprocal", [0], 1.0 / (Y_PRED + EPS)),
+        ("complement", [0], 1.0 - Y_PRED),
     )
     def test_each_operator_without_clamp(self, op: str, inputs: list[int], expected):
         out = formula.evaluate(_spec((op, inputs), clamp=None), Y_PRED, Y_TRUE)
@@ -205,6 +206,36 @@ class ControllerTest(tf.test.TestCase):
         self.assertAllClose(controller.run(nodes)[1], log_prob, rtol=1e-5)
         with self.assertRaisesRegex(ValueError, "space=.tree."):
             autolossgen.LossController(space="tree")
+
+    def test_mirror_layout_scores_both_labels_with_one_dag(self):
+        controller = autolossgen.LossController(num_nodes=3, lstm_size=8, space="mirror")
+        rng = np.random.default_rng(5)
+        for _ in range(5):
+            nodes, log_prob, _ = controller.run(rng=rng)
+            self.assertLen(nodes, 3)  # the controller writes f only, never reading y
+            for node in nodes:
+                self.assertNotIn(1, node["inputs"])
+                self.assertIn(node["op"], formula.OFFICIAL_OPERATORS)
+            self.assertAllClose(controller.run(nodes)[1], log_prob, rtol=1e-5)
+            spec = autolossgen.spec_of(nodes, "mirror")
+            self.assertLen(spec["nodes"], 2 * 3 + 5)
+            # Label 0 at y_hat scores what label 1 scores at 1 - y_hat (up to the clamp's
+            # 1e-5 floor on the gated-off term).
+            p = np.array([0.1, 0.3, 0.8], np.float32)
+            self.assertAllClose(formula.evaluate(spec, p, np.zeros(3)),
+                                formula.evaluate(spec, 1.0 - p, np.ones(3)), rtol=1e-4,
+                                atol=1e-4)
+        # f = log(1/y_hat) mirrors to logloss (the clamp only touches values < 1e-5).
+        spec = autolossgen.spec_of([{"op": "reciprocal", "inputs": [0]},
+                                    {"op": "log", "inputs": [3]}], "mirror")
+        self.assertEqual(formula.describe(spec), "y * log(1/ŷ) + (1 - y) * log(1/(1 - ŷ))")
+        p = np.array([0.05, 0.4, 0.7, 0.95], np.float32)
+        y = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
+        self.assertAllClose(formula.evaluate(spec, p, y),
+                            -(y * np.log(p) + (1 - y) * np.log(1 - p)), rtol=1e-4)
+        self.assertTrue(formula.direction_check(spec)["valid"])
+        with self.assertRaisesRegex(ValueError, "mirror: f reads only"):
+            autolossgen.mirror_nodes([{"op": "add", "inputs": [0, 1]}])
 
     def test_reinforce_moves_toward_the_rewarded_operator(self):
         options = autolossgen.settings({"num_nodes": 1, "lstm_size": 8, "num_aggregate": 4,
