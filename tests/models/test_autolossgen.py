@@ -299,7 +299,7 @@ class SettingsTest(tf.test.TestCase):
         self.assertLen(autolossgen._distinct(ranked, 1, 1e-4), 1)
 
     def test_defaults_and_bad_options(self):
-        self.assertEqual(autolossgen.settings({})["space"], "split")
+        self.assertEqual(autolossgen.settings({})["space"], "mirror")
         with self.assertRaisesRegex(SearchError, "space='tree'"):
             autolossgen.settings({"space": "tree"})
         with self.assertRaisesRegex(SearchError, r"unknown options \['nodes'\]"):
@@ -375,8 +375,8 @@ def test_topk_search_scores_candidates_by_eval_recall_and_mf_retrains_with_the_l
     assert formula.direction_check(loss, 100)["valid"] and report["loss"] == loss
     finalists = report["finalists"]  # retrained to early stopping; the best eval Recall wins
     if finalists:  # only when two or more distinct valid candidates were trained
-        assert 2 <= len(finalists) <= 3 and report["formula"] == max(
-            finalists, key=lambda c: c["retrain_score"])["formula"]
+        assert 2 <= len(finalists) <= autolossgen.DEFAULTS["finalists"]
+        assert report["formula"] == max(finalists, key=lambda c: c["retrain_score"])["formula"]
     else:
         assert report["formula"] == report["candidates"][0]["formula"]
     result = train_bpr(data, dim=8, learning_rate=0.05, batch_size=128, max_epochs=5,
