@@ -25,7 +25,7 @@ from benchmarks.topk_lambdaopt import (
 )
 from components.search import MF_INIT_STD
 from components.topk import evaluate_split, load_topk, train_bpr
-from components.topk_trainer import eval_every
+from components.topk_trainer import early_stopping
 from models.architecture import TOPK_MODELS
 from models.losses import describe_loss
 from models.search.topk import search_topk
@@ -63,8 +63,7 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
     settings = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,
                 "batch_size": mf.batch_size, "l2": mf.l2}
     # The retrain's early stopping; AutoLossGen's finalists train with the same.
-    fit = {"max_epochs": config.train.max_epochs, "patience": max(config.train.patience, 3),
-           "eval_every": eval_every(config, data.num_users, data.num_items)}
+    fit = early_stopping(config, data.num_users, data.num_items)
     rows = []
     for seed in seeds:
         for model in models:

@@ -70,15 +70,14 @@ def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: 
     from benchmarks.topk import _prepare  # noqa: PLC0415
     from components.search import MF_INIT_STD  # noqa: PLC0415
     from components.topk import evaluate_split, load_topk, train_bpr  # noqa: PLC0415
-    from components.topk_trainer import eval_every  # noqa: PLC0415
+    from components.topk_trainer import early_stopping  # noqa: PLC0415
 
     config = PipelineConfig.from_dict(config_data)
     data = load_topk(_prepare(dataset, work_dir, data_dir))
     mf = config.topk
     common = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,
-              "batch_size": mf.batch_size, "max_epochs": config.train.max_epochs,
-              "patience": max(config.train.patience, 3), "seed": seed,
-              "eval_every": eval_every(config, data.num_users, data.num_items)}
+              "batch_size": mf.batch_size, "seed": seed,
+              **early_stopping(config, data.num_users, data.num_items)}
     before = _rss_mb()
     search: dict[str, Any] = {"strategy": "none"}
     search_seconds = 0.0

@@ -51,6 +51,14 @@ def eval_every(config: PipelineConfig, num_users: int, num_items: int) -> int:
     return 5 if num_users * num_items > LARGE_RANKING else 1
 
 
+def early_stopping(config: PipelineConfig, num_users: int, num_items: int) -> dict[str, int]:
+    """MF training's ``max_epochs``, ``patience`` and ``eval_every`` (``config.topk``'s, else
+    ``config.train``'s epochs and patience, the patience at least 3 evaluations)."""
+    return {"max_epochs": config.topk.max_epochs or config.train.max_epochs,
+            "patience": config.topk.patience or max(config.train.patience, 3),
+            "eval_every": eval_every(config, num_users, num_items)}
+
+
 def read_id_pairs(file_patterns: list[str] | str, tf_transform_output: tft.TFTransformOutput,
                   user: str, item: str) -> tuple[np.ndarray, np.ndarray]:
     """All ``(user_id, item_id)`` Transform ids of Transform's gzipped TFRecords, in file order."""
@@ -183,9 +191,7 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
     training = {"learning_rate": float(training.get("learning_rate",
                                                     config.topk.learning_rate)),
                 "batch_size": int(training.get("batch_size", config.topk.batch_size)),
-                "eval_every": eval_every(config, data.num_users, data.num_items),
-                "patience": max(config.train.patience, 3),
-                "max_epochs": config.train.max_epochs}
+                **early_stopping(config, data.num_users, data.num_items)}
     logging.info("Training MF-BPR on %d users x %d items (%d train pairs; eval pairs with a "
                  "user or item unseen in train: %d); %s.", data.num_users, data.num_items,
                  len(data.train_pairs), data.dropped.get("eval", 0), training)

@@ -122,7 +122,8 @@ class TunerConfig:
 @dataclass
 class TopkConfig:
     """MF-BPR settings of top-k datasets (``task == "topk"``); the defaults are the bench's
-    LightGCN MF baseline. Epochs, patience and seed come from ``train``.
+    LightGCN MF baseline. The seed, and unless set here epochs and patience, come from
+    ``train``.
 
     Attributes:
       embedding_dim: size of the user and item vectors.
@@ -131,6 +132,9 @@ class TopkConfig:
       l2: LightGCN's L2 weight on the batch's embeddings.
       eval_every: epochs between two eval rankings (early stopping counts evaluations);
         0 picks 1, or 5 when users x items exceeds 5e8.
+      patience: evaluations in a row without a better eval Recall@20 before stopping; 0 takes
+        ``train.patience`` (at least 3).
+      max_epochs: upper bound on epochs; 0 takes ``train.max_epochs``.
       exclude_seen: the served top-k never holds items the user interacted with in train.
     """
 
@@ -139,6 +143,8 @@ class TopkConfig:
     batch_size: int = 2048
     l2: float = 1e-4
     eval_every: int = 0
+    patience: int = 0
+    max_epochs: int = 0
     exclude_seen: bool = True
 
     def validate(self) -> None:
@@ -149,8 +155,9 @@ class TopkConfig:
             raise ConfigError(f"topk.learning_rate must be > 0. Received: {self.learning_rate}")
         if self.l2 < 0:
             raise ConfigError(f"topk.l2 must be >= 0. Received: {self.l2}")
-        if self.eval_every < 0:
-            raise ConfigError(f"topk.eval_every must be >= 0. Received: {self.eval_every}")
+        for key in ("eval_every", "patience", "max_epochs"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"topk.{key} must be >= 0. Received: {getattr(self, key)}")
 
 
 @dataclass

@@ -45,3 +45,15 @@ def test_tables_are_placed_by_transform_id():
     vectors = np.arange(6, dtype=np.float32).reshape(3, 2)
     table = table_by_transform_id(vectors, np.array(["2", "0", "3"]), rows=5)
     np.testing.assert_array_equal(table, [[2, 3], [0, 0], [0, 1], [4, 5], [0, 0]])
+
+
+def test_early_stopping_takes_topk_settings_over_train():
+    from components.topk_trainer import LARGE_RANKING, early_stopping  # noqa: PLC0415
+    from pipeline.configs import PipelineConfig  # noqa: PLC0415
+
+    default = PipelineConfig.from_dict({"train": {"patience": 2, "max_epochs": 50}})
+    assert early_stopping(default, 10, 10) == {"max_epochs": 50, "patience": 3, "eval_every": 1}
+    assert early_stopping(default, LARGE_RANKING, 2)["eval_every"] == 5
+    mine = PipelineConfig.from_dict({"train": {"patience": 2, "max_epochs": 50},
+                                     "topk": {"patience": 10, "max_epochs": 400}})
+    assert early_stopping(mine, 10, 10) == {"max_epochs": 400, "patience": 10, "eval_every": 1}

@@ -28,6 +28,8 @@ def test_config_round_trip(tmp_path):
     ({"min_eval_recall": 1.5}, "min_eval_recall must be in \\[0, 1\\]"),
     ({"topk": {"batch_size": 0}}, "topk.batch_size must be >= 1"),
     ({"topk": {"learning_rate": 0}}, "topk.learning_rate must be > 0"),
+    ({"topk": {"patience": -1}}, "topk.patience must be >= 0"),
+    ({"topk": {"max_epochs": -2}}, "topk.max_epochs must be >= 0"),
     ({"topk": {"dim": 8}}, "topk.dim"),
 ])
 def test_bad_config_names_the_key(data, needle):
