@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-METRICS = ("test_auc", "test_logloss", "recall@20", "ndcg@20", "embedding_params",
+METRICS = ("test_auc", "test_logloss", "recall@20", "ndcg@20", "recall@20_excluding_eval",
+           "ndcg@20_excluding_eval", "embedding_params",
            "train_seconds", "train_examples_per_second", "search_seconds")
 
 

@@ -24,7 +24,7 @@ from benchmarks.topk_lambdaopt import (
     run_rows,
 )
 from components.search import MF_INIT_STD
-from components.topk import evaluate_split, load_topk, train_bpr
+from components.topk import load_topk, ranked_test_metrics, train_bpr
 from components.topk_trainer import early_stopping
 from models.architecture import TOPK_MODELS
 from models.losses import describe_loss
@@ -79,10 +79,10 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
             search_seconds = time.perf_counter() - start if model != "mf" else 0.0
             result = train_bpr(data, **settings, **fit, seed=seed, id_dims=id_dims, loss=loss)
             users, items = (t.numpy() for t in result.model.embedding_tables())
-            test = evaluate_split(data, users, items, "test")
+            test = ranked_test_metrics(data, users, items)
             rows.append({
                 "dataset": dataset, "model": model, "seed": seed,
-                "recall@20": test["recall@20"], "ndcg@20": test["ndcg@20"],
+                **test,
                 "val_recall@20": result.best_eval.get("recall@20"),
                 "best_epoch": result.best_epoch, "epochs": len(result.history),
                 "embedding_params": result.embedding_params,

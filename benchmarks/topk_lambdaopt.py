@@ -69,7 +69,7 @@ def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: 
     """One row, in the current process (the child)."""
     from benchmarks.topk import _prepare  # noqa: PLC0415
     from components.search import MF_INIT_STD  # noqa: PLC0415
-    from components.topk import evaluate_split, load_topk, train_bpr  # noqa: PLC0415
+    from components.topk import load_topk, ranked_test_metrics, train_bpr  # noqa: PLC0415
     from components.topk_trainer import early_stopping  # noqa: PLC0415
 
     config = PipelineConfig.from_dict(config_data)
@@ -104,11 +104,11 @@ def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: 
         search = {"strategy": "lambdaopt", "lambdaopt": found.report}
     peak = _rss_mb()
     users, items = (t.numpy() for t in result.model.embedding_tables())
-    test = evaluate_split(data, users, items, "test")
+    test = ranked_test_metrics(data, users, items)
     epochs = len(result.history)
     return {
         "dataset": dataset, "model": name, "seed": seed,
-        "recall@20": test["recall@20"], "ndcg@20": test["ndcg@20"],
+        **test,
         "val_recall@20": result.best_eval.get("recall@20"),
         "best_epoch": result.best_epoch, "epochs": epochs, "stop_reason": result.stop_reason,
         "embedding_params": result.embedding_params, "total_params": result.embedding_params,

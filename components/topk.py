@@ -284,6 +284,18 @@ def evaluate_split(data: TopkData, user_emb: np.ndarray, item_emb: np.ndarray, s
                          batch_users=batch_users)
 
 
+def ranked_test_metrics(data: TopkData, user_emb: np.ndarray, item_emb: np.ndarray, *,
+                 k: int = 20) -> dict[str, float]:
+    """The test split's ``recall@k`` and ``ndcg@k`` ranked without the train items (the
+    LightGCN++ protocol), and ``recall@k_excluding_eval``, ``ndcg@k_excluding_eval`` ranked
+    without the train and the eval items: the original LightGCN protocol, whose train split still
+    holds the interactions LightGCN++ carved out as eval (gowalla's published numbers)."""
+    plain = evaluate_split(data, user_emb, item_emb, "test", k=k)
+    strict = evaluate_split(data, user_emb, item_emb, "test", k=k, exclude_eval=True)
+    return {**{m: plain[m] for m in (f"recall@{k}", f"ndcg@{k}")},
+            **{f"{m}_excluding_eval": strict[m] for m in (f"recall@{k}", f"ndcg@{k}")}}
+
+
 def sample_negatives(train_items_by_user: UserItems, users: np.ndarray, num_items: int,
                      rng: np.random.Generator) -> np.ndarray:
     """One uniform item per user that the user has no train interaction with.

@@ -12,6 +12,7 @@ from components.topk import (
     evaluate_split,
     evaluate_topk,
     load_topk,
+    ranked_test_metrics,
     sample_negatives,
     topk_data_from_interactions,
     train_bpr,
@@ -103,7 +104,7 @@ def test_evaluate_split_can_also_exclude_eval_items_for_test():
                                        ([0, 0], [2, 3]))
     user_emb = np.ones((2, 1), np.float32)
     item_emb = np.array([[4.0], [3.0], [2.0], [1.0]], np.float32)  # ranks items 0 > 1 > 2 > 3
-    # user 0 (train {0}, eval {1}, test {2, 3}): the top-1 is eval item 1 under the LightGCN
+    # user 0 (train {0}, eval {1}, test {2, 3}): the top-1 is eval item 1 under the LightGCN++
     # protocol, and test item 2 once the eval items are excluded too.
     lightgcn = evaluate_split(data, user_emb, item_emb, "test", k=1)
     with_eval = evaluate_split(data, user_emb, item_emb, "test", k=1, exclude_eval=True)
@@ -111,6 +112,9 @@ def test_evaluate_split_can_also_exclude_eval_items_for_test():
     assert evaluate_split(data, user_emb, item_emb, "eval", k=1)["recall@1"] == 1.0
     with pytest.raises(ValueError, match="split"):
         evaluate_split(data, user_emb, item_emb, "train")
+    metrics = ranked_test_metrics(data, user_emb, item_emb, k=1)
+    assert metrics == {"recall@1": 0.0, "ndcg@1": 0.0, "recall@1_excluding_eval": 0.5,
+                       "ndcg@1_excluding_eval": 1.0}
 
 
 def test_sample_negatives_avoids_train_items():
