@@ -86,9 +86,12 @@ def recommend_csv(model_dir: str, csv_path: str) -> tuple[list[str], list[list[s
 def topk_test_metrics(model_dir: str, dataset: PreparedDataset, k: int = 20) -> dict[str, float]:
     """Recall@k and NDCG@k of the exported top-k model on ``dataset``'s test split.
 
-    The LightGCN protocol: every user with test items ranks all train-vocabulary items by the
+    The LightGCN++ protocol: every user with test items ranks all train-vocabulary items by the
     exported vectors, the user's train items (the raw train CSV) excluded; test interactions
     whose user or item the train vocabulary lacks are dropped (counted in ``test_dropped``).
+    ``test_recall@k_excluding_eval`` and ``test_ndcg@k_excluding_eval`` also exclude the user's
+    eval items (the original LightGCN protocol, whose train split holds them; gowalla's
+    published numbers).
     """
     from components.topk import UserItems, evaluate_topk, read_split  # noqa: PLC0415
     from components.topk_trainer import load_topk_assets  # noqa: PLC0415
@@ -97,7 +100,7 @@ def topk_test_metrics(model_dir: str, dataset: PreparedDataset, k: int = 20) -> 
     index = {f: {v: i for i, v in enumerate(vocab[f])} for f in ("user", "item")}
     tables = {}
     dropped = 0
-    for split in ("train", "test"):
+    for split in ("train", "eval", "test"):
         users, items = read_split(dataset, split)
         u = np.array([index["user"].get(x, -1) for x in users], np.int64)
         i = np.array([index["item"].get(x, -1) for x in items], np.int64)
@@ -105,9 +108,13 @@ def topk_test_metrics(model_dir: str, dataset: PreparedDataset, k: int = 20) -> 
         if split == "test":
             dropped = int((~seen).sum())
         tables[split] = UserItems.from_pairs(u[seen], i[seen], len(user_table))
-    result = evaluate_topk(user_table, item_table[:len(vocab["item"])], tables["train"],
+    items = item_table[:len(vocab["item"])]
+    result = evaluate_topk(user_table, items, tables["train"], tables["test"], k=k)
+    strict = evaluate_topk(user_table, items, tables["train"].union(tables["eval"]),
                            tables["test"], k=k)
     return {f"test_recall@{k}": result[f"recall@{k}"], f"test_ndcg@{k}": result[f"ndcg@{k}"],
+            f"test_recall@{k}_excluding_eval": strict[f"recall@{k}"],
+            f"test_ndcg@{k}_excluding_eval": strict[f"ndcg@{k}"],
             "test_users": int(result["users"]), "test_dropped": dropped}
 
 

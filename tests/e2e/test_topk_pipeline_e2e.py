@@ -66,6 +66,7 @@ def test_summary_has_test_ranking_metrics_above_baselines(topk_run):
     truth = summary["dataset_metadata"]["ground_truth"]
     assert metrics["test_users"] == truth["n_users"]
     assert 0.0 < metrics["test_recall@20"] <= 1.0 and 0.0 < metrics["test_ndcg@20"] <= 1.0
+    assert 0.0 < metrics["test_recall@20_excluding_eval"] <= 1.0
     # Random ranking reaches about k / catalogue; popularity alone far more on Zipf data.
     assert truth["random_test_recall@20"] < 0.15
     assert metrics["test_recall@20"] > 2 * truth["random_test_recall@20"]
