@@ -285,7 +285,7 @@ def evaluate_split(data: TopkData, user_emb: np.ndarray, item_emb: np.ndarray, s
 
 
 def ranked_test_metrics(data: TopkData, user_emb: np.ndarray, item_emb: np.ndarray, *,
-                 k: int = 20) -> dict[str, float]:
+                        k: int = 20) -> dict[str, float]:
     """The test split's ``recall@k`` and ``ndcg@k`` ranked without the train items (the
     LightGCN++ protocol), and ``recall@k_excluding_eval``, ``ndcg@k_excluding_eval`` ranked
     without the train and the eval items: the original LightGCN protocol, whose train split still

@@ -44,19 +44,14 @@ TRAINING_REPORT = "training_report.json"
 LARGE_RANKING = 5e8
 
 
-def eval_every(config: PipelineConfig, num_users: int, num_items: int) -> int:
-    """``config.topk.eval_every``, or (0) 1 unless the ranking is large, then 5."""
-    if config.topk.eval_every:
-        return config.topk.eval_every
-    return 5 if num_users * num_items > LARGE_RANKING else 1
-
-
 def early_stopping(config: PipelineConfig, num_users: int, num_items: int) -> dict[str, int]:
-    """MF training's ``max_epochs``, ``patience`` and ``eval_every`` (``config.topk``'s, else
-    ``config.train``'s epochs and patience, the patience at least 3 evaluations)."""
+    """MF training's ``max_epochs``, ``patience`` and ``eval_every``: ``config.topk``'s, else
+    ``config.train``'s epochs and patience (the patience at least 3 evaluations) and an eval
+    ranking every epoch, or every 5 when users x items exceeds ``LARGE_RANKING``."""
+    large = num_users * num_items > LARGE_RANKING
     return {"max_epochs": config.topk.max_epochs or config.train.max_epochs,
             "patience": config.topk.patience or max(config.train.patience, 3),
-            "eval_every": eval_every(config, num_users, num_items)}
+            "eval_every": config.topk.eval_every or (5 if large else 1)}
 
 
 def read_id_pairs(file_patterns: list[str] | str, tf_transform_output: tft.TFTransformOutput,
