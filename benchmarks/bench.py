@@ -79,7 +79,8 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
     config = parse_model(model_name, config)
     config.seed = config.train.seed = seed
     spec = data.spec
-    batch = config.train.batch_size
+    batch = config.train.batch_size = base.train_batch_size(
+        config.train, data.split_files("train"), compression_type="")
 
     def dataset(split: str, input_names: list[str], shuffle: bool):
         if split not in ("train", "eval"):
@@ -124,6 +125,7 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
         "val_auc": max(result.history.get("val_auc", [float("nan")])),
         "best_epoch": result.best_epoch,
         "epochs": len(result.history.get("val_auc", [])),
+        "batch_size": batch,
         "embedding_params": arch.embedding_params(),
         "total_params": int(result.model.count_params()),
         "search_seconds": search_seconds,

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -22,6 +22,9 @@ from components.transform import counts_vocab_name
 from models.architecture import Architecture
 from models.losses import training_loss
 from models.zoo import build_ctr_model
+
+if TYPE_CHECKING:
+    from pipeline.configs import TrainConfig
 
 ARCHITECTURE_ASSET = "architecture.json"
 RAW_FEATURES_ASSET = "raw_features.json"
@@ -57,6 +60,30 @@ def vocab_counts(tf_transform_output: tft.TFTransformOutput,
             values = [int(line.split(" ", 1)[0]) for line in lines if line.strip()]
         counts[f] = values + [0] * features.NUM_OOV_BUCKETS
     return counts
+
+
+def train_batch_size(train: TrainConfig, file_patterns: list[str] | str,
+                     compression_type: str = "GZIP") -> int:
+    """``train.batch_size_for`` the number of records in the train split's TFRecord files.
+
+    Reads at most ``batch_size * min_steps_per_epoch`` records: a large split is not counted.
+    """
+    if train.min_steps_per_epoch <= 0:
+        return train.batch_size
+    patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    files = sorted(f for p in patterns for f in tf.io.gfile.glob(p))
+    if not files:
+        raise FileNotFoundError(f"No train examples match {patterns}.")
+    limit = train.batch_size * train.min_steps_per_epoch
+    ds = tf.data.TFRecordDataset(files, compression_type=compression_type).take(limit)
+    count = int(ds.batch(8192).reduce(tf.constant(0, tf.int64),
+                                      lambda n, b: n + tf.shape(b, out_type=tf.int64)[0]))
+    batch_size = train.batch_size_for(count)
+    if batch_size != train.batch_size:
+        logging.info("Batch size %d instead of %d: the train split has %d examples and an epoch "
+                     "takes at least train.min_steps_per_epoch = %d steps.", batch_size,
+                     train.batch_size, count, train.min_steps_per_epoch)
+    return batch_size
 
 
 def make_dataset(file_patterns: list[str] | str, tf_transform_output: tft.TFTransformOutput,

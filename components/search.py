@@ -133,6 +133,9 @@ def ArchitectureSearch(
             arch = _search_topk(arch, config, transformed_examples, tf_transform_output,
                                 search_report.uri)
     else:
+        if transformed_examples is not None:
+            config.train.batch_size = base.train_batch_size(
+                config.train, os.path.join(transformed_examples.uri, "Split-train", "*"))
         dataset = _split_reader(transformed_examples, tf_transform_output, spec["label"],
                                 config)
         arch = searched_architecture(

@@ -42,7 +42,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         return
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     strategy = base.choose_strategy()
-    batch_size = config.train.batch_size
+    batch_size = base.train_batch_size(config.train, fn_args.train_files)
     input_names = model_input_names(arch)
     keras.utils.set_random_seed(config.train.seed)  # a seeded shuffle also reads the global seed
     train_ds = base.make_dataset(fn_args.train_files, tf_transform_output, label, batch_size,
@@ -64,6 +64,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                               fn_args.serving_model_dir)
     report = {
         "best_epoch": result.best_epoch,
+        "batch_size": batch_size,
         "history": result.history,
         "train_seconds": result.train_seconds,
         "wall_seconds": result.wall_seconds,

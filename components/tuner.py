@@ -42,6 +42,8 @@ class BaselineTuner(keras_tuner.RandomSearch):
         self.spec = fn_args.custom_config["spec"]
         self.transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
         self.vocab = base.vocab_sizes(self.transform_output, self.spec["categorical"])
+        self.config.train.batch_size = base.train_batch_size(self.config.train,
+                                                             fn_args.train_files)
 
     def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args: Any,
                   **kwargs: Any) -> float:

@@ -57,7 +57,11 @@ class TrainConfig:
       net_l2: L2 strength on network kernels.
       embedding_init_std: standard deviation of the embeddings' normal initialisation.
       learning_rate: Adam learning rate.
-      batch_size: global batch size (split across replicas under MirroredStrategy).
+      batch_size: global batch size (split across replicas under MirroredStrategy); lowered
+        for a small train split, see ``min_steps_per_epoch``.
+      min_steps_per_epoch: the batch size is lowered to ``ceil(train examples / this)`` when an
+        epoch would otherwise take fewer steps, so that early stopping and learning-rate decay,
+        which count epochs, see some training between two evaluations (0 disables it).
       max_epochs: upper bound on epochs; early stopping usually ends sooner.
       patience: epochs in a row improving neither validation AUC nor logloss before stopping;
         the best-AUC epoch's weights are restored (``components.base.PlateauControl``).
@@ -79,6 +83,7 @@ class TrainConfig:
     embedding_init_std: float = 1e-4
     learning_rate: float = 1e-3
     batch_size: int = 4096
+    min_steps_per_epoch: int = 8
     max_epochs: int = 100
     patience: int = 3
     lr_decay: float = 0.1
@@ -95,12 +100,25 @@ class TrainConfig:
                   for k in PRESET_KEYS}
         return dataclasses.replace(self, **values)
 
+    def batch_size_for(self, num_train: int) -> int:
+        """The batch size for a train split of ``num_train`` examples (``min_steps_per_epoch``).
+
+        >>> TrainConfig().batch_size_for(8000), TrainConfig().batch_size_for(51950)
+        (1000, 4096)
+        """
+        if self.min_steps_per_epoch <= 0 or num_train >= self.batch_size * self.min_steps_per_epoch:
+            return self.batch_size
+        return max(1, -(-num_train // self.min_steps_per_epoch))
+
     def validate(self) -> None:
         if self.model not in MODELS:
             raise ConfigError(f"train.model: unknown model {self.model!r}; known: {list(MODELS)}.")
         for key in ("embedding_dim", "batch_size", "max_epochs", "patience", "lr_patience"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1. Received: {getattr(self, key)}")
+        if self.min_steps_per_epoch < 0:
+            raise ConfigError(f"train.min_steps_per_epoch must be >= 0. "
+                              f"Received: {self.min_steps_per_epoch}")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ConfigError(f"train.lr_decay must be in (0, 1]. Received: {self.lr_decay}")
         if self.learning_rate <= 0:
