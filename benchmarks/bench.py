@@ -112,6 +112,7 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
     test_ds = transformed_dataset(data, "test", names, 8192, shuffle=False, seed=seed)
     labels = np.concatenate([y.numpy().ravel() for _, y in test_ds])
     scores = result.model.predict(test_ds, verbose=0).ravel()
+    test_auc = metrics.roc_auc(labels, scores)
     if export_dir:
         base.export_serving_model(result.model, data.transform_output, arch, spec["label"],
                                   export_dir)
@@ -119,8 +120,11 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
         "dataset": data.dataset.name,
         "model": model_name,
         "seed": seed,
-        "test_auc": metrics.roc_auc(labels, scores),
+        "test_auc": test_auc,
         "test_logloss": metrics.log_loss(labels, scores),
+        "test_auc_se": metrics.auc_standard_error(test_auc, int(labels.sum()),
+                                                  int(labels.size - labels.sum())),
+        "test_examples": int(labels.size),
         "loss": describe_loss(arch.loss),
         "val_auc": max(result.history.get("val_auc", [float("nan")])),
         "best_epoch": result.best_epoch,

@@ -1,4 +1,5 @@
-"""Bench report: a Markdown table of means ± standard deviations over seeds, and PNG plots."""
+"""Bench report: a Markdown table of means ± standard deviations over seeds, paired per-seed
+differences against the baselines of the same run, and PNG plots."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-METRICS = ("test_auc", "test_logloss", "recall@20", "ndcg@20", "recall@20_excluding_eval",
-           "ndcg@20_excluding_eval", "embedding_params",
+METRICS = ("test_auc", "test_auc_se", "test_logloss", "recall@20", "ndcg@20",
+           "recall@20_excluding_eval", "ndcg@20_excluding_eval", "embedding_params",
            "train_seconds", "train_examples_per_second", "search_seconds")
 
 
@@ -29,6 +30,53 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+# Models that other rows are compared with, when the same run has them.
+REFERENCES = ("lr", "fm", "deepfm", "dnn", "dcn", "mf")
+
+
+def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every model against every reference model of its dataset, over the seeds both ran.
+
+    The metric is test AUC (Recall@20 on top-k data). A seed is one pair, so the split and the
+    data order cancel where the rows share them: ``mean`` and ``std`` (ddof 1) are over the
+    per-seed differences, ``se`` is ``std / sqrt(n)`` (NaN for one seed), ``wins`` counts seeds
+    with a difference >= 0, and ``test_se`` is the mean Hanley-McNeil standard error of one
+    row's test AUC (how much the test sample alone moves it).
+
+    >>> rows = [{"dataset": "d", "model": m, "seed": s, "test_auc": a}
+    ...         for m, s, a in [("fm", 1, .70), ("fm", 2, .72), ("x", 1, .71), ("x", 2, .72)]]
+    >>> [(e["model"], e["vs"], e["n"], round(e["mean"], 3), e["wins"])
+    ...  for e in paired_differences(rows)]
+    [('x', 'fm', 2, 0.005, 2)]
+    """
+    table: dict[tuple[str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        table[(row["dataset"], row["model"])][row["seed"]] = row
+    out = []
+    for (dataset, model), by_seed in table.items():
+        # A baseline is compared only with the baselines listed before it (no mirrored pairs).
+        references = (REFERENCES[:REFERENCES.index(model)] if model in REFERENCES
+                      else REFERENCES)
+        for reference in references:
+            base = table.get((dataset, reference))
+            if not base:
+                continue
+            metric = "test_auc" if "test_auc" in next(iter(by_seed.values())) else "recall@20"
+            seeds = sorted(s for s in by_seed if s in base and metric in by_seed[s]
+                           and metric in base[s])
+            if not seeds:
+                continue
+            diffs = np.array([by_seed[s][metric] - base[s][metric] for s in seeds])
+            std = float(diffs.std(ddof=1)) if diffs.size > 1 else float("nan")
+            test_se = [r["test_auc_se"] for r in (*by_seed.values(), *base.values())
+                       if "test_auc_se" in r]
+            out.append({"dataset": dataset, "model": model, "vs": reference, "metric": metric,
+                        "n": len(seeds), "mean": float(diffs.mean()), "std": std,
+                        "se": std / np.sqrt(diffs.size), "wins": int((diffs >= 0).sum()),
+                        "test_se": float(np.mean(test_se)) if test_se else float("nan")})
+    return out
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     lines = ["| dataset | model | seeds | test AUC | test logloss | Recall@20 | NDCG@20 | "
              "emb. params | train s | train ex/s |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -43,6 +91,15 @@ def markdown_table(report: dict[str, Any]) -> str:
                      f"{cell('ndcg@20', '.4f')} | {e['embedding_params'][0]:,.0f} | "
                      f"{cell('train_seconds', '.1f')} | "
                      f"{cell('train_examples_per_second', ',.0f')} |")
+    pairs = paired_differences(report["results"])
+    if pairs:
+        lines += ["", "Paired per-seed differences (model minus baseline, same seeds):", "",
+                  "| dataset | model | vs | metric | seeds | mean difference | SE of the mean | "
+                  "seeds >= 0 | one test AUC's SE |", "|---|---|---|---|---|---|---|---|---|"]
+        for e in pairs:
+            lines.append(f"| {e['dataset']} | {e['model']} | {e['vs']} | {e['metric']} | "
+                         f"{e['n']} | {e['mean']:+.4f} | {e['se']:.4f} | {e['wins']}/{e['n']} | "
+                         f"{'–' if np.isnan(e['test_se']) else format(e['test_se'], '.4f')} |")
     if report.get("serving"):
         lines += ["", "| dataset | model | batch | p50 ms | p99 ms |", "|---|---|---|---|---|"]
         for s in report["serving"]:

@@ -1,4 +1,5 @@
-"""Test metrics computed outside TensorFlow: exact ROC AUC (ties averaged) and log loss."""
+"""Test metrics computed outside TensorFlow: exact ROC AUC (ties averaged), its standard error,
+and log loss."""
 
 from __future__ import annotations
 
@@ -34,3 +35,20 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -
     labels = np.asarray(labels, dtype=np.float64).ravel()
     p = np.clip(np.asarray(probabilities, dtype=np.float64).ravel(), eps, 1.0 - eps)
     return float(-np.mean(labels * np.log(p) + (1.0 - labels) * np.log(1.0 - p)))
+
+
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil's (Radiology 1982) standard error of an AUC from its class counts.
+
+    How much the AUC of one model moves with the sample of test examples alone: on a small test
+    split (criteo10k: 1,000 rows) it is larger than most differences between models.
+
+    >>> round(auc_standard_error(0.75, 250, 750), 4)
+    0.0193
+    """
+    if positives < 1 or negatives < 1:
+        raise ValueError("AUC standard error needs both positive and negative examples.")
+    q1, q2 = auc / (2.0 - auc), 2.0 * auc * auc / (1.0 + auc)
+    variance = (auc * (1.0 - auc) + (positives - 1) * (q1 - auc * auc)
+                + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
+    return float(np.sqrt(max(variance, 0.0)))

@@ -3,12 +3,13 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from pipeline.cli import main
 from pipeline.datasets import DatasetError, resolve_data_dir
 
-ROW_KEYS = {"dataset", "model", "seed", "test_auc", "test_logloss", "embedding_params",
+ROW_KEYS = {"dataset", "model", "seed", "test_auc", "test_logloss", "test_auc_se", "embedding_params",
             "total_params", "search_seconds", "train_seconds", "train_examples_per_second",
             "architecture"}
 
@@ -39,6 +40,8 @@ def test_bench_rows_report_and_plot(tmp_path):
             assert 0 < latency["p50"] <= latency["p99"]
     table = out.with_suffix(".md").read_text()
     assert "| synthetic | deepfm+buckets | 2 |" in table
+    assert "| synthetic | deepfm+buckets | lr | test_auc | 2 |" in table  # paired differences
+    assert all(0 < row["test_auc_se"] < 0.1 and row["batch_size"] == 512 for row in rows)
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
@@ -100,3 +103,22 @@ def test_ctr_model_on_a_topk_dataset_is_refused(tmp_path, capsys):
                  str(tmp_path / "x.json")])
     assert code == 2
     assert "top-k dataset" in capsys.readouterr().err
+
+
+def test_paired_differences_pair_seeds_and_skip_mirrored_baselines():
+    from benchmarks.report import paired_differences  # noqa: PLC0415
+
+    rows = [{"dataset": "d", "model": m, "seed": s, "recall@20": r}
+            for m, s, r in [("mf", 1, 0.20), ("mf", 2, 0.21), ("mf", 3, 0.19),
+                            ("mf+esapn", 1, 0.18), ("mf+esapn", 2, 0.20), ("mf+esapn", 4, 0.5)]]
+    rows += [{"dataset": "c", "model": m, "seed": 1, "test_auc": a, "test_auc_se": 0.01}
+             for m, a in [("lr", 0.70), ("fm", 0.72), ("deepfm", 0.71)]]
+    pairs = {(e["dataset"], e["model"], e["vs"]): e for e in paired_differences(rows)}
+    assert set(pairs) == {("d", "mf+esapn", "mf"), ("c", "fm", "lr"), ("c", "deepfm", "lr"),
+                          ("c", "deepfm", "fm")}
+    esapn = pairs[("d", "mf+esapn", "mf")]  # seeds 1 and 2 only
+    assert (esapn["metric"], esapn["n"], esapn["wins"]) == ("recall@20", 2, 0)
+    assert esapn["mean"] == pytest.approx(-0.015)
+    assert esapn["se"] == pytest.approx(np.std([-0.02, -0.01], ddof=1) / np.sqrt(2))
+    assert pairs[("c", "deepfm", "fm")]["mean"] == pytest.approx(-0.01)
+    assert pairs[("c", "deepfm", "fm")]["test_se"] == pytest.approx(0.01)

@@ -23,6 +23,8 @@ def search_synthetic(tmp_path: Any, model_name: str, seed: int = 2021,
     config = parse_model(model_name, PipelineConfig())
     config.seed = config.train.seed = seed
     config.search_options = dict(options or {})
+    config.train.batch_size = base.train_batch_size(config.train, data.split_files("train"),
+                                                    compression_type="")  # as the bench does
 
     def dataset(split: str, names: list[str], shuffle: bool):
         return transformed_dataset(data, split, names, config.train.batch_size,

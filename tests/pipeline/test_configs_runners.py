@@ -21,6 +21,7 @@ def test_config_round_trip(tmp_path):
     ({"train": {"modle": "fm"}}, "train.modle"),
     ({"train": {"model": "xgboost"}}, "train.model: unknown model 'xgboost'"),
     ({"train": {"batch_size": 0}}, "train.batch_size must be >= 1"),
+    ({"train": {"min_steps_per_epoch": -1}}, "train.min_steps_per_epoch must be >= 0"),
     ({"runner": "yarn"}, "runner: unknown 'yarn'"),
     ({"search_strategy": "magic"}, "search_strategy: Unknown search method"),
     ({"search_strategy": "autofis", "train": {"model": "lr"}}, "works on models"),
@@ -74,3 +75,20 @@ def test_model_presets_fill_only_unset_regularisation():
     assert (shallow.l2, shallow.dropout, shallow.batch_norm) == (0.0, 0.0, False)
     explicit = PipelineConfig.from_dict({"train": {"model": "deepfm", "l2": 0.0}}).train
     assert explicit.resolved().l2 == 0.0 and explicit.resolved().dropout == 0.3
+
+
+@pytest.mark.parametrize("batch, min_steps, num_train, expected", [
+    (4096, 8, 51_950, 4096),   # frappe86k: 12.7 steps an epoch already
+    (4096, 8, 32_768, 4096),   # exactly 8 steps
+    (4096, 8, 32_767, 4096),   # ceil(32767 / 8) = 4096
+    (4096, 8, 8_000, 1000),    # criteo10k: 2 steps at 4096, 8 at 1000
+    (4096, 8, 3, 1),
+    (4096, 0, 8_000, 4096),    # disabled
+    (256, 8, 8_000, 256),
+])
+def test_batch_size_lowered_for_small_train_splits(batch, min_steps, num_train, expected):
+    train = PipelineConfig.from_dict(
+        {"train": {"batch_size": batch, "min_steps_per_epoch": min_steps}}).train
+    got = train.batch_size_for(num_train)
+    assert got == expected
+    assert -(-num_train // got) >= min(min_steps, num_train) or got == batch

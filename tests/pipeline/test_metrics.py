@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.metrics import log_loss, roc_auc
+from pipeline.metrics import auc_standard_error, log_loss, roc_auc
 
 
 def _brute_auc(labels, scores):
@@ -31,3 +31,19 @@ def test_auc_needs_both_classes():
 def test_log_loss_golden():
     assert log_loss(np.array([1, 0]), np.array([0.8, 0.4])) == pytest.approx(
         -(np.log(0.8) + np.log(0.6)) / 2)
+
+
+def test_auc_standard_error_matches_the_bootstrap():
+    rng = np.random.default_rng(0)
+    labels = (rng.random(1000) < 0.25).astype(float)
+    scores = labels * 0.9 + rng.normal(0.0, 1.0, labels.size)  # AUC about 0.74
+    auc = roc_auc(labels, scores)
+    boot = []
+    for _ in range(400):
+        pick = rng.integers(0, labels.size, labels.size)
+        boot.append(roc_auc(labels[pick], scores[pick]))
+    se = auc_standard_error(auc, int(labels.sum()), int(labels.size - labels.sum()))
+    assert 0.012 < se < 0.025
+    assert se == pytest.approx(np.std(boot), rel=0.2)
+    with pytest.raises(ValueError, match="both positive and negative"):
+        auc_standard_error(0.7, 0, 10)
