@@ -9,8 +9,8 @@ import pytest
 from pipeline.cli import main
 from pipeline.datasets import DatasetError, resolve_data_dir
 
-ROW_KEYS = {"dataset", "model", "seed", "test_auc", "test_logloss", "test_auc_se", "embedding_params",
-            "total_params", "search_seconds", "train_seconds", "train_examples_per_second",
+ROW_KEYS = {"dataset", "model", "seed", "test_auc", "test_logloss", "test_auc_se",
+            "embedding_params", "total_params", "search_seconds", "train_seconds", "train_examples_per_second",
             "architecture"}
 
 
