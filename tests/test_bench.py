@@ -10,8 +10,8 @@ from pipeline.cli import main
 from pipeline.datasets import DatasetError, resolve_data_dir
 
 ROW_KEYS = {"dataset", "model", "seed", "test_auc", "test_logloss", "test_auc_se",
-            "embedding_params", "total_params", "search_seconds", "train_seconds", "train_examples_per_second",
-            "architecture"}
+            "embedding_params", "total_params", "search_seconds", "train_seconds",
+            "train_examples_per_second", "architecture"}
 
 
 @pytest.mark.slow
