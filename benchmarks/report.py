@@ -72,7 +72,7 @@ def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                        if "test_auc_se" in r]
             out.append({"dataset": dataset, "model": model, "vs": reference, "metric": metric,
                         "n": len(seeds), "mean": float(diffs.mean()), "std": std,
-                        "se": std / np.sqrt(diffs.size), "wins": int((diffs >= 0).sum()),
+                        "se": float(std / np.sqrt(diffs.size)), "wins": int((diffs >= 0).sum()),
                         "test_se": float(np.mean(test_se)) if test_se else float("nan")})
     return out
 

@@ -21,6 +21,9 @@ Settings (``ctx.options``, defaults in ``DEFAULTS``):
 * ``max_blocks`` (7, the official script).
 * ``sample_fraction`` (0.3), ``epochs`` (1), ``batch_size`` (512), ``learning_rate`` (0.002):
   the low-fidelity trial.
+* ``min_steps`` (30): a trial runs more epochs over its sample when ``epochs`` would take fewer
+  steps (criteo10k's 2,400-row sample is 5 steps an epoch; frappe86k's 31 steps are unchanged),
+  so that on a small data set a trial's AUC says more than where its initialisation was.
 * ``state_dir``: where the evolution state is saved after every trial and resumed from
   (default: ``<report_dir>/autoctr_state``; none when both are unset).
 
@@ -52,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "max_trials": 40, "max_seconds": 600.0, "population": 10, "tournament": 5,
     "num_mutants": 100, "ranker_min_trials": 10, "reward_weight": 0.1, "age_weight": 1.0,
     "cost_weight": 0.1, "max_blocks": 7, "sample_fraction": 0.3, "epochs": 1,
-    "batch_size": 512, "learning_rate": 0.002, "state_dir": None}
+    "batch_size": 512, "learning_rate": 0.002, "min_steps": 30, "state_dir": None}
 BUDGET_OPTIONS = ("max_trials", "max_seconds", "state_dir")  # may change when resuming
 DAG_PICTURE = "autoctr_dag.png"
 CURVE_PICTURE = "autoctr_best_so_far.png"
@@ -66,6 +69,10 @@ def settings(ctx: SearchContext) -> dict[str, Any]:
         if isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < 1:
             raise SearchError(f"autoctr: {key} must be an integer >= 1. "
                               f"Received: {key}={values[key]!r}")
+    if isinstance(values["min_steps"], bool) or not isinstance(values["min_steps"], int) \
+            or values["min_steps"] < 0:
+        raise SearchError(f"autoctr: min_steps must be an integer >= 0. "
+                          f"Received: min_steps={values['min_steps']!r}")
     for key in ("max_seconds", "learning_rate"):
         if not float(values[key]) > 0:
             raise SearchError(f"autoctr: {key} must be > 0. Received: {key}={values[key]!r}")
@@ -121,7 +128,8 @@ def search(ctx: SearchContext) -> Architecture:
               "best_cost": best["cost"], "trials": len(trials), "stopped_by": state["stopped_by"],
               "resumed_at": state["resumed_at"], "seconds": state["seconds"],
               "this_run_seconds": time.perf_counter() - start, "state_dir": state_dir,
-              "sample_rows": len(keep), "settings": options,
+              "sample_rows": len(keep), "trial_epochs": trial_epochs(len(keep), options),
+              "settings": options,
               "ranker": "sklearn GradientBoostingClassifier on pairwise feature differences",
               "history": [{k: t[k] for k in ("trial", "reward", "cost", "seconds", "how",
                                              "best_so_far")} for t in trials]}
@@ -132,6 +140,18 @@ def search(ctx: SearchContext) -> Architecture:
         draw_best_so_far(report["history"], os.path.join(ctx.report_dir, CURVE_PICTURE))
     return dataclasses.replace(ctx.arch, autoctr=best["dag"],
                                search={**ctx.arch.search, NAME: report})
+
+
+def trial_epochs(rows: int, options: dict[str, Any]) -> int:
+    """``epochs``, raised so that a trial takes at least ``min_steps`` steps over ``rows``.
+
+    >>> trial_epochs(2400, {"epochs": 1, "batch_size": 512, "min_steps": 30})  # 5 steps/epoch
+    6
+    >>> trial_epochs(15585, {"epochs": 1, "batch_size": 512, "min_steps": 30})  # 31 steps
+    1
+    """
+    steps_per_epoch = -(-rows // int(options["batch_size"]))
+    return max(int(options["epochs"]), -(-int(options["min_steps"]) // steps_per_epoch))
 
 
 def _arrays(dataset: tf.data.Dataset) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -157,7 +177,7 @@ def _score(arch: Architecture, train: tuple[dict[str, np.ndarray], np.ndarray],
     model.compile(optimizer=keras.optimizers.Adam(float(options["learning_rate"])),
                   loss=keras.losses.BinaryCrossentropy())
     model.fit(train[0], train[1], batch_size=int(options["batch_size"]),
-              epochs=int(options["epochs"]), shuffle=True, verbose=0)
+              epochs=trial_epochs(len(train[1]), options), shuffle=True, verbose=0)
     metric = keras.metrics.AUC(num_thresholds=1000)
     metric.update_state(evaluation[1], model.predict(evaluation[0], batch_size=8192, verbose=0))
     return float(metric.result()), float(model.count_params() - arch.embedding_params())

@@ -281,6 +281,15 @@ class SearchTest(tf.test.TestCase):
             autoctr.settings(_tiny_context({"max_trials": 0}, None))
         with self.assertRaisesRegex(SearchError, "sample_fraction=1.5"):
             autoctr.settings(_tiny_context({"sample_fraction": 1.5}, None))
+        with self.assertRaisesRegex(SearchError, "min_steps=-1"):
+            autoctr.settings(_tiny_context({"min_steps": -1}, None))
+
+    def test_small_samples_get_more_trial_epochs(self):
+        options = {"epochs": 1, "batch_size": 512, "min_steps": 30}
+        self.assertEqual(autoctr.trial_epochs(2400, options), 6)     # 5 steps an epoch
+        self.assertEqual(autoctr.trial_epochs(15585, options), 1)    # 31 steps
+        self.assertEqual(autoctr.trial_epochs(100, {**options, "min_steps": 0}), 1)
+        self.assertEqual(autoctr.trial_epochs(100, {**options, "epochs": 3}), 30)
 
     @pytest.mark.slow  # trains two tiny models: ~15 s alone, minutes on a shared machine
     def test_search_writes_the_dag_pictures_and_state(self):
