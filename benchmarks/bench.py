@@ -50,6 +50,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss-from", default=None, metavar="FILE",
                         help="train every row with the loss in FILE (AutoLossGen loss JSON) "
                         "instead of logloss")
+    parser.add_argument("--refit", action="store_true",
+                        help="top-k rows (mf, mf+esapn, mf+autolossgen): also retrain on train "
+                        "+ eval for the early-stopped epoch count and report its test metrics "
+                        "as *_refit")
 
 
 def parse_model(name: str, config: PipelineConfig) -> PipelineConfig:
@@ -165,7 +169,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     for dataset in datasets:
         if is_topk(dataset):
             rows += run_topk(dataset, models, seeds, config, work_dir, args.data_dir,
-                             search_dir=os.path.splitext(out)[0] + "-search")
+                             search_dir=os.path.splitext(out)[0] + "-search",
+                             refit=getattr(args, "refit", False))
             _write(out, rows, serving, config)
             continue
         for seed in seeds:

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 METRICS = ("test_auc", "test_auc_se", "test_logloss", "recall@20", "ndcg@20",
-           "recall@20_excluding_eval", "ndcg@20_excluding_eval", "embedding_params",
+           "recall@20_excluding_eval", "ndcg@20_excluding_eval", "recall@20_refit",
+           "ndcg@20_refit", "embedding_params",
            "train_seconds", "train_examples_per_second", "search_seconds")
 
 
