@@ -32,7 +32,7 @@ import tensorflow_transform as tft
 from tfx import v1 as tfx
 
 from components import base, features
-from components.topk import TopkResult, topk_data_from_interactions, train_bpr
+from components.topk import TopkResult, refit_bpr, topk_data_from_interactions, train_bpr
 from models.architecture import Architecture
 from pipeline.configs import PipelineConfig
 
@@ -210,13 +210,25 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
     else:
         result = train_bpr(data, **common, l2=arch.l2, id_dims=id_dims, loss=arch.loss,
                            id_l2=id_l2)
-    users, items = (t.numpy() for t in result.model.embedding_tables())
+    model, seen, refit = result.model, train_ids, None
+    if config.topk.refit:  # a fresh model on train + eval for the early-stopped epoch count
+        model, merged, seconds = refit_bpr(
+            data, result.best_epoch, dim=common["dim"], learning_rate=common["learning_rate"],
+            batch_size=common["batch_size"], l2=arch.l2, init_std=common["init_std"],
+            seed=common["seed"], id_dims=id_dims, loss=arch.loss)
+        seen = tuple(np.concatenate(pair) for pair in zip(train_ids, eval_ids, strict=True))
+        refit = {"epochs": result.best_epoch, "seconds": seconds,
+                 "train_pairs": len(merged.train_pairs)}
+        logging.info("Refit on train + eval: %s.", refit)
+    users, items = (t.numpy() for t in model.embedding_tables())
     # TopkData indexes Transform ids given as text; map its rows back to the ids.
     user_table = table_by_transform_id(users, data.user_ids, arch.vocab_sizes[user])
     item_table = table_by_transform_id(items, data.item_ids, arch.vocab_sizes[item])
     export_topk_model(fn_args.serving_model_dir, tf_transform_output, arch, label, user_table,
-                      item_table, seen=train_ids if config.topk.exclude_seen else None)
+                      item_table, seen=seen if config.topk.exclude_seen else None)
     report = _report(result, data.dropped, arch, training)
+    if refit is not None:
+        report["refit"] = refit
     if lambdaopt_report is not None:
         report["lambdaopt"] = lambdaopt_report
     with open(os.path.join(fn_args.model_run_dir, TRAINING_REPORT), "w") as f:

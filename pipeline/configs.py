@@ -153,7 +153,12 @@ class TopkConfig:
       patience: evaluations in a row without a better eval Recall@20 before stopping; 0 takes
         ``train.patience`` (at least 3).
       max_epochs: upper bound on epochs; 0 takes ``train.max_epochs``.
-      exclude_seen: the served top-k never holds items the user interacted with in train.
+      exclude_seen: the served top-k never holds items the user interacted with in train
+        (with ``refit``, in train or eval).
+      refit: after early stopping, train a fresh model on train + eval for the best epoch
+        count and serve that one (what LightGCN and BARS train on). The blessing still reads the
+        early-stopped model's eval Recall@20; its test metrics read
+        ``test_recall@20_excluding_eval``. Not with λOpt, whose Λ learns from the eval split.
     """
 
     embedding_dim: int = 64
@@ -164,6 +169,7 @@ class TopkConfig:
     patience: int = 0
     max_epochs: int = 0
     exclude_seen: bool = True
+    refit: bool = False
 
     def validate(self) -> None:
         for key in ("embedding_dim", "batch_size"):
@@ -240,6 +246,9 @@ class PipelineConfig:
                 example = with_family_method(self.train.model, self.search_strategy)
                 raise SearchError(f"model {self.train.model!r} is found by the search method of "
                                   f"the same name: add it to the strategy (e.g. {example!r}).")
+            if self.topk.refit and "lambdaopt" in methods:
+                raise ConfigError("topk.refit does not apply to lambdaopt: its Λ learns from the "
+                                  "eval split, which a refit would train on.")
         except SearchError as e:
             raise ConfigError(f"search_strategy: {e}") from e
         unknown = sorted(set(self.search_options) - set(METHODS))

@@ -120,6 +120,37 @@ def test_autolossgen_search_loss_reaches_the_trainer(tmp_path):
     assert summary["metrics"]["test_recall@20"] > 0.0
 
 
+def test_refit_serves_a_model_trained_on_train_and_eval(tmp_path):
+    """``topk.refit``: the Trainer retrains on train + eval for the early-stopped epoch count and
+    exports that model; serving then leaves out the user's train and eval items."""
+    config = tiny_topk_config(str(tmp_path / "run"))
+    config.train.max_epochs = 6
+    config.topk.refit = True
+    summary = run(config)
+    run_dirs = [d for d, _, files in os.walk(os.path.join(str(tmp_path / "run"), "pipeline",
+                                                          "Trainer"))
+                if "training_report.json" in files]
+    with open(os.path.join(run_dirs[0], "training_report.json")) as f:
+        report = json.load(f)
+    data_dir = os.path.dirname(summary["raw_test_file"])
+    pairs = {}
+    for split in ("train", "eval"):
+        with open(os.path.join(data_dir, f"{split}.csv")) as f:
+            pairs[split] = {(r["user"], r["item"]) for r in csv.DictReader(f)}
+    assert report["refit"]["epochs"] == report["best_epoch"] >= 1
+    # Eval pairs whose user or item train lacks are dropped, as in training.
+    assert len(pairs["train"]) < report["refit"]["train_pairs"] <= len(pairs["train"]
+                                                                       | pairs["eval"])
+    assert summary["metrics"]["test_recall@20_excluding_eval"] > 0.0
+    users = sorted({u for u, _ in pairs["eval"]})[:5]
+    path = tmp_path / "users.csv"
+    path.write_text("user\n" + "\n".join(users) + "\n")
+    out = _predict(summary["pushed_model_dir"], str(path))
+    assert out.returncode == 0, out.stderr
+    for user, items in list(csv.reader(out.stdout.strip().splitlines()))[1:]:
+        assert not [i for i in items.split() if (user, i) in pairs["train"] | pairs["eval"]]
+
+
 def test_lambdaopt_strategy_trains_mf_jointly_with_per_id_l2(tmp_path):
     """``search_strategy: lambdaopt`` on a top-k dataset: the Architecture holds the joint
     training's settings and the Trainer learns per-user and per-item Λ with the model."""
