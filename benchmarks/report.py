@@ -58,11 +58,11 @@ def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # A baseline is compared only with the baselines listed before it (no mirrored pairs).
         references = (REFERENCES[:REFERENCES.index(model)] if model in REFERENCES
                       else REFERENCES)
+        metric = "test_auc" if "test_auc" in next(iter(by_seed.values())) else "recall@20"
         for reference in references:
             base = table.get((dataset, reference))
             if not base:
                 continue
-            metric = "test_auc" if "test_auc" in next(iter(by_seed.values())) else "recall@20"
             seeds = sorted(s for s in by_seed if s in base and metric in by_seed[s]
                            and metric in base[s])
             if not seeds:

@@ -377,11 +377,10 @@ def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
                         ("patience", patience), ("eval_every", eval_every)):
         if value < 1:
             raise ValueError(f"{name} must be positive. Received: {name}={value}")
-    model = MatrixFactorization(data.num_users, data.num_items, dim, l2=l2, init_std=init_std,
-                                seed=seed, id_dims=id_dims, id_l2=id_l2)
-    model.build()
-    run_epoch = epoch_runner(data, model, keras.optimizers.Adam(learning_rate), batch_size,
-                             np.random.default_rng(seed), loss=loss, jit_compile=jit_compile)
+    model, run_epoch = _mf_and_epochs(data, dim=dim, learning_rate=learning_rate,
+                                      batch_size=batch_size, l2=l2, init_std=init_std, seed=seed,
+                                      jit_compile=jit_compile, id_dims=id_dims, loss=loss,
+                                      id_l2=id_l2)
     result, _ = fit_with_early_stopping(
         data, model, run_epoch, max_epochs=max_epochs, patience=patience,
         eval_every=eval_every, max_seconds=max_seconds, k=k, log_name="train_bpr")
@@ -410,15 +409,28 @@ def refit_bpr(data: TopkData, epochs: int, *, dim: int = 64, learning_rate: floa
     if epochs < 1:
         raise ValueError(f"epochs must be positive. Received: epochs={epochs}")
     merged = with_eval_in_train(data)
-    model = MatrixFactorization(merged.num_users, merged.num_items, dim, l2=l2,
-                                init_std=init_std, seed=seed, id_dims=id_dims)
-    model.build()
-    run_epoch = epoch_runner(merged, model, keras.optimizers.Adam(learning_rate), batch_size,
-                             np.random.default_rng(seed), loss=loss, jit_compile=jit_compile)
+    model, run_epoch = _mf_and_epochs(merged, dim=dim, learning_rate=learning_rate,
+                                      batch_size=batch_size, l2=l2, init_std=init_std, seed=seed,
+                                      jit_compile=jit_compile, id_dims=id_dims, loss=loss)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         logging.info("refit_bpr epoch %d/%d: %s", epoch, epochs, run_epoch(epoch))
     return model, merged, time.perf_counter() - start
+
+
+def _mf_and_epochs(data: TopkData, *, dim: int, learning_rate: float, batch_size: int,
+                   l2: float, init_std: float, seed: int, jit_compile: bool,
+                   id_dims: dict[str, list[int]] | None, loss: dict | None,
+                   id_l2: dict[str, list[float]] | None = None
+                   ) -> tuple[MatrixFactorization, Callable[[int], dict[str, float]]]:
+    """A fresh, built MF on ``data`` and its ``run_epoch`` (Adam, a ``seed``-ed pair order):
+    what :func:`train_bpr` early-stops and :func:`refit_bpr` runs for a fixed epoch count."""
+    model = MatrixFactorization(data.num_users, data.num_items, dim, l2=l2, init_std=init_std,
+                                seed=seed, id_dims=id_dims, id_l2=id_l2)
+    model.build()
+    run_epoch = epoch_runner(data, model, keras.optimizers.Adam(learning_rate), batch_size,
+                             np.random.default_rng(seed), loss=loss, jit_compile=jit_compile)
+    return model, run_epoch
 
 
 def epoch_runner(data: TopkData, model: MatrixFactorization, optimizer: keras.optimizers.Optimizer,

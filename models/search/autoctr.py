@@ -64,15 +64,13 @@ CURVE_PICTURE = "autoctr_best_so_far.png"
 def settings(ctx: SearchContext) -> dict[str, Any]:
     """``ctx.options`` completed with ``DEFAULTS`` and checked; errors name the option."""
     values = merge_options(NAME, DEFAULTS, ctx.options)
-    for key in ("max_trials", "population", "tournament", "num_mutants", "max_blocks", "epochs",
-                "batch_size"):
-        if isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < 1:
-            raise SearchError(f"autoctr: {key} must be an integer >= 1. "
-                              f"Received: {key}={values[key]!r}")
-    if isinstance(values["min_steps"], bool) or not isinstance(values["min_steps"], int) \
-            or values["min_steps"] < 0:
-        raise SearchError(f"autoctr: min_steps must be an integer >= 0. "
-                          f"Received: min_steps={values['min_steps']!r}")
+    integers = {**dict.fromkeys(("max_trials", "population", "tournament", "num_mutants",
+                                 "max_blocks", "epochs", "batch_size"), 1), "min_steps": 0}
+    for key, minimum in integers.items():
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise SearchError(f"autoctr: {key} must be an integer >= {minimum}. "
+                              f"Received: {key}={value!r}")
     for key in ("max_seconds", "learning_rate"):
         if not float(values[key]) > 0:
             raise SearchError(f"autoctr: {key} must be > 0. Received: {key}={values[key]!r}")
