@@ -122,6 +122,12 @@ class Architecture:
       block_projection: how a NIS block of size ``d_v`` below the field's size reaches it:
         ``"learned"``, a trainable ``d_v x D`` projection (the paper's), or ``"pad"``,
         zero-padding (what the NIS search's weight-sharing super-table trains; no parameters).
+      projected_l2: where ``l2`` applies when a learned projection follows a table (the
+        ``unified_dim`` maps of AutoDim, NIS's ``block_projection="learned"``): ``True``, on the
+        projected embedding ``E P`` that the model uses (the whole table, like the baseline's
+        L2 on its tables), so that the projection cannot undo the penalty by shrinking ``E``
+        and growing ``P``; ``False``, on ``E`` alone (``net_l2`` on ``P``), as before session 10.
+        Chosen on frappe86k's validation AUC (README, NIS and AutoDim).
       id_dims: ESAPN per-value sizes: per categorical field, one embedding size per id (id
         order). Fields absent use ``embedding_dims``.
       id_l2: λOpt's fixed per-id L2 strengths: per categorical field, one ``Λ[id] >= 0`` per id
@@ -169,6 +175,7 @@ class Architecture:
     unified_dim: int | None = None
     embedding_blocks: dict[str, list[list[int]]] = field(default_factory=dict)
     block_projection: str = "learned"
+    projected_l2: bool = True
     id_dims: dict[str, list[int]] = field(default_factory=dict)
     id_l2: dict[str, list[float]] = field(default_factory=dict)
     autoctr: dict | None = None
@@ -229,6 +236,9 @@ class Architecture:
         if self.block_projection not in BLOCK_PROJECTIONS:
             raise ArchitectureError(f"block_projection must be one of {BLOCK_PROJECTIONS}. "
                                     f"Received: block_projection={self.block_projection!r}")
+        if not isinstance(self.projected_l2, bool):
+            raise ArchitectureError(f"projected_l2 must be true or false. "
+                                    f"Received: projected_l2={self.projected_l2!r}")
         self._check_id_l2()
         if self.lambdaopt is not None and (self.model not in TOPK_MODELS or not isinstance(
                 self.lambdaopt, dict) or self.id_dims or self.id_l2):

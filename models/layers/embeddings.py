@@ -128,6 +128,9 @@ class FieldEmbedding(keras.layers.Layer):
         one ``Λ[id] >= 0`` per id. In training (``training=True``) such a field adds
         ``1/2 · sum_b Λ[id_b] · |e_b|^2 / B`` over the batch's rows as a loss
         (``IdL2Regularizer.penalty``, non-trainable ``Λ``) instead of ``l2`` on its table.
+      table_l2: ``False`` leaves the tables and field vectors without ``l2`` here because a
+        ``FieldProjection`` that follows penalises them projected (``add_table_l2``,
+        ``Architecture.projected_l2``); AutoDis meta-embeddings keep ``l2``.
 
     Input shape:
       A dict holding, per field, the features named by ``field_input_dtypes``, each ``[B]`` or
@@ -143,8 +146,10 @@ class FieldEmbedding(keras.layers.Layer):
                  numeric_encoding: Mapping[str, str] | None = None, num_buckets: int = 20,
                  l2: float = 0.0, embeddings_initializer: Any = "truncated_normal",
                  autodis: Mapping[str, Any] | None = None,
-                 id_l2: Mapping[str, Sequence[float]] | None = None, **kwargs: Any) -> None:
+                 id_l2: Mapping[str, Sequence[float]] | None = None, table_l2: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.table_l2 = bool(table_l2)
         self.categorical = list(categorical)
         self.numerical = list(numerical)
         fields = self.categorical + self.numerical
@@ -228,7 +233,7 @@ class FieldEmbedding(keras.layers.Layer):
         return field_input_dtypes(self.categorical, self.numerical, self.numeric_encoding)
 
     def build(self, input_shape: Any) -> None:
-        l2 = keras.regularizers.L2(self.l2) if self.l2 > 0 else None
+        l2 = keras.regularizers.L2(self.l2) if self.l2 > 0 and self.table_l2 else None
         if self.autodis_layer is not None:
             self.autodis_layer.build((None, len(self.autodis_fields)))
         for regularizer in self.id_l2_regularizers.values():
@@ -282,7 +287,8 @@ class FieldEmbedding(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **_field_settings_config(self),
-                "id_l2": {f: list(values) for f, values in self.id_l2.items()}}
+                "id_l2": {f: list(values) for f, values in self.id_l2.items()},
+                "table_l2": self.table_l2}
 
 
 def _field_settings_config(layer: Any) -> dict[str, Any]:

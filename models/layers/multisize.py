@@ -16,6 +16,7 @@ import tf_keras as keras
 
 from models.architecture import BLOCK_PROJECTIONS, multisize_params
 from models.layers.embeddings import PerFieldEmbedding, _clone_initializer
+from models.layers.projection import projected_l2_penalty
 
 
 def _identity_projection(shape: Sequence[int], dtype: Any = None, **kwargs: Any) -> tf.Tensor:
@@ -57,7 +58,10 @@ class MultiSizeEmbedding(keras.layers.Layer):
       output_dim: the common size ``D``.
       search: one masked super-table instead of per-block tables.
       projection: ``"learned"`` (trainable ``P_v``) or ``"pad"`` (fixed zero-padding).
-      l2: L2 strength on the tables (not on the projections).
+      l2: L2 strength. On a block's table ``E_v``; with ``projected_l2`` and a learned
+        ``P_v``, on the projected block ``E_v P_v`` instead (what the model uses), so that
+        ``P_v`` cannot undo it by shrinking ``E_v``.
+      projected_l2: see ``l2`` (``Architecture.projected_l2``).
       embeddings_initializer: initializer of the tables (cloned per block).
 
     Input shape: integer ids of any shape ``S``, in ``[0, sum_v n_v)``.
@@ -66,7 +70,8 @@ class MultiSizeEmbedding(keras.layers.Layer):
 
     def __init__(self, blocks: Sequence[Sequence[int]], output_dim: int, search: bool = False,
                  l2: float = 0.0, embeddings_initializer: Any = "truncated_normal",
-                 projection: str = "learned", **kwargs: Any) -> None:
+                 projection: str = "learned", projected_l2: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(output_dim) < 1:
             raise ValueError(f"output_dim must be >= 1. Received: output_dim={output_dim}")
@@ -83,6 +88,7 @@ class MultiSizeEmbedding(keras.layers.Layer):
         self.projection = projection
         self.search = bool(search)
         self.l2 = float(l2)
+        self.projected_l2 = bool(projected_l2)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         counts = [n for n, _ in self.blocks]
         self.num_ids = sum(counts)
@@ -103,13 +109,19 @@ class MultiSizeEmbedding(keras.layers.Layer):
             for v, (n, d) in enumerate(self.blocks):
                 if d == 0:
                     continue
+                projected = d < self.output_dim and self.projection == "learned"
+                own_l2 = projected and self.projected_l2 and self.l2 > 0
                 self.tables[str(v)] = self.add_weight(
-                    name=f"block_{v}_embeddings", shape=(n, d), regularizer=regularizer,
+                    name=f"block_{v}_embeddings", shape=(n, d),
+                    regularizer=None if own_l2 else regularizer,
                     initializer=_clone_initializer(self.embeddings_initializer))
-                if d < self.output_dim and self.projection == "learned":
+                if projected:
                     self.projections[str(v)] = self.add_weight(
                         name=f"block_{v}_projection", shape=(d, self.output_dim),
                         initializer=_identity_projection)
+                if own_l2:
+                    self.add_loss(projected_l2_penalty(self.tables[str(v)],
+                                                       self.projections[str(v)], self.l2))
         super().build(input_shape)
 
     def block_index(self, ids: tf.Tensor) -> tf.Tensor:
@@ -156,6 +168,7 @@ class MultiSizeEmbedding(keras.layers.Layer):
             "search": self.search,
             "projection": self.projection,
             "l2": self.l2,
+            "projected_l2": self.projected_l2,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
         }
 
@@ -183,6 +196,7 @@ class MultiSizeFieldEmbedding(PerFieldEmbedding):
         vocab size and whose ``d_v`` are at most ``embedding_dims[f]``.
       search: the multi-size fields are search-mode super-tables.
       block_projection: the multi-size fields' ``projection`` (``MultiSizeEmbedding``).
+      projected_l2: the multi-size fields' ``projected_l2`` (``MultiSizeEmbedding``).
 
     Input shape: as ``FieldEmbedding``.
     Output shape: a list with one ``[B, d_f]`` tensor per field.
@@ -194,7 +208,7 @@ class MultiSizeFieldEmbedding(PerFieldEmbedding):
                  numeric_encoding: Mapping[str, str] | None = None, num_buckets: int = 20,
                  l2: float = 0.0, embeddings_initializer: Any = "truncated_normal",
                  autodis: Mapping[str, Any] | None = None, block_projection: str = "learned",
-                 **kwargs: Any) -> None:
+                 projected_l2: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         unknown = sorted(set(embedding_blocks) - set(categorical))
         if unknown:
@@ -211,10 +225,11 @@ class MultiSizeFieldEmbedding(PerFieldEmbedding):
         self.embedding_blocks = checked
         self.search = bool(search)
         self.block_projection = block_projection
+        self.projected_l2 = bool(projected_l2)
         self.multisize = {f: MultiSizeEmbedding(
             self.embedding_blocks[f], self.embedding_dims[f], search=self.search, l2=self.l2,
             embeddings_initializer=_clone_initializer(self.embeddings_initializer),
-            projection=block_projection, name=f"{f}_multisize")
+            projection=block_projection, projected_l2=self.projected_l2, name=f"{f}_multisize")
             for f in self.categorical if f in self.embedding_blocks}
         self.special = self.multisize
         self._build_plain()
@@ -226,4 +241,5 @@ class MultiSizeFieldEmbedding(PerFieldEmbedding):
                                  for f, bs in self.embedding_blocks.items()},
             "search": self.search,
             "block_projection": self.block_projection,
+            "projected_l2": self.projected_l2,
         }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -72,6 +72,21 @@ class FieldProjection(keras.layers.Layer):
             dense.build((None, self.embedding_dims[f]))
         super().build(input_shape)
 
+    def add_table_l2(self, tables: Mapping[str, tf.Variable], l2: float) -> None:
+        """Adds ``l2 · |T_f W_f|^2`` per field ``f`` of ``tables`` (its whole table ``T_f``, or
+        field vector as one row) as a loss: the L2 of the embeddings the model uses, which
+        ``W_f`` cannot undo by shrinking ``T_f`` (``Architecture.projected_l2``). Call it once
+        this layer is built, on tables that carry no L2 of their own."""
+        if l2 < 0:
+            raise ValueError(f"l2 must be >= 0. Received: l2={l2}")
+        if not self.built:
+            raise ValueError("add_table_l2 needs the built layer (call it on the embeddings "
+                             "first).")
+        maps = dict(zip(self.fields, self.maps, strict=True))
+        for f, table in tables.items():
+            if l2 > 0 and f in maps:
+                self.add_loss(projected_l2_penalty(table, maps[f].kernel, l2))
+
     def call(self, inputs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         if len(inputs) != len(self.fields):
             raise ValueError(f"FieldProjection expects {len(self.fields)} field embeddings. "
@@ -89,3 +104,15 @@ class FieldProjection(keras.layers.Layer):
             "l2": self.l2,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         }
+
+
+def projected_l2_penalty(table: tf.Variable, projection: tf.Variable,
+                         l2: float) -> Callable[[], tf.Tensor]:
+    """A zero-argument loss ``l2 · |T P|_F^2`` (``T``: a ``[n, d]`` table or ``[d]`` vector,
+    ``P``: ``[d, D]``): Keras' ``L2(l2)`` applied to the projected table."""
+
+    def penalty() -> tf.Tensor:
+        rows = tf.reshape(table, [-1, projection.shape[0]])
+        return l2 * tf.reduce_sum(tf.square(tf.matmul(rows, projection)))
+
+    return penalty

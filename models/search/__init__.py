@@ -111,6 +111,12 @@ def require_at_least(name: str, values: dict[str, Any], keys: tuple[str, ...],
                               f"Received: {key}={values[key]}")
 
 
+def require_bool(name: str, values: dict[str, Any], key: str) -> None:
+    """Raises ``SearchError`` unless ``values[key]`` is ``True`` or ``False``."""
+    if not isinstance(values[key], bool):
+        raise SearchError(f"{name}: {key} must be true or false. Received: {key}={values[key]!r}")
+
+
 def eval_auc(model: Any, dataset: tf.data.Dataset) -> float:
     """ROC AUC (1000 thresholds) of ``model``'s inference-mode outputs over ``dataset``'s
     ``(features, label)`` batches: how the searches score a model on the eval split."""

@@ -49,7 +49,13 @@ import tf_keras as keras
 
 from models.architecture import Architecture
 from models.layers.autodim import AutoDimEmbedding
-from models.search import SearchContext, SearchError, merge_options, require_at_least
+from models.search import (
+    SearchContext,
+    SearchError,
+    merge_options,
+    require_at_least,
+    require_bool,
+)
 from models.zoo import build_ctr_model, model_input_names
 
 NAME = "autodim"
@@ -66,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
     "anneal_rate": 5e-5,  # the paper's, per W-step at its batch of 2000
     "batch_size": 2000,  # the paper's
     "max_params_fraction": 0.5,  # memory budget: share of the starting embedding params
+    "projected_l2": True,  # the retrain's L2 on E_f W_f, not on E_f (Architecture.projected_l2)
 }
 
 
@@ -77,6 +84,7 @@ def settings(options: dict[str, Any], arch: Architecture) -> dict[str, Any]:
         values["unified_dim"] = max(arch.embedding_dims[f] for f in arch.categorical)
     require_at_least(NAME, values, ("unified_dim", "update_every", "batch_size"), 1)
     require_at_least(NAME, values, ("warmup_epochs", "epochs", "memory_weight", "anneal_rate"), 0)
+    require_bool(NAME, values, "projected_l2")
     if not 0 < values["temperature_floor"] <= 1:
         raise SearchError(f"autodim: temperature_floor must be in (0, 1]. "
                           f"Received: temperature_floor={values['temperature_floor']}")
@@ -112,7 +120,8 @@ def search(ctx: SearchContext) -> Architecture:
     if values["max_params_fraction"] is not None:
         budget = int(values["max_params_fraction"] * arch.embedding_params())
         chosen = within_budget(arch, values, probabilities, budget)
-    found = _with_dims(arch, chosen, values["unified_dim"])
+    found = dataclasses.replace(_with_dims(arch, chosen, values["unified_dim"]),
+                                projected_l2=values["projected_l2"])
     found.search[NAME] = {
         "alpha": {f: [round(float(p), 4) for p in row]
                   for f, row in zip(arch.categorical, probabilities, strict=True)},

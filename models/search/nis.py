@@ -52,7 +52,13 @@ import tf_keras as keras
 
 from models.architecture import BLOCK_PROJECTIONS, Architecture, multisize_params
 from models.layers.multisize import MultiSizeFieldEmbedding
-from models.search import SearchContext, SearchError, merge_options, require_at_least
+from models.search import (
+    SearchContext,
+    SearchError,
+    merge_options,
+    require_at_least,
+    require_bool,
+)
 from models.zoo import build_ctr_model, model_input_names
 
 NAME = "nis"
@@ -71,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 1024,
     "reward_examples": 8192,
     "projection": "learned",  # how a smaller block reaches D in the retrain: or "pad"
+    "projected_l2": True,  # the retrain's L2 on E_v P_v, not on E_v (Architecture.projected_l2)
 }
 
 
@@ -84,6 +91,7 @@ def settings(options: dict[str, Any]) -> dict[str, Any]:
     if not 0 < values["max_params_fraction"] <= 1:
         raise SearchError(f"nis: max_params_fraction must be in (0, 1]. "
                           f"Received: max_params_fraction={values['max_params_fraction']}")
+    require_bool(NAME, values, "projected_l2")
     if values["projection"] not in BLOCK_PROJECTIONS:
         raise SearchError(f"nis: projection must be one of {BLOCK_PROJECTIONS}. "
                           f"Received: projection={values['projection']!r}")
@@ -228,7 +236,8 @@ def search(ctx: SearchContext) -> Architecture:
     actions = most_probable_within(controller, total_params, budget)
     chosen = {f: merge_blocks(b) for f, b in blocks_of(actions).items()}
     found = dataclasses.replace(arch, embedding_blocks={**arch.embedding_blocks, **chosen},
-                                block_projection=values["projection"], search=dict(arch.search))
+                                block_projection=values["projection"],
+                                projected_l2=values["projected_l2"], search=dict(arch.search))
     probabilities = controller.probabilities()
     found.search[NAME] = {
         "policy": {f"{f}[{v}]": [round(float(p), 4) for p in probabilities[k]]

@@ -119,7 +119,7 @@ def _field_embedding(arch: Architecture) -> FieldEmbedding:
         return MultiSizeFieldEmbedding(
             arch.categorical, arch.numerical, arch.vocab_sizes, arch.embedding_dims,
             embedding_blocks=arch.embedding_blocks, block_projection=arch.block_projection,
-            numeric_encoding=arch.numeric_encoding,
+            projected_l2=arch.projected_l2, numeric_encoding=arch.numeric_encoding,
             num_buckets=arch.num_buckets, l2=arch.l2, autodis=arch.autodis,
             name=FIELD_EMBEDDING_LAYER,
             embeddings_initializer=keras.initializers.RandomNormal(stddev=arch.embedding_init_std))
@@ -128,7 +128,13 @@ def _field_embedding(arch: Architecture) -> FieldEmbedding:
                           num_buckets=arch.num_buckets, l2=arch.l2,
                           embeddings_initializer=keras.initializers.RandomNormal(
                               stddev=arch.embedding_init_std),
-                          autodis=arch.autodis, id_l2=arch.id_l2, name=FIELD_EMBEDDING_LAYER)
+                          autodis=arch.autodis, id_l2=arch.id_l2,
+                          table_l2=not _projected_l2(arch), name=FIELD_EMBEDDING_LAYER)
+
+
+def _projected_l2(arch: Architecture) -> bool:
+    """Whether the plain tables' L2 moves onto their ``unified_dim`` projections."""
+    return arch.unified_dim is not None and arch.projected_l2 and arch.l2 > 0
 
 
 def _embeddings(arch: Architecture, layer: keras.layers.Layer,
@@ -138,8 +144,12 @@ def _embeddings(arch: Architecture, layer: keras.layers.Layer,
     embeddings = layer(inputs)
     if arch.unified_dim is None:
         return embeddings
-    return FieldProjection(arch.fields, arch.embedding_dims, arch.unified_dim, l2=arch.net_l2,
-                           name="field_projection")(embeddings)
+    projection = FieldProjection(arch.fields, arch.embedding_dims, arch.unified_dim,
+                                 l2=arch.net_l2, name="field_projection")
+    projected = projection(embeddings)
+    if _projected_l2(arch) and isinstance(layer, FieldEmbedding):
+        projection.add_table_l2(layer.tables, arch.l2)
+    return projected
 
 
 def _mlp(arch: Architecture) -> MLP:

@@ -3,6 +3,7 @@ that gives the synthetic data's pure-noise fields smaller sizes than its informa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -12,7 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl.testing import parameterized
 
-from models.architecture import Architecture
+from models.architecture import Architecture, ArchitectureError
 from models.layers.autodim import AutoDimEmbedding
 from models.layers.projection import FieldProjection
 from models.search import SearchError
@@ -174,6 +175,33 @@ class RetrainModelTest(tf.test.TestCase, parameterized.TestCase):
         outputs = serving(**{k: tf.constant(v) for k, v in inputs.items()})
         self.assertAllClose(outputs["probability"], expected, rtol=1e-5, atol=1e-6)
 
+    def test_projected_l2_penalises_the_projected_tables(self):
+        """With ``projected_l2`` the tables' L2 is ``l2 |T_f W_f|^2``, which a projection
+        cannot shrink by scaling (``T_f / c``, ``W_f c``); without it, ``l2 |T_f|^2``."""
+        arch = dataclasses.replace(_retrain_arch("deepfm"), l2=0.5)
+        on, off = (build_ctr_model(dataclasses.replace(arch, projected_l2=flag))
+                   for flag in (True, False))
+        off.set_weights(on.get_weights())
+        tables = on.get_layer("field_embedding").tables
+        maps = dict(zip(arch.fields, on.get_layer("field_projection").maps, strict=True))
+        projected = sum(float(tf.reduce_sum(tf.square(
+            tf.reshape(t, [-1, maps[f].kernel.shape[0]]) @ maps[f].kernel)))
+            for f, t in tables.items())
+        raw = sum(float(tf.reduce_sum(tf.square(t))) for t in tables.values())
+        self.assertAllClose(float(tf.add_n(on.losses)) - float(tf.add_n(off.losses)),
+                            0.5 * (projected - raw), rtol=1e-4)
+        before = float(tf.add_n(on.losses))
+        for f, t in tables.items():
+            t.assign(t / 4.0)
+            maps[f].kernel.assign(maps[f].kernel * 4.0)
+        self.assertAllClose(float(tf.add_n(on.losses)), before, rtol=1e-4)
+
+    def test_projected_l2_survives_the_json_and_is_checked(self):
+        arch = dataclasses.replace(_retrain_arch("deepfm"), projected_l2=False)
+        self.assertFalse(Architecture.from_json(arch.to_json()).projected_l2)
+        with self.assertRaisesRegex(ArchitectureError, "projected_l2='yes'"):
+            dataclasses.replace(arch, projected_l2="yes")
+
     def test_search_model_takes_the_searching_layer(self):
         arch = Architecture.uniform("deepfm", ["user", "item"], ["age"],
                                     {"user": 3, "item": 2}, embedding_dim=2, hidden_units=[4])
@@ -189,6 +217,8 @@ def test_settings_reject_unknown_and_bad_options():
         settings({"dims": [2]}, arch)
     with pytest.raises(SearchError, match="update_every=0"):
         settings({"update_every": 0}, arch)
+    with pytest.raises(SearchError, match="projected_l2=1"):
+        settings({"projected_l2": 1}, arch)
     values = settings({"candidate_dims": [8, 2]}, arch)
     assert values["candidate_dims"] == [2, 8]
     assert values["unified_dim"] == 8  # the starting architecture's largest size

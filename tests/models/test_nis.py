@@ -93,6 +93,27 @@ class MultiSizeEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(layer(IDS), table[[0, 1, 2, 4, 5]] * np.array(
             [[1, 1, 0, 0]] * 2 + [[1, 1, 1, 1]] * 3))
 
+    @parameterized.parameters(True, False)
+    def test_l2_on_the_projected_blocks(self, projected_l2):
+        """``projected_l2``: ``l2 |E_v P_v|^2`` for a projected block (``P_v`` cannot undo it by
+        scaling), else ``l2 |E_v|^2``; full-size blocks always ``l2 |E_v|^2``."""
+        layer = MultiSizeEmbedding(BLOCKS, output_dim=4, l2=0.5, projected_l2=projected_l2)
+        layer(IDS)
+        rng = np.random.default_rng(0)
+        top, small = rng.normal(size=(2, 4)), rng.normal(size=(3, 2))
+        projection = rng.normal(size=(2, 4))
+        layer.tables["0"].assign(top)
+        layer.tables["1"].assign(small)
+        layer.projections["1"].assign(projection)
+        small_penalty = np.sum((small @ projection) ** 2) if projected_l2 else np.sum(small ** 2)
+        self.assertAllClose(sum(layer.losses), 0.5 * (np.sum(top ** 2) + small_penalty),
+                            rtol=1e-5)
+        layer.tables["1"].assign(small / 4.0)
+        layer.projections["1"].assign(projection * 4.0)
+        scaled = 0.5 * (np.sum(top ** 2) + (small_penalty if projected_l2
+                                            else np.sum((small / 4.0) ** 2)))
+        self.assertAllClose(sum(layer.losses), scaled, rtol=1e-5)
+
     def test_stored_params_equal_the_weights(self):
         layer = MultiSizeEmbedding(BLOCKS, output_dim=4)
         layer(IDS)
@@ -231,6 +252,9 @@ def test_blocks_helpers_and_settings():
     with pytest.raises(SearchError, match="projection='linear'"):
         settings({"projection": "linear"})
     assert settings({})["projection"] == "learned"
+    with pytest.raises(SearchError, match="projected_l2='no'"):
+        settings({"projected_l2": "no"})
+    assert settings({})["projected_l2"] is True
 
 
 @pytest.mark.slow
@@ -244,7 +268,8 @@ def test_search_writes_blocks_that_retrain_alone(tmp_path):
     config = PipelineConfig.from_dict({
         "search_strategy": "nis", "train": {"model": "deepfm", "hidden_units": [16]},
         "search_options": {"nis": {"min_vocab": 2, "warmup_epochs": 0, "epochs": 1,
-                                   "samples": 2, "batch_size": 4096, "projection": "pad"}}})
+                                   "samples": 2, "batch_size": 4096, "projection": "pad",
+                                   "projected_l2": False}}})
 
     def dataset(split: str, input_names: list[str], shuffle: bool) -> tf.data.Dataset:
         return transformed_dataset(data, split, input_names, config.train.batch_size,
@@ -258,7 +283,8 @@ def test_search_writes_blocks_that_retrain_alone(tmp_path):
     found = arch.search["nis"]
     assert set(arch.embedding_blocks) == set(found["chosen"]) <= set(categorical)
     assert found["params_after"] == arch.embedding_params()
-    assert arch.block_projection == "pad"  # the option reaches the written architecture
+    assert arch.block_projection == "pad"  # the options reach the written architecture
+    assert arch.projected_l2 is False
     assert len(found["reward_curve"]) == 1
     assert (tmp_path / "report" / "nis_blocks.png").stat().st_size > 1000
     rebuilt = Architecture.from_json(arch.to_json())
