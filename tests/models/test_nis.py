@@ -35,17 +35,25 @@ def _retrain_arch(model: str = "deepfm", block_projection: str = "learned") -> A
                                 block_projection=block_projection)
 
 
+def _random_blocks(**kwargs: Any) -> tuple[MultiSizeEmbedding, np.ndarray, np.ndarray,
+                                            np.ndarray]:
+    """A built ``MultiSizeEmbedding(BLOCKS, 4, **kwargs)`` with random block 0 and 1 tables
+    and block 1's projection; returns ``(layer, top, small, projection)``."""
+    layer = MultiSizeEmbedding(BLOCKS, output_dim=4, **kwargs)
+    layer(IDS)
+    rng = np.random.default_rng(0)
+    top, small = rng.normal(size=(2, 4)), rng.normal(size=(3, 2))
+    projection = rng.normal(size=(2, 4))
+    layer.tables["0"].assign(top)
+    layer.tables["1"].assign(small)
+    layer.projections["1"].assign(projection)
+    return layer, top, small, projection
+
+
 class MultiSizeEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_golden_values_project_each_block_and_drop_size_zero(self):
-        layer = MultiSizeEmbedding(BLOCKS, output_dim=4)
-        layer(IDS)
-        rng = np.random.default_rng(0)
-        top, small = rng.normal(size=(2, 4)), rng.normal(size=(3, 2))
-        projection = rng.normal(size=(2, 4))
-        layer.tables["0"].assign(top)
-        layer.tables["1"].assign(small)
-        layer.projections["1"].assign(projection)
+        layer, top, small, projection = _random_blocks()
         expected = np.stack([top[0], top[1], small[0] @ projection, small[2] @ projection,
                              np.zeros(4)])
         self.assertAllClose(layer(IDS), expected, rtol=1e-6)
@@ -97,14 +105,7 @@ class MultiSizeEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
     def test_l2_on_the_projected_blocks(self, projected_l2):
         """``projected_l2``: ``l2 |E_v P_v|^2`` for a projected block (``P_v`` cannot undo it by
         scaling), else ``l2 |E_v|^2``; full-size blocks always ``l2 |E_v|^2``."""
-        layer = MultiSizeEmbedding(BLOCKS, output_dim=4, l2=0.5, projected_l2=projected_l2)
-        layer(IDS)
-        rng = np.random.default_rng(0)
-        top, small = rng.normal(size=(2, 4)), rng.normal(size=(3, 2))
-        projection = rng.normal(size=(2, 4))
-        layer.tables["0"].assign(top)
-        layer.tables["1"].assign(small)
-        layer.projections["1"].assign(projection)
+        layer, top, small, projection = _random_blocks(l2=0.5, projected_l2=projected_l2)
         small_penalty = np.sum((small @ projection) ** 2) if projected_l2 else np.sum(small ** 2)
         self.assertAllClose(sum(layer.losses), 0.5 * (np.sum(top ** 2) + small_penalty),
                             rtol=1e-5)
