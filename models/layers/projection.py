@@ -76,7 +76,9 @@ class FieldProjection(keras.layers.Layer):
         """Adds ``l2 · |T_f W_f|^2`` per field ``f`` of ``tables`` (its whole table ``T_f``, or
         field vector as one row) as a loss: the L2 of the embeddings the model uses, which
         ``W_f`` cannot undo by shrinking ``T_f`` (``Architecture.projected_l2``). Call it once
-        this layer is built, on tables that carry no L2 of their own."""
+        this layer is built, on tables that carry no L2 of their own. The penalty is not part
+        of either layer's config: ``build_ctr_model`` adds it, and a model rebuilt from its
+        config (or a loaded SavedModel) trains without it."""
         if l2 < 0:
             raise ValueError(f"l2 must be >= 0. Received: l2={l2}")
         if not self.built:
