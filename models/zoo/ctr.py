@@ -147,7 +147,7 @@ def _embeddings(arch: Architecture, layer: keras.layers.Layer,
     projection = FieldProjection(arch.fields, arch.embedding_dims, arch.unified_dim,
                                  l2=arch.net_l2, name="field_projection")
     projected = projection(embeddings)
-    if _projected_l2(arch) and isinstance(layer, FieldEmbedding):
+    if isinstance(layer, FieldEmbedding) and not layer.table_l2:  # see _field_embedding
         projection.add_table_l2(layer.tables, arch.l2)
     return projected
 
