@@ -7,8 +7,12 @@ and the layer are ``models.autoctr_dag`` and ``models.layers.autoctr``; the evol
 ranker are ``models.search.autoctr_evolution``. A trial builds the ``autoctr`` model of a DAG,
 trains it for ``epochs`` on a ``sample_fraction`` subsample of the train split (drawn once per
 search) and scores it by AUC on the eval split; its cost is the number of network parameters
-(embedding tables excluded). The best-AUC DAG goes into ``Architecture.autoctr``; the retrain
-stage trains it on the full data like any model.
+(embedding tables excluded). The ``finalists`` best-AUC distinct DAGs then each train from
+scratch on the full train split to early stopping, exactly as the retrain stage trains (same
+learning rate, epochs, patience and seed), and the one with the best validation AUC goes into
+``Architecture.autoctr``; the retrain stage trains it on the full data like any model. A
+low-fidelity trial (a third of the data, a few dozen steps) ranks DAGs by how fast they start;
+the finalists rank the few best by where they end, on the validation split only.
 
 Settings (``ctx.options``, defaults in ``DEFAULTS``):
 
@@ -24,8 +28,13 @@ Settings (``ctx.options``, defaults in ``DEFAULTS``):
 * ``min_steps`` (30): a trial runs more epochs over its sample when ``epochs`` would take fewer
   steps (criteo10k's 2,400-row sample is 5 steps an epoch; frappe86k's 31 steps are unchanged),
   so that on a small data set a trial's AUC says more than where its initialisation was.
+* ``finalists`` (3): how many of the best low-fidelity DAGs are trained at full fidelity
+  before the choice (0 or 1: the best low-fidelity trial, no full training). Their seconds
+  count in the search's.
 * ``state_dir``: where the evolution state is saved after every trial and resumed from
-  (default: ``<report_dir>/autoctr_state``; none when both are unset).
+  (default: ``<report_dir>/autoctr_state``; none when both are unset). The finalists' scores
+  are saved there too (``autoctr_finalists.json``), so a resumed search does not train them
+  again.
 
 Pictures (``ctx.report_dir``): ``autoctr_dag.png`` (the winning DAG) and
 ``autoctr_best_so_far.png`` (every trial's AUC and the best so far).
@@ -34,6 +43,7 @@ Pictures (``ctx.report_dir``): ``autoctr_dag.png`` (the winning DAG) and
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -46,7 +56,7 @@ import tf_keras as keras
 from models.architecture import Architecture
 from models.autoctr_dag import describe
 from models.search import SearchContext, SearchError, merge_options
-from models.search.autoctr_evolution import STATE_FILE, evolve
+from models.search.autoctr_evolution import STATE_FILE, canonical, evolve, save_state
 from models.search.autoctr_plots import draw_best_so_far, draw_dag
 from models.zoo.ctr import build_ctr_model, model_input_names
 
@@ -55,8 +65,11 @@ DEFAULTS: dict[str, Any] = {
     "max_trials": 40, "max_seconds": 600.0, "population": 10, "tournament": 5,
     "num_mutants": 100, "ranker_min_trials": 10, "reward_weight": 0.1, "age_weight": 1.0,
     "cost_weight": 0.1, "max_blocks": 7, "sample_fraction": 0.3, "epochs": 1,
-    "batch_size": 512, "learning_rate": 0.002, "min_steps": 30, "state_dir": None}
-BUDGET_OPTIONS = ("max_trials", "max_seconds", "state_dir")  # may change when resuming
+    "batch_size": 512, "learning_rate": 0.002, "min_steps": 30, "finalists": 3,
+    "state_dir": None}
+# may change when resuming
+BUDGET_OPTIONS = ("max_trials", "max_seconds", "state_dir", "finalists")
+FINALISTS_FILE = "autoctr_finalists.json"
 DAG_PICTURE = "autoctr_dag.png"
 CURVE_PICTURE = "autoctr_best_so_far.png"
 
@@ -65,7 +78,8 @@ def settings(ctx: SearchContext) -> dict[str, Any]:
     """``ctx.options`` completed with ``DEFAULTS`` and checked; errors name the option."""
     values = merge_options(NAME, DEFAULTS, ctx.options)
     integers = {**dict.fromkeys(("max_trials", "population", "tournament", "num_mutants",
-                                 "max_blocks", "epochs", "batch_size"), 1), "min_steps": 0}
+                                 "max_blocks", "epochs", "batch_size"), 1), "min_steps": 0,
+                "finalists": 0}
     for key, minimum in integers.items():
         value = values[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -119,12 +133,21 @@ def search(ctx: SearchContext) -> Architecture:
     if not trials:
         raise SearchError("autoctr: the budget ended before the first trial; raise max_seconds "
                           "or max_trials.")
-    best = max(trials, key=lambda t: (t["reward"], -t["cost"]))
-    logging.info("autoctr: best of %d trials is trial %d (val AUC %.4f):\n%s", len(trials),
-                 best["trial"], best["reward"], describe(best["dag"]))
+    finalists = _train_finalists(ctx, trials, int(options["finalists"]), state_dir, fingerprint)
+    if finalists:
+        best = max(finalists, key=lambda t: (t["retrained_val_auc"], t["reward"]))
+    else:
+        best = max(trials, key=lambda t: (t["reward"], -t["cost"]))
+    logging.info("autoctr: chose trial %d of %d (low-fidelity val AUC %.4f%s):\n%s", best["trial"],
+                 len(trials), best["reward"],
+                 f", retrained val AUC {best['retrained_val_auc']:.4f}" if finalists else "",
+                 describe(best["dag"]))
     report = {"best_trial": best["trial"], "best_eval_auc": best["reward"],
               "best_cost": best["cost"], "trials": len(trials), "stopped_by": state["stopped_by"],
               "resumed_at": state["resumed_at"], "seconds": state["seconds"],
+              "chosen_by": "finalists' retrained val AUC" if finalists else "low-fidelity AUC",
+              "finalists": [{k: t[k] for k in ("trial", "reward", "retrained_val_auc", "best_epoch",
+                                               "retrain_seconds")} for t in finalists],
               "this_run_seconds": time.perf_counter() - start, "state_dir": state_dir,
               "sample_rows": len(keep), "trial_epochs": trial_epochs(len(keep), options),
               "settings": options,
@@ -133,11 +156,54 @@ def search(ctx: SearchContext) -> Architecture:
                                              "best_so_far")} for t in trials]}
     if ctx.report_dir:
         draw_dag(best["dag"], os.path.join(ctx.report_dir, DAG_PICTURE),
-                 f"AutoCTR: best DAG (trial {best['trial']}, low-fidelity val AUC "
-                 f"{best['reward']:.4f})")
+                 f"AutoCTR: chosen DAG (trial {best['trial']}, low-fidelity val AUC "
+                 f"{best['reward']:.4f}"
+                 + (f", retrained {best['retrained_val_auc']:.4f})" if finalists else ")"))
         draw_best_so_far(report["history"], os.path.join(ctx.report_dir, CURVE_PICTURE))
     return dataclasses.replace(ctx.arch, autoctr=best["dag"],
                                search={**ctx.arch.search, NAME: report})
+
+
+def _train_finalists(ctx: SearchContext, trials: list[dict], count: int, state_dir: str | None,
+                     fingerprint: dict) -> list[dict]:
+    """The ``count`` best low-fidelity trials, each trained as the retrain stage will train it,
+    with its best validation AUC (``retrained_val_auc``); [] when ``count`` < 2. Scores are
+    saved to (and reused from) ``state_dir``, keyed by the DAG, the search's fingerprint and
+    the training settings."""
+    if count < 2 or len(trials) < 2:
+        return []
+    from components.base import train_model  # noqa: PLC0415 (the retrain stage's loop)
+
+    path = os.path.join(state_dir, FINALISTS_FILE) if state_dir else None
+    settings_key = {"search": fingerprint, "learning_rate": ctx.learning_rate,
+                    "batch_size": ctx.batch_size, "max_epochs": ctx.max_epochs,
+                    "patience": ctx.patience}
+    saved: dict[str, dict] = {}
+    if path and os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored.get("settings") == settings_key:
+            saved = stored["scores"]
+    names = model_input_names(ctx.arch)
+    finalists = []
+    for trial in sorted(trials, key=lambda t: (-t["reward"], t["cost"]))[:count]:
+        key = canonical(trial["dag"])
+        if key not in saved:
+            start = time.perf_counter()
+            result = train_model(dataclasses.replace(ctx.arch, autoctr=trial["dag"]),
+                                 ctx.dataset("train", names, True),
+                                 ctx.dataset("eval", names, False),
+                                 learning_rate=ctx.learning_rate, max_epochs=ctx.max_epochs,
+                                 patience=ctx.patience, seed=ctx.seed)
+            saved[key] = {"retrained_val_auc": max(result.history.get("val_auc", [0.0])),
+                          "best_epoch": result.best_epoch,
+                          "retrain_seconds": time.perf_counter() - start}
+            if path:
+                save_state(path, {"settings": settings_key, "scores": saved})
+        finalists.append({**trial, **saved[key]})
+        logging.info("autoctr finalist: trial %d (low-fidelity %.4f), retrained val AUC %.4f",
+                     trial["trial"], trial["reward"], saved[key]["retrained_val_auc"])
+    return finalists
 
 
 def trial_epochs(rows: int, options: dict[str, Any]) -> int:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -291,6 +293,35 @@ class SearchTest(tf.test.TestCase):
         self.assertEqual(autoctr.trial_epochs(100, {**options, "min_steps": 0}), 1)
         self.assertEqual(autoctr.trial_epochs(100, {**options, "epochs": 3}), 30)
 
+    def test_finalists_are_the_best_trials_retrained_and_their_scores_are_saved(self):
+        dags = [{"blocks": [{"type": "mlp", "inputs": ["sparse"], "units": [units]}]}
+                for units in (32, 64, 128)]
+        trials = [{"trial": n + 1, "dag": dag, "reward": reward, "cost": 10.0 * n}
+                  for n, (dag, reward) in enumerate(zip(dags, (0.70, 0.75, 0.72), strict=True))]
+        retrained = {64: 0.80, 128: 0.83, 32: 0.99}  # the lowest trial is never trained
+        calls = []
+
+        def fake_train(arch, train_ds, eval_ds, **kwargs):
+            units = arch.autoctr["blocks"][0]["units"][0]
+            calls.append((units, kwargs["max_epochs"], kwargs["seed"]))
+            return SimpleNamespace(history={"val_auc": [0.5, retrained[units], 0.6]},
+                                   best_epoch=2)
+
+        state_dir = self.get_temp_dir()
+        ctx = _tiny_context({}, None)
+        with mock.patch("components.base.train_model", fake_train):
+            finalists = autoctr._train_finalists(ctx, trials, 2, state_dir, {"seed": 0})
+            self.assertEqual([t["trial"] for t in finalists], [2, 3])  # by low-fidelity AUC
+            self.assertEqual([t["retrained_val_auc"] for t in finalists], [0.80, 0.83])
+            self.assertEqual(calls, [(64, ctx.max_epochs, ctx.seed), (128, ctx.max_epochs,
+                                                                      ctx.seed)])
+            again = autoctr._train_finalists(ctx, trials, 2, state_dir, {"seed": 0})
+            self.assertLen(calls, 2)  # resumed: nothing retrained
+            self.assertEqual(again, finalists)
+            autoctr._train_finalists(ctx, trials, 2, state_dir, {"seed": 1})
+            self.assertLen(calls, 4)  # another search's scores are not reused
+            self.assertEqual(autoctr._train_finalists(ctx, trials, 1, state_dir, {}), [])
+
     @pytest.mark.slow  # trains two tiny models: ~15 s alone, minutes on a shared machine
     def test_search_writes_the_dag_pictures_and_state(self):
         report_dir = self.get_temp_dir()
@@ -307,9 +338,17 @@ class SearchTest(tf.test.TestCase):
             self.assertGreater(os.path.getsize(os.path.join(report_dir, picture)), 1000)
         with open(os.path.join(report_dir, "autoctr_state", evolution.STATE_FILE)) as f:
             self.assertLen(json.load(f)["trials"], 1)
+        self.assertEqual(record["chosen_by"], "low-fidelity AUC")  # one trial: no finalists
         resumed = autoctr.search(_tiny_context({**options, "max_trials": 2}, report_dir))
-        self.assertEqual(resumed.search["autoctr"]["resumed_at"], 2)
-        self.assertEqual(resumed.search["autoctr"]["trials"], 2)
+        record = resumed.search["autoctr"]
+        self.assertEqual(record["resumed_at"], 2)
+        self.assertEqual(record["trials"], 2)
+        self.assertEqual(record["chosen_by"], "finalists' retrained val AUC")
+        self.assertLen(record["finalists"], 2)
+        chosen = max(record["finalists"], key=lambda t: t["retrained_val_auc"])
+        self.assertEqual(record["best_trial"], chosen["trial"])
+        self.assertTrue(os.path.exists(os.path.join(report_dir, "autoctr_state",
+                                                    autoctr.FINALISTS_FILE)))
 
 
 @pytest.mark.slow
