@@ -28,7 +28,11 @@ is the finalist with the best validation score, and the retrain stage trains the
 scratch with it
 (``Architecture.loss``). ``finalists: 0`` keeps the official choice, the best-rewarded valid
 candidate (rewards grow with the warm start, so in practice one of the last epoch's, and a
-one-epoch reward ranks losses by how fast they start, not where they end).
+one-epoch reward ranks losses by how fast they start, not where they end). With
+``default_finalist`` (on by default) the model's own default loss (CTR: Keras' logloss; MF:
+BPR) trains as one more finalist, and when it scores at least as well on validation the search
+returns no loss: the model keeps its default, and the report says ``kept_default``. A production
+run never ships a generated loss that did worse on validation than the loss it replaces.
 
 Deviations from the official code (all for a CPU budget of tens of trainings): the search space
 (``space``) is not the official ``"free"`` one, where 0 of 300 controller samples passed the
@@ -73,7 +77,13 @@ from sklearn.metrics import roc_auc_score
 
 from models.architecture import Architecture
 from models.losses import formula
-from models.search import SearchContext, SearchError, merge_options, require_at_least
+from models.search import (
+    SearchContext,
+    SearchError,
+    merge_options,
+    require_at_least,
+    require_bool,
+)
 from models.zoo.ctr import build_ctr_model, model_input_names
 
 NAME = "autolossgen"
@@ -83,7 +93,7 @@ DEFAULTS: dict[str, Any] = {
     "entropy_weight": 1e-4, "baseline_decay": 0.99, "skip_lim": 1e-5, "rej_lim": 1e-5,
     "zero_gradient": 1e-4, "proxy_points": 20, "check_points": 1000,
     "check_before_training": True, "space": "mirror", "learning_rate": None, "batch_size": None,
-    "finalists": 5,
+    "finalists": 5, "default_finalist": True,
 }
 LOSS_FILE = "autolossgen_loss.json"
 REWARDS_PICTURE = "autolossgen_rewards.png"
@@ -100,6 +110,7 @@ def settings(options: dict[str, Any]) -> dict[str, Any]:
                                     "max_trainings_per_epoch", "num_aggregate", "lstm_size",
                                     "proxy_points", "check_points"), 1)
     require_at_least(NAME, values, ("finalists",), 0)
+    require_bool(NAME, values, "default_finalist")
     if values["space"] not in SPACES:
         raise SearchError(f"autolossgen: space must be one of {SPACES}. "
                           f"Received: space={values['space']!r}")
@@ -341,15 +352,16 @@ class Learner:
       set_weights: restores a snapshot.
       train_epoch: trains ``M`` one epoch (fresh optimizer) with a loss spec.
       validate: ``M``'s validation score (higher is better; AUC for CTR, Recall@k for top-k).
-      retrain: a fresh model trained with a loss spec to early stopping, as the retrain stage
-        does; returns its best validation score (the finalists' selection).
+      retrain: a fresh model trained with a loss spec (None: the model's default loss) to early
+        stopping, as the retrain stage does; returns its best validation score (the finalists'
+        selection).
     """
 
     get_weights: Callable[[], Any]
     set_weights: Callable[[Any], None]
     train_epoch: Callable[[dict], None]
     validate: Callable[[], float]
-    retrain: Callable[[dict], float]
+    retrain: Callable[[dict | None], float]
 
 
 def search(ctx: SearchContext) -> Architecture:
@@ -436,14 +448,16 @@ def search_topk(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
     learner = Learner(model.get_weights, model.set_weights, train_epoch, validation_recall,
                       retrain)
     return run_search(learner, options, seed, report_dir, "AutoLossGen loss for mf",
-                      metric=f"eval Recall@{k}")
+                      metric=f"eval Recall@{k}", default_name="BPR")
 
 
 def run_search(learner: Learner, options: dict[str, Any], seed: int, report_dir: str | None,
-               title: str, metric: str = "validation AUC") -> tuple[dict | None, dict[str, Any]]:
+               title: str, metric: str = "validation AUC",
+               default_name: str = "logloss") -> tuple[dict | None, dict[str, Any]]:
     """The search loop of the module docstring over ``learner`` (``options``: :func:`settings`'
     result). Returns the found loss spec (None when no trained candidate passed the validity
-    check) and the report; writes the pictures and the loss file into ``report_dir``."""
+    check, or when the model's default loss, ``default_name``, retrained as a finalist scored at
+    least as well) and the report; writes the pictures and the loss file into ``report_dir``."""
     start_time = time.perf_counter()
     rng = np.random.default_rng(seed)
     controller = LossController(int(options["num_nodes"]), int(options["lstm_size"]),
@@ -505,8 +519,10 @@ def run_search(learner: Learner, options: dict[str, Any], seed: int, report_dir:
     checked = [c for c in sorted(candidates.values(), key=lambda c: -c["reward"])
                if _valid(c["spec"], options)]
     found = checked[0] if checked else None
-    finalists = _distinct(checked, int(options["finalists"]), float(options["zero_gradient"]))
-    if len(finalists) < 2:  # nothing to choose between: no retraining
+    count = int(options["finalists"])
+    finalists = _distinct(checked, count, float(options["zero_gradient"])) if count else []
+    against_default = bool(options["default_finalist"]) and bool(finalists)
+    if len(finalists) < 2 and not against_default:  # nothing to choose between
         finalists = []
     for candidate in finalists:
         candidate["retrain_score"] = learner.retrain(candidate["spec"])
@@ -514,8 +530,18 @@ def run_search(learner: Learner, options: dict[str, Any], seed: int, report_dir:
                      candidate["retrain_score"])
     if finalists:
         found = max(finalists, key=lambda c: c["retrain_score"])
+    default_score = learner.retrain(None) if against_default else None
+    if default_score is not None:
+        logging.info("autolossgen finalist %s (the default): retrained %s %.4f",
+                     default_name, metric, default_score)
+        if default_score >= found["retrain_score"]:  # a tie keeps the default
+            logging.info("autolossgen: no found loss beats the default %s on %s; the model "
+                         "keeps it.", default_name, metric)
+            found = None
     report = {"formula": found and found["formula"], "loss": found and found["spec"],
               "reward": found and found["reward"], "reward_metric": metric,
+              "default_loss": default_name, "default_retrain_score": default_score,
+              "kept_default": found is None and default_score is not None,
               "finalists": [{k: c[k] for k in ("formula", "reward", "retrain_score")}
                             for c in finalists],
               "valid_candidates": len(checked),
@@ -523,7 +549,7 @@ def run_search(learner: Learner, options: dict[str, Any], seed: int, report_dir:
               "candidates": [{k: c[k] for k in ("formula", "reward", "epoch")}
                              for c in sorted(candidates.values(), key=lambda c: -c["reward"])],
               "settings": options, "seconds": time.perf_counter() - start_time}
-    if found is None:
+    if found is None and default_score is None:
         logging.warning("autolossgen: no trained candidate passed the validity check; the model "
                         "keeps its default loss.")
     if report_dir:

@@ -286,7 +286,7 @@ class ControllerTest(tf.test.TestCase):
             _spec(("reciprocal", [0]))))))
 
 
-class SettingsTest(tf.test.TestCase):
+class SettingsTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_finalists_are_distinct_functions(self):
         proxy = autolossgen.ProxyFilter(points=20, tol=1e-4, seed=0)
@@ -308,6 +308,42 @@ class SettingsTest(tf.test.TestCase):
             autolossgen.settings({"samples_per_epoch": 0})
         with self.assertRaisesRegex(SearchError, "baseline_decay=1.0"):
             autolossgen.settings({"baseline_decay": 1.0})
+        with self.assertRaisesRegex(SearchError, "default_finalist must be true or false"):
+            autolossgen.settings({"default_finalist": "yes"})
+
+    @parameterized.parameters((0.95, False), (0.80, True), (0.90, True))
+    def test_the_default_loss_is_a_finalist_and_wins_ties(self, found_score: float,
+                                                          kept_default: bool):
+        retrained = []
+
+        def retrain(spec: dict | None) -> float:
+            retrained.append(spec)
+            return 0.90 if spec is None else found_score
+
+        learner = autolossgen.Learner(lambda: None, lambda weights: None, lambda spec: None,
+                                      lambda: 0.5, retrain)
+        options = autolossgen.settings({"num_nodes": 2, "search_epochs": 1,
+                                        "samples_per_epoch": 40, "max_trainings_per_epoch": 4,
+                                        "lstm_size": 8, "check_points": 100})
+        loss, report = autolossgen.run_search(learner, options, seed=1, report_dir=None,
+                                              title="t", default_name="logloss")
+        self.assertGreaterEqual(report["valid_candidates"], 1, report["candidates"])
+        self.assertIsNone(retrained[-1])  # the default trains after the found losses
+        self.assertLen(retrained, len(report["finalists"]) + 1)
+        self.assertEqual(report["default_retrain_score"], 0.90)
+        self.assertEqual(report["kept_default"], kept_default)
+        if kept_default:
+            self.assertIsNone(loss)
+            self.assertIsNone(report["formula"])
+        else:
+            self.assertEqual(loss, report["loss"])
+            self.assertTrue(formula.direction_check(loss, 100)["valid"])
+        off, _ = autolossgen.run_search(
+            autolossgen.Learner(lambda: None, lambda weights: None, lambda spec: None,
+                                lambda: 0.5, lambda spec: 0.99 if spec is None else 0.5),
+            {**options, "default_finalist": False, "finalists": 1}, seed=1, report_dir=None,
+            title="t")
+        self.assertIsNotNone(off)  # without the default finalist a found loss is kept
 
 
 class SearchOnTinyDataTest(tf.test.TestCase):
@@ -337,8 +373,8 @@ class SearchOnTinyDataTest(tf.test.TestCase):
         self.assertLessEqual(statuses, {"trained", "zero_gradient", "duplicate", "invalid"})
         self.assertLessEqual(sum(s["status"] == "trained" for s in record["samples"]), 4)
         self.assertTrue(os.path.exists(os.path.join(report_dir, autolossgen.REWARDS_PICTURE)))
-        if searched.loss is None:
-            self.assertEqual(record["valid_candidates"], 0)
+        if searched.loss is None:  # no valid candidate, or the default loss did as well
+            self.assertTrue(record["valid_candidates"] == 0 or record["kept_default"], record)
         else:
             self.assertEqual(record["formula"], formula.describe(searched.loss))
             self.assertTrue(formula.direction_check(searched.loss, 50)["valid"])
@@ -363,7 +399,8 @@ def test_topk_search_scores_candidates_by_eval_recall_and_mf_retrains_with_the_l
     data = topk_data_from_interactions(pick(split < 0.8), pick((split >= 0.8) & (split < 0.9)),
                                        pick(split >= 0.9))
     options = {"num_nodes": 2, "search_epochs": 2, "samples_per_epoch": 20,
-               "max_trainings_per_epoch": 3, "lstm_size": 8, "check_points": 100}
+               "max_trainings_per_epoch": 3, "lstm_size": 8, "check_points": 100,
+               "default_finalist": False}  # the default (BPR) finalist: the CTR tests
     loss, report = autolossgen.search_topk(data, dim=8, learning_rate=0.05, batch_size=128,
                                            seed=1, options=options, k=10,
                                            report_dir=str(tmp_path))
