@@ -28,6 +28,11 @@ Settings (``ctx.options``, defaults in ``DEFAULTS``):
 * ``min_steps`` (30): a trial runs more epochs over its sample when ``epochs`` would take fewer
   steps (criteo10k's 2,400-row sample is 5 steps an epoch; frappe86k's 31 steps are unchanged),
   so that on a small data set a trial's AUC says more than where its initialisation was.
+* ``initial_dags`` (``"baseline"``): the first trials. ``"baseline"`` is DeepFM written as a
+  DAG (``baseline_dag``: an FM scalar and an MLP of ``hidden_units``, both over every raw
+  input), as keras-tuner's first trial uses the default hyper-parameters, so the evolution
+  starts from the model the search should beat and mutates it like any member; ``[]``: only
+  random DAGs (the official start); or a list of DAGs.
 * ``finalists`` (3): how many of the best low-fidelity DAGs are trained at full fidelity
   before the choice (0 or 1: the best low-fidelity trial, no full training). Their seconds
   count in the search's.
@@ -54,7 +59,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from models.architecture import Architecture
-from models.autoctr_dag import describe
+from models.autoctr_dag import check_dag, describe
 from models.search import SearchContext, SearchError, merge_options
 from models.search.autoctr_evolution import STATE_FILE, canonical, evolve, save_state
 from models.search.autoctr_plots import draw_best_so_far, draw_dag
@@ -66,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "num_mutants": 100, "ranker_min_trials": 10, "reward_weight": 0.1, "age_weight": 1.0,
     "cost_weight": 0.1, "max_blocks": 7, "sample_fraction": 0.3, "epochs": 1,
     "batch_size": 512, "learning_rate": 0.002, "min_steps": 30, "finalists": 3,
-    "state_dir": None}
+    "initial_dags": "baseline", "state_dir": None}
 # may change when resuming
 BUDGET_OPTIONS = ("max_trials", "max_seconds", "state_dir", "finalists")
 FINALISTS_FILE = "autoctr_finalists.json"
@@ -97,7 +102,22 @@ def settings(ctx: SearchContext) -> dict[str, Any]:
     if int(values["ranker_min_trials"]) < 2:
         raise SearchError(f"autoctr: ranker_min_trials must be >= 2. "
                           f"Received: ranker_min_trials={values['ranker_min_trials']!r}")
+    initial = values["initial_dags"]
+    if initial != "baseline" and not isinstance(initial, list):
+        raise SearchError(f"autoctr: initial_dags must be 'baseline' or a list of DAGs. "
+                          f"Received: initial_dags={initial!r}")
     return values
+
+
+def baseline_dag(raw: list[str], hidden_units: list[int]) -> dict:
+    """DeepFM as an AutoCTR DAG: an FM scalar and an MLP of ``hidden_units`` over ``raw``.
+
+    >>> baseline_dag(["sparse"], [400, 400])["blocks"][1]
+    {'type': 'mlp', 'inputs': ['sparse'], 'units': [400, 400]}
+    """
+    return {"blocks": [{"type": "fm", "inputs": list(raw), "output": "scalar"},
+                       {"type": "mlp", "inputs": list(raw), "units": [int(u) for u in
+                                                                      hidden_units]}]}
 
 
 def search(ctx: SearchContext) -> Architecture:
@@ -116,6 +136,13 @@ def search(ctx: SearchContext) -> Architecture:
     raw = ["sparse"] + (["dense"] if any(ctx.arch.numeric_encoding[f] != "bucket"
                                          for f in ctx.arch.numerical) else [])
     trial_seed = iter(range(ctx.seed, ctx.seed + 10**6))
+    initial = (([baseline_dag(raw, ctx.arch.hidden_units)] if ctx.arch.hidden_units else [])
+               if options["initial_dags"] == "baseline" else options["initial_dags"])
+    for n, dag in enumerate(initial):
+        try:
+            check_dag(dag, has_dense="dense" in raw)
+        except ValueError as e:
+            raise SearchError(f"autoctr: initial_dags[{n}]: {e}") from e
 
     def score(dag: dict) -> tuple[float, float]:
         return _score(dataclasses.replace(ctx.arch, autoctr=dag), sample, evaluation, options,
@@ -125,10 +152,11 @@ def search(ctx: SearchContext) -> Architecture:
                                          if ctx.report_dir else None)
     fingerprint = {"options": {k: v for k, v in options.items() if k not in BUDGET_OPTIONS},
                    "seed": ctx.seed, "fields": ctx.arch.fields,
-                   "embedding_dims": ctx.arch.embedding_dims, "rows": [rows, len(evaluation[1])]}
+                   "embedding_dims": ctx.arch.embedding_dims, "rows": [rows, len(evaluation[1])],
+                   "initial": initial}
     start = time.perf_counter()
     state = evolve(score, options, raw, ctx.seed, fingerprint,
-                   os.path.join(state_dir, STATE_FILE) if state_dir else None)
+                   os.path.join(state_dir, STATE_FILE) if state_dir else None, initial)
     trials = state["trials"]
     if not trials:
         raise SearchError("autoctr: the budget ended before the first trial; raise max_seconds "

@@ -12,6 +12,10 @@ evolutionary_controller.py`` and ``scripts/search.py`` (``--survival-type comb``
   output, or a block added / removed); ``num_mutants`` distinct unseen children are made and
   the ranker's favourite is scored.
 
+The first trials can be given (``initial``, e.g. the baseline DeepFM written as a DAG; as
+keras-tuner's first trial uses the default hyper-parameters); random DAGs fill the rest of the
+first population.
+
 The ranker is a pairwise learning-to-rank model: scikit-learn's ``GradientBoostingClassifier``
 on feature differences ``phi(a) - phi(b)`` labelled ``reward(a) > reward(b)`` (RankNet-style
 pairs; the official code uses LightGBM LambdaRank, which is not installed here). A child's
@@ -217,9 +221,11 @@ def save_state(path: str | None, state: dict) -> None:
 
 
 def evolve(score: Callable[[dict], tuple[float, float]], options: dict, raw: list[str],
-           seed: int, fingerprint: dict, state_path: str | None = None) -> dict:
+           seed: int, fingerprint: dict, state_path: str | None = None,
+           initial: list[dict] | None = None) -> dict:
     """Runs (or resumes) the evolution until ``max_trials`` trials or ``max_seconds`` seconds
-    (a trial that started before the limit finishes). Returns the state: ``trials`` (each with
+    (a trial that started before the limit finishes); ``initial`` DAGs are the first trials
+    (``how`` = ``"initial"``). Returns the state: ``trials`` (each with
     ``trial``, ``dag``, ``reward``, ``cost``, ``seconds``, ``how``, ``best_so_far``),
     ``seconds``, ``stopped_by``, ``resumed_at``."""
     state = load_state(state_path, fingerprint)
@@ -240,7 +246,11 @@ def evolve(score: Callable[[dict], tuple[float, float]], options: dict, raw: lis
         if before + time.perf_counter() - start >= float(options["max_seconds"]):
             stopped_by = "seconds"
             break
-        dag, how = _next_dag(trials, seen, rng, raw, options, seed, max_blocks, size, weights)
+        if len(trials) < len(initial or []):
+            dag, how = initial[len(trials)], "initial"
+        else:
+            dag, how = _next_dag(trials, seen, rng, raw, options, seed, max_blocks, size,
+                                 weights)
         check_dag(dag, has_dense="dense" in raw)
         trial_start = time.perf_counter()
         reward, cost = score(dag)

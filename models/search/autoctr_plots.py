@@ -86,7 +86,8 @@ def draw_best_so_far(history: list[dict], path: str) -> None:
     """Every trial's low-fidelity val AUC (by how it was chosen) and the best-so-far line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    markers = {"random": ("o", "#9ecae1"), "mutant": ("s", "#fdae6b"), "ranked": ("^", "#31a354")}
+    markers = {"initial": ("D", "#756bb1"), "random": ("o", "#9ecae1"),
+               "mutant": ("s", "#fdae6b"), "ranked": ("^", "#31a354")}
     for how, (marker, colour) in markers.items():
         chosen = [t for t in history if t["how"] == how]
         if chosen:

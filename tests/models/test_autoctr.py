@@ -213,6 +213,21 @@ def _fake_score(calls: list[dict], sleep: float = 0.0):
 
 class EvolutionBudgetAndResumeTest(tf.test.TestCase):
 
+    def test_initial_dags_are_the_first_trials_then_evolve(self):
+        baseline = autoctr.baseline_dag(["sparse", "dense"], [400, 400, 400])
+        self.assertEqual(baseline["blocks"][0], {"type": "fm", "inputs": ["sparse", "dense"],
+                                                 "output": "scalar"})
+        check_dag(baseline, has_dense=True)
+        calls: list[dict] = []
+        state = evolution.evolve(_fake_score(calls), {**OPTIONS, "max_trials": 6},
+                                 ["sparse", "dense"], seed=0, fingerprint={},
+                                 initial=[baseline])
+        self.assertEqual(calls[0], baseline)
+        self.assertEqual([t["how"] for t in state["trials"]][:3],
+                         ["initial", "random", "random"])  # population 3
+        self.assertNotIn(evolution.canonical(baseline),
+                         [evolution.canonical(d) for d in calls[1:]])  # never scored twice
+
     def test_trial_budget_stops_and_the_ranker_takes_over(self):
         calls: list[dict] = []
         state = evolution.evolve(_fake_score(calls), {**OPTIONS, "max_trials": 8}, ["sparse"],
@@ -285,6 +300,11 @@ class SearchTest(tf.test.TestCase):
             autoctr.settings(_tiny_context({"sample_fraction": 1.5}, None))
         with self.assertRaisesRegex(SearchError, "min_steps=-1"):
             autoctr.settings(_tiny_context({"min_steps": -1}, None))
+        with self.assertRaisesRegex(SearchError, "initial_dags must be 'baseline' or a list"):
+            autoctr.settings(_tiny_context({"initial_dags": "deepfm"}, None))
+        bad = {"blocks": [{"type": "mlp", "inputs": [3], "units": [8]}]}
+        with self.assertRaisesRegex(SearchError, r"initial_dags\[0\]: AutoCTR block 0"):
+            autoctr.search(_tiny_context({"initial_dags": [bad]}, None))
 
     def test_small_samples_get_more_trial_epochs(self):
         options = {"epochs": 1, "batch_size": 512, "min_steps": 30}
@@ -330,6 +350,7 @@ class SearchTest(tf.test.TestCase):
         searched = autoctr.search(_tiny_context(options, report_dir))
         record = searched.search["autoctr"]
         self.assertEqual(record["trials"], 1)
+        self.assertEqual(record["history"][0]["how"], "initial")  # the baseline DAG first
         best = max(record["history"], key=lambda t: t["reward"])
         self.assertEqual(record["best_trial"], best["trial"])
         check_dag(searched.autoctr, has_dense=True)
