@@ -7,12 +7,13 @@ and the layer are ``models.autoctr_dag`` and ``models.layers.autoctr``; the evol
 ranker are ``models.search.autoctr_evolution``. A trial builds the ``autoctr`` model of a DAG,
 trains it for ``epochs`` on a ``sample_fraction`` subsample of the train split (drawn once per
 search) and scores it by AUC on the eval split; its cost is the number of network parameters
-(embedding tables excluded). The ``finalists`` best-AUC distinct DAGs then each train from
-scratch on the full train split to early stopping, exactly as the retrain stage trains (same
-learning rate, epochs, patience and seed), and the one with the best validation AUC goes into
-``Architecture.autoctr``; the retrain stage trains it on the full data like any model. A
-low-fidelity trial (a third of the data, a few dozen steps) ranks DAGs by how fast they start;
-the finalists rank the few best by where they end, on the validation split only.
+(embedding tables excluded). The ``finalists`` best-AUC distinct DAGs and the initial ones
+(by default the baseline DeepFM as a DAG) then each train from scratch on the full train split
+to early stopping, exactly as the retrain stage trains (same learning rate, epochs, patience and
+seed), and the one with the best validation AUC goes into ``Architecture.autoctr``; the retrain
+stage trains it on the full data like any model. A low-fidelity trial (a third of the data, a
+few dozen steps) ranks DAGs by how fast they start; the finalists rank the few best, and the
+baseline, by where they end, on the validation split only.
 
 Settings (``ctx.options``, defaults in ``DEFAULTS``):
 
@@ -34,8 +35,9 @@ Settings (``ctx.options``, defaults in ``DEFAULTS``):
   starts from the model the search should beat and mutates it like any member; ``[]``: only
   random DAGs (the official start); or a list of DAGs.
 * ``finalists`` (3): how many of the best low-fidelity DAGs are trained at full fidelity
-  before the choice (0 or 1: the best low-fidelity trial, no full training). Their seconds
-  count in the search's.
+  before the choice, together with the ``initial_dags`` (the baseline: whatever the search
+  found must beat it on validation, or the baseline DAG is the answer); 0: the best
+  low-fidelity trial, no full training. Their seconds count in the search's.
 * ``state_dir``: where the evolution state is saved after every trial and resumed from
   (default: ``<report_dir>/autoctr_state``; none when both are unset). The finalists' scores
   are saved there too (``autoctr_finalists.json``), so a resumed search does not train them
@@ -194,11 +196,14 @@ def search(ctx: SearchContext) -> Architecture:
 
 def _train_finalists(ctx: SearchContext, trials: list[dict], count: int, state_dir: str | None,
                      fingerprint: dict) -> list[dict]:
-    """The ``count`` best low-fidelity trials, each trained as the retrain stage will train it,
-    with its best validation AUC (``retrained_val_auc``); [] when ``count`` < 2. Scores are
+    """The ``count`` best low-fidelity trials and the initial ones (the baseline), each trained
+    as the retrain stage will train it, with its best validation AUC (``retrained_val_auc``); []
+    when ``count`` is 0 or there is only one to compare. Scores are
     saved to (and reused from) ``state_dir``, keyed by the DAG, the search's fingerprint and
     the training settings."""
-    if count < 2 or len(trials) < 2:
+    ranked = sorted(trials, key=lambda t: (-t["reward"], t["cost"]))[:count] if count else []
+    pool = ranked + [t for t in trials if t["how"] == "initial" and t not in ranked]
+    if not ranked or len(pool) < 2:
         return []
     from components.base import train_model  # noqa: PLC0415 (the retrain stage's loop)
 
@@ -214,7 +219,7 @@ def _train_finalists(ctx: SearchContext, trials: list[dict], count: int, state_d
             saved = stored["scores"]
     names = model_input_names(ctx.arch)
     finalists = []
-    for trial in sorted(trials, key=lambda t: (-t["reward"], t["cost"]))[:count]:
+    for trial in pool:
         key = canonical(trial["dag"])
         if key not in saved:
             start = time.perf_counter()

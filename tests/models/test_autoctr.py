@@ -316,7 +316,7 @@ class SearchTest(tf.test.TestCase):
     def test_finalists_are_the_best_trials_retrained_and_their_scores_are_saved(self):
         dags = [{"blocks": [{"type": "mlp", "inputs": ["sparse"], "units": [units]}]}
                 for units in (32, 64, 128)]
-        trials = [{"trial": n + 1, "dag": dag, "reward": reward, "cost": 10.0 * n}
+        trials = [{"trial": n + 1, "dag": dag, "reward": reward, "cost": 10.0 * n, "how": "random"}
                   for n, (dag, reward) in enumerate(zip(dags, (0.70, 0.75, 0.72), strict=True))]
         retrained = {64: 0.80, 128: 0.83, 32: 0.99}  # the lowest trial is never trained
         calls = []
@@ -341,6 +341,11 @@ class SearchTest(tf.test.TestCase):
             autoctr._train_finalists(ctx, trials, 2, state_dir, {"seed": 1})
             self.assertLen(calls, 4)  # another search's scores are not reused
             self.assertEqual(autoctr._train_finalists(ctx, trials, 1, state_dir, {}), [])
+            trials[0]["how"] = "initial"  # the baseline always joins the finalists
+            with_baseline = autoctr._train_finalists(ctx, trials, 1, state_dir, {"seed": 0})
+            self.assertEqual([t["trial"] for t in with_baseline], [2, 1])
+            self.assertEqual(calls[-1][0], 32)
+            self.assertEqual(autoctr._train_finalists(ctx, trials, 0, state_dir, {}), [])
 
     @pytest.mark.slow  # trains two tiny models: ~15 s alone, minutes on a shared machine
     def test_search_writes_the_dag_pictures_and_state(self):
