@@ -73,7 +73,8 @@ def test_bench_mf_autolossgen_row_and_a_transferred_loss(tmp_path):
     config.write_text(json.dumps({
         "train": {"max_epochs": 4}, "topk": {"learning_rate": 0.01, "batch_size": 256},
         "search_options": {"autolossgen": {"search_epochs": 1, "samples_per_epoch": 30,
-                                           "max_trainings_per_epoch": 2}}}))
+                                           "max_trainings_per_epoch": 2,
+                                           "default_finalist": False}}}))  # a found loss moves
     out = tmp_path / "alg.json"
     assert main(["bench", "--datasets", "synthetic_topk", "--models", "mf+autolossgen",
                  "--seeds", "1", "--config", str(config), "--out", str(out)]) == 0
