@@ -39,7 +39,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "deepfm": _DEEPFM, "dnn": _DEEP, "dcn": _DEEP,
     # AutoCTR's first trial and baseline finalist is DeepFM as a DAG: the same preset.
     "autoctr": _DEEPFM,
-    "autogroup": _DEEP,  # an MLP over its set interactions, like DeepFM's
+    # An MLP over its set interactions, like DeepFM's; L2 0.3 won on frappe86k's validation AUC
+    # in every seed (0.9395 -> 0.9483, seeds 2021-2023; README, AutoGroup).
+    "autogroup": _DEEPFM,
     "fm": {"l2": 0.0, "dropout": 0.0, "batch_norm": False},
     "lr": {"l2": 0.0, "dropout": 0.0, "batch_norm": False},
 }
