@@ -128,6 +128,20 @@ def eval_auc(model: Any, dataset: tf.data.Dataset) -> float:
     return float(metric.result())
 
 
+def retrain_val_auc(ctx: SearchContext, arch: Architecture) -> tuple[float, int]:
+    """Trains ``arch`` from scratch exactly as the retrain stage will (``ctx``'s learning rate,
+    epochs, patience and seed, early stopping on the eval split): (best eval AUC, best epoch).
+    The searches' full-fidelity finalists are scored with it."""
+    from components.base import train_model  # noqa: PLC0415 (the retrain stage's loop)
+    from models.zoo import model_input_names  # noqa: PLC0415 (TensorFlow loads only here)
+
+    names = model_input_names(arch)
+    result = train_model(arch, ctx.dataset("train", names, True), ctx.dataset("eval", names, False),
+                         learning_rate=ctx.learning_rate, max_epochs=ctx.max_epochs,
+                         patience=ctx.patience, seed=ctx.seed)
+    return max(result.history.get("val_auc", [0.0])), result.best_epoch
+
+
 def parse_strategy(strategy: str) -> list[str]:
     """Method names of a strategy string; ``"none"`` (or empty) is no method."""
     if strategy in ("", "none"):

@@ -62,7 +62,7 @@ import tf_keras as keras
 
 from models.architecture import Architecture
 from models.autoctr_dag import check_dag, describe
-from models.search import SearchContext, SearchError, merge_options
+from models.search import SearchContext, SearchError, merge_options, retrain_val_auc
 from models.search.autoctr_evolution import STATE_FILE, canonical, evolve, save_state
 from models.search.autoctr_plots import draw_best_so_far, draw_dag
 from models.zoo.ctr import build_ctr_model, model_input_names
@@ -205,8 +205,6 @@ def _train_finalists(ctx: SearchContext, trials: list[dict], count: int, state_d
     pool = ranked + [t for t in trials if t["how"] == "initial" and t not in ranked]
     if not ranked or len(pool) < 2:
         return []
-    from components.base import train_model  # noqa: PLC0415 (the retrain stage's loop)
-
     path = os.path.join(state_dir, FINALISTS_FILE) if state_dir else None
     settings_key = {"search": fingerprint, "learning_rate": ctx.learning_rate,
                     "batch_size": ctx.batch_size, "max_epochs": ctx.max_epochs,
@@ -217,19 +215,14 @@ def _train_finalists(ctx: SearchContext, trials: list[dict], count: int, state_d
             stored = json.load(f)
         if stored.get("settings") == settings_key:
             saved = stored["scores"]
-    names = model_input_names(ctx.arch)
     finalists = []
     for trial in pool:
         key = canonical(trial["dag"])
         if key not in saved:
             start = time.perf_counter()
-            result = train_model(dataclasses.replace(ctx.arch, autoctr=trial["dag"]),
-                                 ctx.dataset("train", names, True),
-                                 ctx.dataset("eval", names, False),
-                                 learning_rate=ctx.learning_rate, max_epochs=ctx.max_epochs,
-                                 patience=ctx.patience, seed=ctx.seed)
-            saved[key] = {"retrained_val_auc": max(result.history.get("val_auc", [0.0])),
-                          "best_epoch": result.best_epoch,
+            auc, best_epoch = retrain_val_auc(ctx, dataclasses.replace(ctx.arch,
+                                                                       autoctr=trial["dag"]))
+            saved[key] = {"retrained_val_auc": auc, "best_epoch": best_epoch,
                           "retrain_seconds": time.perf_counter() - start}
             if path:
                 save_state(path, {"settings": settings_key, "scores": saved})

@@ -83,6 +83,7 @@ from models.search import (
     merge_options,
     require_at_least,
     require_bool,
+    retrain_val_auc,
 )
 from models.zoo.ctr import build_ctr_model, model_input_names
 
@@ -387,14 +388,8 @@ def search(ctx: SearchContext) -> Architecture:
                       loss=formula.keras_loss(spec))
         model.fit(train_ds, epochs=1, verbose=0)
 
-    def retrain(spec: dict) -> float:
-        from components.base import train_model  # noqa: PLC0415 (the retrain stage's loop)
-
-        result = train_model(dataclasses.replace(arch, loss=spec),
-                             ctx.dataset("train", names, True), eval_ds,
-                             learning_rate=ctx.learning_rate,
-                             max_epochs=ctx.max_epochs, patience=ctx.patience, seed=ctx.seed)
-        return max(result.history.get("val_auc", [0.0]))
+    def retrain(spec: dict | None) -> float:
+        return retrain_val_auc(ctx, dataclasses.replace(arch, loss=spec))[0]
 
     learner = Learner(model.get_weights, model.set_weights, train_epoch, validation_auc, retrain)
     spec, report = run_search(learner, options, ctx.seed, ctx.report_dir,
