@@ -28,6 +28,13 @@ to our data sets of 10-40 fields and 10k-50k rows on two CPUs:
   logit by about 1e2 per step, so its Gumbel noise stops mattering after one step; not tried).
 * ``initial_temperature``, ``final_temperature``: the Gumbel-softmax ``tau`` schedule (1, 0.01).
 * ``embedding_init_std``: the searching model's embedding initialisation (0.01).
+* ``baseline_finalist`` (True): the found sets and the baseline sets (``baseline_groups``: each
+  field its own order-1 set, one order-2 set of every field, i.e. DeepFM's inputs to the MLP
+  and a weighted FM) each train from scratch as the retrain stage trains them; the found sets
+  are kept only when their validation AUC is higher, as AutoCTR's baseline DAG and
+  AutoLossGen's default loss are finalists. The report says which (``chosen``) and both scores
+  (``finalists``); their seconds count in ``search_seconds``. A production search never
+  returns sets that did worse on validation than the plain sets they replace.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -44,7 +52,15 @@ import tf_keras as keras
 
 from models.architecture import Architecture
 from models.layers.autogroup import FeatureGroupInteraction
-from models.search import SearchContext, SearchError, eval_auc, merge_options, require_at_least
+from models.search import (
+    SearchContext,
+    SearchError,
+    eval_auc,
+    merge_options,
+    require_at_least,
+    require_bool,
+    retrain_val_auc,
+)
 from models.zoo.autogroup import GroupSearch, autogroup_parts, order_layer_name
 from models.zoo.ctr import LOGIT_LAYER, PROBABILITY_LAYER, model_input_dtypes
 
@@ -52,7 +68,8 @@ NAME = "autogroup"
 DEFAULTS: dict[str, Any] = {"max_order": 3, "num_groups": None, "embedding_dims": None,
                             "epochs": 2, "batch_size": 512, "learning_rate": None,
                             "structure_learning_rate": 0.05, "initial_temperature": 1.0,
-                            "final_temperature": 0.01, "embedding_init_std": 0.01}
+                            "final_temperature": 0.01, "embedding_init_std": 0.01,
+                            "baseline_finalist": True}
 GROUPS_PICTURE = "autogroup_groups.png"
 RETRAINED_PICTURE = "autogroup_retrained_weights.png"
 
@@ -61,6 +78,7 @@ def settings(ctx: SearchContext) -> dict[str, Any]:
     """``ctx.options`` completed with the defaults, the per-order lists resolved."""
     values = merge_options(NAME, DEFAULTS, ctx.options)
     require_at_least(NAME, values, ("max_order", "epochs", "batch_size"), 1)
+    require_bool(NAME, values, "baseline_finalist")
     for key in ("structure_learning_rate", "initial_temperature", "final_temperature",
                 "embedding_init_std"):
         if not float(values[key]) > 0:
@@ -124,13 +142,50 @@ def search(ctx: SearchContext) -> Architecture:
               "epochs": int(options["epochs"]), "steps": total_steps,
               "search_eval_auc": history[-1]["eval_auc"], "history": history,
               "settings": options}
+    dims = {p: spec.dims[p] for p in orders}
+    chosen = groups
+    if options["baseline_finalist"]:
+        chosen, report["chosen"], report["finalists"] = _choose_finalist(
+            ctx, dims, {"searched": groups, "baseline": baseline_groups(fields, orders)})
     if ctx.report_dir:
         draw_groups(fields, membership, os.path.join(ctx.report_dir, GROUPS_PICTURE),
-                    "AutoGroup search: P(field in set) per order; dots = kept sets",
+                    "AutoGroup search: P(field in set) per order; dots = kept sets"
+                    + (f" (chosen: {report['chosen']} sets)" if "chosen" in report else ""),
                     kept=groups)
-    return dataclasses.replace(ctx.arch, feature_groups=groups,
-                               group_dims={p: spec.dims[p] for p in orders},
+    return dataclasses.replace(ctx.arch, feature_groups=chosen, group_dims=dims,
                                search={**ctx.arch.search, NAME: report})
+
+
+def baseline_groups(fields: list[str], orders: list[str]) -> dict[str, list[list[str]]]:
+    """The plain sets: each field its own order-1 set, one order-2 set of every field (a
+    weighted FM), no set of a higher order.
+
+    >>> baseline_groups(["a", "b", "c"], ["1", "2", "3"])
+    {'1': [['a'], ['b'], ['c']], '2': [['a', 'b', 'c']], '3': []}
+    """
+    return {p: [[f] for f in fields] if p == "1" else
+            [list(fields)] if p == "2" and len(fields) >= 2 else [] for p in orders}
+
+
+def _choose_finalist(ctx: SearchContext, dims: dict[str, int],
+                     candidates: dict[str, dict[str, list[list[str]]]],
+                     ) -> tuple[dict[str, list[list[str]]], str, list[dict[str, Any]]]:
+    """Trains each candidate's sets from scratch as the retrain stage will and returns the sets
+    with the best validation AUC (the first candidate wins only when strictly better), its
+    name and every candidate's score."""
+    scores = []
+    for name, groups in candidates.items():
+        start = time.monotonic()
+        auc, best_epoch = retrain_val_auc(ctx, dataclasses.replace(
+            ctx.arch, feature_groups=groups, group_dims=dims))
+        scores.append({"sets": name, "retrained_val_auc": auc, "best_epoch": best_epoch,
+                       "retrain_seconds": time.monotonic() - start})
+        logging.info("autogroup finalist %s: retrained val AUC %.4f", name, auc)
+    first, *rest = scores
+    best = max(rest, key=lambda s: s["retrained_val_auc"], default=first)
+    if first["retrained_val_auc"] > best["retrained_val_auc"]:
+        best = first
+    return candidates[best["sets"]], best["sets"], scores
 
 
 def build_search_model(arch: Architecture, spec: GroupSearch) -> keras.Model:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -225,7 +227,13 @@ class SearchTest(tf.test.TestCase):
         searched = autogroup.search(ctx)
         record = searched.search["autogroup"]
         self.assertEqual(record["steps"], 4)
-        self.assertEqual(searched.feature_groups, record["groups"])
+        # Both finalists were retrained on validation; the architecture holds the chosen sets.
+        self.assertEqual([f["sets"] for f in record["finalists"]], ["searched", "baseline"])
+        scores = {f["sets"]: f["retrained_val_auc"] for f in record["finalists"]}
+        self.assertEqual(record["chosen"], "searched" if scores["searched"] > scores["baseline"]
+                         else "baseline")
+        self.assertEqual(searched.feature_groups, record["groups"] if record["chosen"] == "searched"
+                         else autogroup.baseline_groups(ctx.arch.fields, ["1", "2", "3"]))
         self.assertEqual(searched.group_dims, {"1": 3, "2": 3, "3": 3})
         self.assertEqual([len(record["membership"][p][0]) for p in "123"], [2, 3, 3])
         self.assertNotIn("autogroup", ctx.arch.search)
@@ -234,6 +242,41 @@ class SearchTest(tf.test.TestCase):
         self.assertEqual(model(INPUTS).shape, (3, 1))
         autogroup.report_trained(searched, model, report_dir)
         self.assertTrue(os.path.exists(os.path.join(report_dir, autogroup.RETRAINED_PICTURE)))
+
+
+    def test_found_sets_must_beat_the_baseline_sets_on_validation(self):
+        features = {"user_id": np.arange(64) % 5, "item_id": np.arange(64) % 4,
+                    "age_z": np.linspace(-1, 1, 64).astype(np.float32)}
+        labels = (np.arange(64) % 2).astype(np.float32)[:, None]
+
+        def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
+            return tf.data.Dataset.from_tensor_slices(
+                ({n: features[n] for n in names}, labels)).batch(32)
+
+        baseline = autogroup.baseline_groups(_arch().fields, ["1", "2", "3"])
+        for searched_auc, baseline_auc, chosen in ((0.71, 0.70, "searched"),
+                                                   (0.70, 0.70, "baseline"),
+                                                   (0.69, 0.70, "baseline")):
+            def scored(ctx: SearchContext, arch: Any, s=searched_auc, b=baseline_auc):
+                return (b if arch.feature_groups == baseline else s), 1
+
+            ctx = SearchContext(arch=_arch(), dataset=dataset, learning_rate=1e-2,
+                                batch_size=32, max_epochs=1, patience=1, seed=0,
+                                options={"epochs": 1, "batch_size": 32})
+            with mock.patch.object(autogroup, "retrain_val_auc", scored):
+                searched = autogroup.search(ctx)
+            record = searched.search["autogroup"]
+            self.assertEqual(record["chosen"], chosen)
+            self.assertEqual(searched.feature_groups,
+                             record["groups"] if chosen == "searched" else baseline)
+            self.assertEqual([f["retrained_val_auc"] for f in record["finalists"]],
+                             [searched_auc, baseline_auc])
+        off = autogroup.search(dataclasses.replace(ctx, options={
+            "epochs": 1, "batch_size": 32, "baseline_finalist": False}))
+        self.assertNotIn("chosen", off.search["autogroup"])
+        self.assertEqual(off.feature_groups, off.search["autogroup"]["groups"])
+        with self.assertRaisesRegex(SearchError, "baseline_finalist"):
+            autogroup.settings(_context({"baseline_finalist": "yes"}))
 
 
 @pytest.mark.slow
