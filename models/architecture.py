@@ -144,6 +144,8 @@ class Architecture:
         it (an ``autogroup`` model cannot be built without sets).
       group_dims: per order of ``feature_groups``, the embedding size of that order's own
         tables (one table per field that appears in a set of that order).
+      group_logit: the ``autogroup`` family's set interactions of order >= 2 also reach the
+        logit through a linear layer, beside the MLP (as DeepFM adds its FM term).
       loss: the training loss: ``None`` is logloss (BPR for ``mf``); otherwise a learned loss
         ``{"kind": one of LOSS_KINDS, ...}`` (plain JSON; ``models.losses`` builds it). Training
         only: serving is the same whatever the loss.
@@ -181,6 +183,7 @@ class Architecture:
     autoctr: dict | None = None
     feature_groups: dict[str, list[list[str]]] = field(default_factory=dict)
     group_dims: dict[str, int] = field(default_factory=dict)
+    group_logit: bool = False
     loss: dict | None = None
     lambdaopt: dict | None = None
     search: dict = field(default_factory=lambda: {"strategy": "none"})
@@ -273,6 +276,9 @@ class Architecture:
                                     f"embedding_blocks fields {sorted(self.embedding_blocks)}")
 
     def _check_feature_groups(self) -> None:
+        if self.group_logit and self.model != "autogroup":
+            raise ArchitectureError(f"group_logit applies to model 'autogroup' only. "
+                                    f"Received: model={self.model!r}")
         if self.feature_groups and self.model != "autogroup":
             raise ArchitectureError(f"feature_groups applies to model 'autogroup' only. "
                                     f"Received: model={self.model!r}")

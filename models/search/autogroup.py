@@ -28,6 +28,10 @@ to our data sets of 10-40 fields and 10k-50k rows on two CPUs:
   logit by about 1e2 per step, so its Gumbel noise stops mattering after one step; not tried).
 * ``initial_temperature``, ``final_temperature``: the Gumbel-softmax ``tau`` schedule (1, 0.01).
 * ``embedding_init_std``: the searching model's embedding initialisation (0.01).
+* ``group_logit`` (True): the model's set interactions of orders >= 2 also reach the logit
+  through a linear layer (``Architecture.group_logit``), beside the MLP, as DeepFM adds its FM
+  term; searching model, finalists and retrain alike. Not in Vega. Chosen on frappe86k's
+  validation AUC (README, AutoGroup).
 * ``baseline_finalist`` (True): the found sets and the baseline sets (``baseline_groups``: each
   field its own order-1 set, one order-2 set of every field, i.e. DeepFM's inputs to the MLP
   and a weighted FM) each train from scratch as the retrain stage trains them; the found sets
@@ -69,7 +73,7 @@ DEFAULTS: dict[str, Any] = {"max_order": 3, "num_groups": None, "embedding_dims"
                             "epochs": 2, "batch_size": 512, "learning_rate": None,
                             "structure_learning_rate": 0.05, "initial_temperature": 1.0,
                             "final_temperature": 0.01, "embedding_init_std": 0.01,
-                            "baseline_finalist": True}
+                            "baseline_finalist": True, "group_logit": True}
 GROUPS_PICTURE = "autogroup_groups.png"
 RETRAINED_PICTURE = "autogroup_retrained_weights.png"
 
@@ -79,6 +83,7 @@ def settings(ctx: SearchContext) -> dict[str, Any]:
     values = merge_options(NAME, DEFAULTS, ctx.options)
     require_at_least(NAME, values, ("max_order", "epochs", "batch_size"), 1)
     require_bool(NAME, values, "baseline_finalist")
+    require_bool(NAME, values, "group_logit")
     for key in ("structure_learning_rate", "initial_temperature", "final_temperature",
                 "embedding_init_std"):
         if not float(values[key]) > 0:
@@ -104,7 +109,8 @@ def search(ctx: SearchContext) -> Architecture:
     spec = GroupSearch(num_groups=dict(zip(orders, options["num_groups"], strict=True)),
                        dims=dict(zip(orders, options["embedding_dims"], strict=True)),
                        temperature=float(options["initial_temperature"]))
-    searching = dataclasses.replace(ctx.arch, embedding_init_std=options["embedding_init_std"])
+    arch = dataclasses.replace(ctx.arch, group_logit=options["group_logit"])
+    searching = dataclasses.replace(arch, embedding_init_std=options["embedding_init_std"])
     keras.utils.set_random_seed(ctx.seed)
     model = build_search_model(searching, spec)
     layers = {p: model.get_layer(order_layer_name(p)) for p in orders}
@@ -146,13 +152,13 @@ def search(ctx: SearchContext) -> Architecture:
     chosen = groups
     if options["baseline_finalist"]:
         chosen, report["chosen"], report["finalists"] = _choose_finalist(
-            ctx, dims, {"searched": groups, "baseline": baseline_groups(fields, orders)})
+            ctx, arch, dims, {"searched": groups, "baseline": baseline_groups(fields, orders)})
     if ctx.report_dir:
         draw_groups(fields, membership, os.path.join(ctx.report_dir, GROUPS_PICTURE),
                     "AutoGroup search: P(field in set) per order; dots = kept sets"
                     + (f" (chosen: {report['chosen']} sets)" if "chosen" in report else ""),
                     kept=groups)
-    return dataclasses.replace(ctx.arch, feature_groups=chosen, group_dims=dims,
+    return dataclasses.replace(arch, feature_groups=chosen, group_dims=dims,
                                search={**ctx.arch.search, NAME: report})
 
 
@@ -167,17 +173,17 @@ def baseline_groups(fields: list[str], orders: list[str]) -> dict[str, list[list
             [list(fields)] if p == "2" and len(fields) >= 2 else [] for p in orders}
 
 
-def _choose_finalist(ctx: SearchContext, dims: dict[str, int],
+def _choose_finalist(ctx: SearchContext, arch: Architecture, dims: dict[str, int],
                      candidates: dict[str, dict[str, list[list[str]]]],
                      ) -> tuple[dict[str, list[list[str]]], str, list[dict[str, Any]]]:
-    """Trains each candidate's sets from scratch as the retrain stage will and returns the sets
-    with the best validation AUC (the first candidate wins only when strictly better), its
-    name and every candidate's score."""
+    """Trains ``arch`` with each candidate's sets from scratch as the retrain stage will and
+    returns the sets with the best validation AUC (the first candidate wins only when strictly
+    better), its name and every candidate's score."""
     scores = []
     for name, groups in candidates.items():
         start = time.monotonic()
-        auc, best_epoch = retrain_val_auc(ctx, dataclasses.replace(
-            ctx.arch, feature_groups=groups, group_dims=dims))
+        auc, best_epoch = retrain_val_auc(ctx, dataclasses.replace(arch, feature_groups=groups,
+                                                                   group_dims=dims))
         scores.append({"sets": name, "retrained_val_auc": auc, "best_epoch": best_epoch,
                        "retrain_seconds": time.monotonic() - start})
         logging.info("autogroup finalist %s: retrained val AUC %.4f", name, auc)

@@ -5,6 +5,7 @@ fields of that order's sets get their own embedding tables of size ``d_p``; a
 ``FeatureGroupInteraction`` turns them into ``G_p`` set interactions. The model is::
 
     y = lr + w^T MLP([g_1 .. g_{G_1} (order 1 set vectors); I^(2)_1 .. ; I^(P)_{G_P}])
+          [+ v^T [I^(2)_1 .. ; I^(P)_{G_P}]   with ``arch.group_logit``, as DeepFM adds its FM]
 
 (the LR term is ``FieldLinear``; the MLP is ``arch.hidden_units``, like DeepFM's).
 """
@@ -56,7 +57,7 @@ def autogroup_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
                                 "architecture.feature_groups, which the 'autogroup' search "
                                 "writes (search_strategy 'autogroup').")
     orders = sorted(arch.feature_groups if search is None else search.num_groups, key=int)
-    terms = []
+    terms, scalars = [], []
     for order in orders:
         if search is None and not arch.feature_groups[order]:
             continue
@@ -81,6 +82,8 @@ def autogroup_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
                                     for group in arch.feature_groups[order]],
                 name=order_layer_name(order))
         terms.append(layer(stack_embeddings(embedding(inputs))))
+        if order != "1":
+            scalars.append(terms[-1])
     joined = terms[0] if len(terms) == 1 else keras.layers.Concatenate(name="group_terms")(terms)
     deep = MLP(arch.hidden_units, dropout=arch.dropout, batch_norm=arch.batch_norm,
                l2=arch.net_l2, name="mlp")(joined)
@@ -90,4 +93,10 @@ def autogroup_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
     linear = FieldLinear(arch.categorical, arch.numerical, arch.vocab_sizes,
                          numeric_encoding=arch.numeric_encoding, num_buckets=arch.num_buckets,
                          l2=arch.l2, name="field_linear")(inputs)
-    return [linear, deep_logit]
+    if not arch.group_logit or not scalars:
+        return [linear, deep_logit]
+    joined_scalars = (scalars[0] if len(scalars) == 1
+                      else keras.layers.Concatenate(name="group_scalars")(scalars))
+    group_logit = keras.layers.Dense(1, use_bias=False, kernel_regularizer=regularizer,
+                                     kernel_initializer="zeros", name="group_logit")(joined_scalars)
+    return [linear, deep_logit, group_logit]

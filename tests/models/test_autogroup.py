@@ -167,6 +167,28 @@ class AutoGroupModelTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(restored(INPUTS), expected_out, rtol=1e-5, atol=1e-6)
         self.assertEqual(Architecture.from_json(arch.to_json()), arch)
 
+    def test_group_logit_adds_the_set_interactions_linearly(self):
+        plain = build_ctr_model(_arch(feature_groups=GROUPS, group_dims=DIMS))
+        arch = _arch(feature_groups=GROUPS, group_dims=DIMS, group_logit=True)
+        model = build_ctr_model(arch)
+        layer = model.get_layer("group_logit")
+        self.assertEqual(tuple(layer.kernel.shape), (2, 1))  # one order-2 set, one order-3 set
+        self.assertAllEqual(layer.kernel, tf.zeros([2, 1]))  # starts as the plain model
+        self.assertEqual(len(model.weights), len(plain.weights) + 1)
+        # The logit moves by exactly v^T [I2, I3] of the sets.
+        logit = keras.Model(model.inputs, model.get_layer("logit").output)
+        before = logit(INPUTS).numpy()
+        layer.kernel.assign([[1.0], [2.0]])
+        terms = keras.Model(model.inputs, [model.get_layer(order_layer_name(p)).output
+                                           for p in ("2", "3")])(INPUTS)
+        expected = before + terms[0].numpy() + 2.0 * terms[1].numpy()
+        self.assertAllClose(logit(INPUTS), expected, rtol=1e-5, atol=1e-5)
+        self.assertTrue(Architecture.from_json(arch.to_json()).group_logit)
+        with self.assertRaisesRegex(ArchitectureError, "group_logit applies to model "
+                                                       "'autogroup' only"):
+            Architecture.uniform("fm", ["user"], [], {"user": 5}, embedding_dim=3,
+                                 group_logit=True)
+
     def test_without_groups_it_constructs_but_does_not_build(self):
         arch = _arch()
         with self.assertRaisesRegex(ArchitectureError, "feature_groups"):
@@ -235,6 +257,7 @@ class SearchTest(tf.test.TestCase):
         self.assertEqual(searched.feature_groups, record["groups"] if record["chosen"] == "searched"
                          else autogroup.baseline_groups(ctx.arch.fields, ["1", "2", "3"]))
         self.assertEqual(searched.group_dims, {"1": 3, "2": 3, "3": 3})
+        self.assertTrue(searched.group_logit)  # the default, written for the retrain
         self.assertEqual([len(record["membership"][p][0]) for p in "123"], [2, 3, 3])
         self.assertNotIn("autogroup", ctx.arch.search)
         self.assertTrue(os.path.exists(os.path.join(report_dir, autogroup.GROUPS_PICTURE)))
@@ -272,8 +295,9 @@ class SearchTest(tf.test.TestCase):
             self.assertEqual([f["retrained_val_auc"] for f in record["finalists"]],
                              [searched_auc, baseline_auc])
         off = autogroup.search(dataclasses.replace(ctx, options={
-            "epochs": 1, "batch_size": 32, "baseline_finalist": False}))
+            "epochs": 1, "batch_size": 32, "baseline_finalist": False, "group_logit": False}))
         self.assertNotIn("chosen", off.search["autogroup"])
+        self.assertFalse(off.group_logit)
         self.assertEqual(off.feature_groups, off.search["autogroup"]["groups"])
         with self.assertRaisesRegex(SearchError, "baseline_finalist"):
             autogroup.settings(_context({"baseline_finalist": "yes"}))
