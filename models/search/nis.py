@@ -68,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "dim_blocks": 5,
     "min_vocab": 50,  # smaller fields hold few parameters; they keep one full-size block
     "memory_weight": 0.002,
-    "max_params_fraction": 0.65,  # NIS's memory constraint, of the start's embedding params
+    "max_params_fraction": 0.7,  # NIS's memory constraint, of the start's embedding params
     "warmup_epochs": 4,
     "epochs": 3,
     "samples": 4,
