@@ -62,7 +62,7 @@ import tf_keras as keras
 
 from models.architecture import Architecture
 from models.autoctr_dag import check_dag, describe
-from models.search import SearchContext, SearchError, merge_options, retrain_val_auc
+from models.search import SearchContext, SearchError, merge_options, retrain_record
 from models.search.autoctr_evolution import STATE_FILE, canonical, evolve, save_state
 from models.search.autoctr_plots import draw_best_so_far, draw_dag
 from models.zoo.ctr import build_ctr_model, model_input_names
@@ -219,11 +219,7 @@ def _train_finalists(ctx: SearchContext, trials: list[dict], count: int, state_d
     for trial in pool:
         key = canonical(trial["dag"])
         if key not in saved:
-            start = time.perf_counter()
-            auc, best_epoch = retrain_val_auc(ctx, dataclasses.replace(ctx.arch,
-                                                                       autoctr=trial["dag"]))
-            saved[key] = {"retrained_val_auc": auc, "best_epoch": best_epoch,
-                          "retrain_seconds": time.perf_counter() - start}
+            saved[key] = retrain_record(ctx, dataclasses.replace(ctx.arch, autoctr=trial["dag"]))
             if path:
                 save_state(path, {"settings": settings_key, "scores": saved})
         finalists.append({**trial, **saved[key]})

@@ -47,7 +47,6 @@ import dataclasses
 import logging
 import math
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -63,7 +62,7 @@ from models.search import (
     merge_options,
     require_at_least,
     require_bool,
-    retrain_val_auc,
+    retrain_record,
 )
 from models.zoo.autogroup import GroupSearch, autogroup_parts, order_layer_name
 from models.zoo.ctr import LOGIT_LAYER, PROBABILITY_LAYER, model_input_dtypes
@@ -181,12 +180,10 @@ def _choose_finalist(ctx: SearchContext, arch: Architecture, dims: dict[str, int
     better), its name and every candidate's score."""
     scores = []
     for name, groups in candidates.items():
-        start = time.monotonic()
-        auc, best_epoch = retrain_val_auc(ctx, dataclasses.replace(arch, feature_groups=groups,
-                                                                   group_dims=dims))
-        scores.append({"sets": name, "retrained_val_auc": auc, "best_epoch": best_epoch,
-                       "retrain_seconds": time.monotonic() - start})
-        logging.info("autogroup finalist %s: retrained val AUC %.4f", name, auc)
+        scores.append({"sets": name, **retrain_record(ctx, dataclasses.replace(
+            arch, feature_groups=groups, group_dims=dims))})
+        logging.info("autogroup finalist %s: retrained val AUC %.4f", name,
+                     scores[-1]["retrained_val_auc"])
     first, *rest = scores
     best = max(rest, key=lambda s: s["retrained_val_auc"], default=first)
     if first["retrained_val_auc"] > best["retrained_val_auc"]:

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl.testing import parameterized
 
+import models.search as search_module
 from models.architecture import Architecture, ArchitectureError
 from models.layers.autogroup import FeatureGroupInteraction
 from models.search import SearchContext, SearchError, autogroup
@@ -286,7 +287,7 @@ class SearchTest(tf.test.TestCase):
             ctx = SearchContext(arch=_arch(), dataset=dataset, learning_rate=1e-2,
                                 batch_size=32, max_epochs=1, patience=1, seed=0,
                                 options={"epochs": 1, "batch_size": 32})
-            with mock.patch.object(autogroup, "retrain_val_auc", scored):
+            with mock.patch.object(search_module, "retrain_val_auc", scored):
                 searched = autogroup.search(ctx)
             record = searched.search["autogroup"]
             self.assertEqual(record["chosen"], chosen)
