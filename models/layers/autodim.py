@@ -24,6 +24,9 @@ class AutoDimEmbedding(keras.layers.Layer):
     Equations (AutoDim, Sec. 2.1-2.3), for field ``m`` with id ``x_m`` and candidate ``n``::
 
         e_m^n  = E_m[x_m, :d_n]                      weight sharing: E_m in R^{vocab_m x d_N}
+        e_m^n  = E_m[x_m, o_n : o_n + d_n]           separate tables (``weight_sharing=False``):
+                                                     E_m in R^{vocab_m x sum_n d_n},
+                                                     o_n = d_1 + ... + d_{n-1}
         ê_m^n  = BN_n(W_n^T e_m^n + b_n)             W_n in R^{d_n x D}, shared by all fields;
                                                      BN without affine (statistics per field)
         p_m^n  = softmax_n((log α_m^n + g_m^n) / τ)  g = -log(-log u), u ~ U(0, 1), one draw
@@ -55,6 +58,10 @@ class AutoDimEmbedding(keras.layers.Layer):
       l2: L2 strength on the tables.
       embeddings_initializer: initializer of the tables.
       temperature: the initial ``τ`` (> 0).
+      weight_sharing: candidate ``n`` reads the first ``d_n`` columns of one ``d_N``-wide table
+        (the paper's preferred option); False gives every candidate its own ``d_n`` columns
+        (the paper's option (a), one table per candidate), so a large candidate does not also
+        train the small candidates' columns.
 
     Input shape: a dict of ``f_id`` features (``[B]`` or ``[B, 1]``) plus the numerical fields'
       features (see ``FieldEmbedding``).
@@ -65,7 +72,8 @@ class AutoDimEmbedding(keras.layers.Layer):
                  vocab_sizes: Mapping[str, int], candidate_dims: Sequence[int], output_dim: int,
                  numeric_encoding: Mapping[str, str] | None = None, num_buckets: int = 20,
                  l2: float = 0.0, embeddings_initializer: Any = "truncated_normal",
-                 temperature: float = 1.0, **kwargs: Any) -> None:
+                 temperature: float = 1.0, weight_sharing: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.categorical = list(categorical)
         self.numerical = list(numerical)
@@ -83,6 +91,10 @@ class AutoDimEmbedding(keras.layers.Layer):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0. Received: temperature={temperature}")
         self.initial_temperature = float(temperature)
+        self.weight_sharing = bool(weight_sharing)
+        # candidate n's first column in the table
+        self.offsets = ([0] * len(dims) if self.weight_sharing
+                        else [sum(dims[:n]) for n in range(len(dims))])
         self.vocab_sizes = {f: int(vocab_sizes.get(f, 0)) for f in self.categorical}
         for f, size in self.vocab_sizes.items():
             if size < 1:
@@ -115,10 +127,10 @@ class AutoDimEmbedding(keras.layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         regularizer = keras.regularizers.L2(self.l2) if self.l2 > 0 else None
-        largest = self.candidate_dims[-1]
+        width = self.offsets[-1] + self.candidate_dims[-1]
         for f in self.categorical:
             self._tables[f] = self.add_weight(
-                name=f"{f}_embedding", shape=(self.vocab_sizes[f], largest),
+                name=f"{f}_embedding", shape=(self.vocab_sizes[f], width),
                 initializer=_clone_initializer(self.embeddings_initializer),
                 regularizer=regularizer, trainable=True)
         num_fields = len(self.categorical)
@@ -157,9 +169,10 @@ class AutoDimEmbedding(keras.layers.Layer):
              for f in self.categorical], axis=1)
         looked_up = tf.cast(looked_up, self.compute_dtype)
         unified = tf.stack(
-            [norm(projection(looked_up[..., :dim]), training=training)
-             for dim, projection, norm in zip(self.candidate_dims, self.projections, self.norms,
-                                              strict=True)], axis=2)
+            [norm(projection(looked_up[..., start:start + dim]), training=training)
+             for dim, start, projection, norm in zip(self.candidate_dims, self.offsets,
+                                                     self.projections, self.norms, strict=True)],
+            axis=2)
         weights = self.selection(bool(training))
         mixed = tf.einsum("bmnd,mn->bmd", unified, weights)
         outputs = tf.unstack(mixed, axis=1)
@@ -191,4 +204,5 @@ class AutoDimEmbedding(keras.layers.Layer):
             "l2": self.l2,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
             "temperature": self.initial_temperature,
+            "weight_sharing": self.weight_sharing,
         }

@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 2000,  # the paper's
     "max_params_fraction": 0.5,  # memory budget: share of the starting embedding params
     "projected_l2": True,  # the retrain's L2 on E_f W_f, not on E_f (Architecture.projected_l2)
+    "weight_sharing": True,  # candidates share one table's first columns (the paper's choice)
 }
 
 
@@ -85,6 +86,7 @@ def settings(options: dict[str, Any], arch: Architecture) -> dict[str, Any]:
     require_at_least(NAME, values, ("unified_dim", "update_every", "batch_size"), 1)
     require_at_least(NAME, values, ("warmup_epochs", "epochs", "memory_weight", "anneal_rate"), 0)
     require_bool(NAME, values, "projected_l2")
+    require_bool(NAME, values, "weight_sharing")
     if not 0 < values["temperature_floor"] <= 1:
         raise SearchError(f"autodim: temperature_floor must be in (0, 1]. "
                           f"Received: temperature_floor={values['temperature_floor']}")
@@ -107,7 +109,7 @@ def search(ctx: SearchContext) -> Architecture:
         values["unified_dim"], numeric_encoding=arch.numeric_encoding,
         num_buckets=arch.num_buckets, l2=arch.l2,
         embeddings_initializer=keras.initializers.RandomNormal(stddev=arch.embedding_init_std),
-        name="autodim_embedding")
+        weight_sharing=values["weight_sharing"], name="autodim_embedding")
     search_arch = dataclasses.replace(
         arch, embedding_dims={f: values["unified_dim"] for f in arch.fields}, unified_dim=None,
         search={})

@@ -44,11 +44,14 @@ def _assert_config_round_trip(layer: keras.layers.Layer, inputs: Any) -> None:
 
 class AutoDimEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
 
-    def test_inference_matches_the_papers_equations(self):
-        layer = _layer(temperature=0.5)
+    @parameterized.parameters(True, False)
+    def test_inference_matches_the_papers_equations(self, weight_sharing):
+        layer = _layer(temperature=0.5, weight_sharing=weight_sharing)
         layer(FEATURES)
         rng = np.random.default_rng(0)
-        tables = {f: rng.normal(size=(v, 2)) for f, v in (("user", 3), ("item", 2))}
+        width = 2 if weight_sharing else 3  # separate tables: columns [0:1] and [1:3]
+        starts = (0, 0) if weight_sharing else (0, 1)
+        tables = {f: rng.normal(size=(v, width)) for f, v in (("user", 3), ("item", 2))}
         kernels = [rng.normal(size=(1, 2)), rng.normal(size=(2, 2))]
         biases = [rng.normal(size=2), rng.normal(size=2)]
         alpha = rng.normal(size=(2, 2))
@@ -64,8 +67,8 @@ class AutoDimEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
         p = np.exp(alpha / 0.5) / np.exp(alpha / 0.5).sum(axis=1, keepdims=True)
         for m, (f, ids) in enumerate((("user", [0, 2, 1]), ("item", [1, 0, 1]))):
             e = tables[f][ids]
-            unified = [(e[:, :d] @ k + b) / np.sqrt(1 + BN_EPSILON)
-                       for d, k, b in zip((1, 2), kernels, biases, strict=True)]
+            unified = [(e[:, o:o + d] @ k + b) / np.sqrt(1 + BN_EPSILON)
+                       for d, o, k, b in zip((1, 2), starts, kernels, biases, strict=True)]
             self.assertAllClose(out[m], p[m, 0] * unified[0] + p[m, 1] * unified[1], rtol=1e-5)
         self.assertEqual([tuple(e.shape) for e in out], [(3, 2)] * 3)
 
@@ -93,6 +96,10 @@ class AutoDimEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
     def test_config_round_trip(self):
         _assert_config_round_trip(_layer(l2=0.1, temperature=0.7,
                                          numeric_encoding={"age": "scaled"}), FEATURES)
+        separate = _layer(candidate_dims=[1, 2, 4], output_dim=4, weight_sharing=False)
+        _assert_config_round_trip(separate, FEATURES)
+        self.assertEqual(separate._tables["user"].shape, (3, 7))
+        self.assertFalse(separate.get_config()["weight_sharing"])
 
     @parameterized.parameters(
         ({"candidate_dims": [4, 2]}, "candidate_dims=\\[4, 2\\]"),
@@ -219,6 +226,8 @@ def test_settings_reject_unknown_and_bad_options():
         settings({"update_every": 0}, arch)
     with pytest.raises(SearchError, match="projected_l2=1"):
         settings({"projected_l2": 1}, arch)
+    with pytest.raises(SearchError, match="weight_sharing='no'"):
+        settings({"weight_sharing": "no"}, arch)
     values = settings({"candidate_dims": [8, 2]}, arch)
     assert values["candidate_dims"] == [2, 8]
     assert values["unified_dim"] == 8  # the starting architecture's largest size
