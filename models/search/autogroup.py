@@ -39,6 +39,12 @@ to our data sets of 10-40 fields and 10k-50k rows on two CPUs:
   AutoLossGen's default loss are finalists. The report says which (``chosen``) and both scores
   (``finalists``); their seconds count in ``search_seconds``. A production search never
   returns sets that did worse on validation than the plain sets they replace.
+* ``linear_finalist`` (True): one more finalist, the baseline sets without the MLP
+  (``hidden_units`` ``[]``: the set terms go to the logit through one linear layer, so it is
+  LR plus a field-weighted FM). It is chosen when its validation AUC is the highest (a tie
+  with the baseline sets keeps their MLP); then the architecture has no MLP. Small data sets,
+  where the MLP overfits (criteo10k's 8,000 rows), get the simpler model when validation says
+  so.
 """
 
 from __future__ import annotations
@@ -72,7 +78,8 @@ DEFAULTS: dict[str, Any] = {"max_order": 3, "num_groups": None, "embedding_dims"
                             "epochs": 2, "batch_size": 512, "learning_rate": None,
                             "structure_learning_rate": 0.05, "initial_temperature": 1.0,
                             "final_temperature": 0.01, "embedding_init_std": 0.01,
-                            "baseline_finalist": True, "group_logit": True}
+                            "baseline_finalist": True, "linear_finalist": True,
+                            "group_logit": True}
 GROUPS_PICTURE = "autogroup_groups.png"
 RETRAINED_PICTURE = "autogroup_retrained_weights.png"
 
@@ -82,6 +89,7 @@ def settings(ctx: SearchContext) -> dict[str, Any]:
     values = merge_options(NAME, DEFAULTS, ctx.options)
     require_at_least(NAME, values, ("max_order", "epochs", "batch_size"), 1)
     require_bool(NAME, values, "baseline_finalist")
+    require_bool(NAME, values, "linear_finalist")
     require_bool(NAME, values, "group_logit")
     for key in ("structure_learning_rate", "initial_temperature", "final_temperature",
                 "embedding_init_std"):
@@ -148,17 +156,21 @@ def search(ctx: SearchContext) -> Architecture:
               "search_eval_auc": history[-1]["eval_auc"], "history": history,
               "settings": options}
     dims = {p: spec.dims[p] for p in orders}
-    chosen = groups
+    found = dataclasses.replace(arch, feature_groups=groups, group_dims=dims)
+    baseline = dataclasses.replace(found, feature_groups=baseline_groups(fields, orders))
+    candidates = {"searched": found}
     if options["baseline_finalist"]:
-        chosen, report["chosen"], report["finalists"] = _choose_finalist(
-            ctx, arch, dims, {"searched": groups, "baseline": baseline_groups(fields, orders)})
+        candidates["baseline"] = baseline
+    if options["linear_finalist"]:
+        candidates["baseline_linear"] = dataclasses.replace(baseline, hidden_units=[])
+    if len(candidates) > 1:
+        found, report["chosen"], report["finalists"] = _choose_finalist(ctx, candidates)
     if ctx.report_dir:
         draw_groups(fields, membership, os.path.join(ctx.report_dir, GROUPS_PICTURE),
                     "AutoGroup search: P(field in set) per order; dots = kept sets"
                     + (f" (chosen: {report['chosen']} sets)" if "chosen" in report else ""),
                     kept=groups)
-    return dataclasses.replace(arch, feature_groups=chosen, group_dims=dims,
-                               search={**ctx.arch.search, NAME: report})
+    return dataclasses.replace(found, search={**ctx.arch.search, NAME: report})
 
 
 def baseline_groups(fields: list[str], orders: list[str]) -> dict[str, list[list[str]]]:
@@ -172,16 +184,14 @@ def baseline_groups(fields: list[str], orders: list[str]) -> dict[str, list[list
             [list(fields)] if p == "2" and len(fields) >= 2 else [] for p in orders}
 
 
-def _choose_finalist(ctx: SearchContext, arch: Architecture, dims: dict[str, int],
-                     candidates: dict[str, dict[str, list[list[str]]]],
-                     ) -> tuple[dict[str, list[list[str]]], str, list[dict[str, Any]]]:
-    """Trains ``arch`` with each candidate's sets from scratch as the retrain stage will and
-    returns the sets with the best validation AUC (the first candidate wins only when strictly
-    better), its name and every candidate's score."""
+def _choose_finalist(ctx: SearchContext, candidates: dict[str, Architecture],
+                     ) -> tuple[Architecture, str, list[dict[str, Any]]]:
+    """Trains each candidate architecture from scratch as the retrain stage will and returns
+    the one with the best validation AUC, its name and every candidate's score. Ties go to the
+    earlier candidate, except that the first (the searched sets) must be strictly better."""
     scores = []
-    for name, groups in candidates.items():
-        scores.append({"sets": name, **retrain_record(ctx, dataclasses.replace(
-            arch, feature_groups=groups, group_dims=dims))})
+    for name, candidate in candidates.items():
+        scores.append({"sets": name, **retrain_record(ctx, candidate)})
         logging.info("autogroup finalist %s: retrained val AUC %.4f", name,
                      scores[-1]["retrained_val_auc"])
     first, *rest = scores

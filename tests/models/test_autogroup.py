@@ -250,13 +250,17 @@ class SearchTest(tf.test.TestCase):
         searched = autogroup.search(ctx)
         record = searched.search["autogroup"]
         self.assertEqual(record["steps"], 4)
-        # Both finalists were retrained on validation; the architecture holds the chosen sets.
-        self.assertEqual([f["sets"] for f in record["finalists"]], ["searched", "baseline"])
+        # Every finalist was retrained on validation; the architecture holds the chosen one.
+        self.assertEqual([f["sets"] for f in record["finalists"]],
+                         ["searched", "baseline", "baseline_linear"])
         scores = {f["sets"]: f["retrained_val_auc"] for f in record["finalists"]}
-        self.assertEqual(record["chosen"], "searched" if scores["searched"] > scores["baseline"]
-                         else "baseline")
+        best_plain = max(("baseline", "baseline_linear"), key=lambda k: scores[k])
+        self.assertEqual(record["chosen"], "searched" if scores["searched"] > scores[best_plain]
+                         else best_plain)
         self.assertEqual(searched.feature_groups, record["groups"] if record["chosen"] == "searched"
                          else autogroup.baseline_groups(ctx.arch.fields, ["1", "2", "3"]))
+        self.assertEqual(searched.hidden_units,
+                         [] if record["chosen"] == "baseline_linear" else [4])
         self.assertEqual(searched.group_dims, {"1": 3, "2": 3, "3": 3})
         self.assertTrue(searched.group_logit)  # the default, written for the retrain
         self.assertEqual([len(record["membership"][p][0]) for p in "123"], [2, 3, 3])
@@ -278,11 +282,14 @@ class SearchTest(tf.test.TestCase):
                 ({n: features[n] for n in names}, labels)).batch(32)
 
         baseline = autogroup.baseline_groups(_arch().fields, ["1", "2", "3"])
-        for searched_auc, baseline_auc, chosen in ((0.71, 0.70, "searched"),
-                                                   (0.70, 0.70, "baseline"),
-                                                   (0.69, 0.70, "baseline")):
-            def scored(ctx: SearchContext, arch: Any, s=searched_auc, b=baseline_auc):
-                return (b if arch.feature_groups == baseline else s), 1
+        for searched_auc, baseline_auc, linear_auc, chosen in (
+                (0.71, 0.70, 0.70, "searched"), (0.70, 0.70, 0.69, "baseline"),
+                (0.69, 0.70, 0.70, "baseline"), (0.71, 0.70, 0.72, "baseline_linear")):
+            def scored(ctx: SearchContext, arch: Any, s=searched_auc, b=baseline_auc,
+                       lin=linear_auc):
+                if arch.feature_groups != baseline:
+                    return s, 1
+                return (b if arch.hidden_units else lin), 1
 
             ctx = SearchContext(arch=_arch(), dataset=dataset, learning_rate=1e-2,
                                 batch_size=32, max_epochs=1, patience=1, seed=0,
@@ -293,15 +300,27 @@ class SearchTest(tf.test.TestCase):
             self.assertEqual(record["chosen"], chosen)
             self.assertEqual(searched.feature_groups,
                              record["groups"] if chosen == "searched" else baseline)
-            self.assertEqual([f["retrained_val_auc"] for f in record["finalists"]],
-                             [searched_auc, baseline_auc])
+            self.assertEqual(searched.hidden_units,
+                             [] if chosen == "baseline_linear" else _arch().hidden_units)
+            self.assertEqual([(f["sets"], f["retrained_val_auc"]) for f in record["finalists"]],
+                             [("searched", searched_auc), ("baseline", baseline_auc),
+                              ("baseline_linear", linear_auc)])
+        with mock.patch.object(search_module, "retrain_val_auc", scored):
+            no_mlp = dataclasses.replace(ctx, options={
+                "epochs": 1, "batch_size": 32, "baseline_finalist": False})
+            record = autogroup.search(no_mlp).search["autogroup"]
+        self.assertEqual([f["sets"] for f in record["finalists"]],
+                         ["searched", "baseline_linear"])
         off = autogroup.search(dataclasses.replace(ctx, options={
-            "epochs": 1, "batch_size": 32, "baseline_finalist": False, "group_logit": False}))
+            "epochs": 1, "batch_size": 32, "baseline_finalist": False,
+            "linear_finalist": False, "group_logit": False}))
         self.assertNotIn("chosen", off.search["autogroup"])
         self.assertFalse(off.group_logit)
         self.assertEqual(off.feature_groups, off.search["autogroup"]["groups"])
         with self.assertRaisesRegex(SearchError, "baseline_finalist"):
             autogroup.settings(_context({"baseline_finalist": "yes"}))
+        with self.assertRaisesRegex(SearchError, "linear_finalist=1"):
+            autogroup.settings(_context({"linear_finalist": 1}))
 
 
 @pytest.mark.slow
