@@ -163,14 +163,15 @@ def search(ctx: SearchContext) -> Architecture:
         candidates["baseline"] = baseline
     if options["linear_finalist"]:
         candidates["baseline_linear"] = dataclasses.replace(baseline, hidden_units=[])
+    chosen = found
     if len(candidates) > 1:
-        found, report["chosen"], report["finalists"] = _choose_finalist(ctx, candidates)
+        chosen, report["chosen"], report["finalists"] = _choose_finalist(ctx, candidates)
     if ctx.report_dir:
         draw_groups(fields, membership, os.path.join(ctx.report_dir, GROUPS_PICTURE),
                     "AutoGroup search: P(field in set) per order; dots = kept sets"
                     + (f" (chosen: {report['chosen']} sets)" if "chosen" in report else ""),
                     kept=groups)
-    return dataclasses.replace(found, search={**ctx.arch.search, NAME: report})
+    return dataclasses.replace(chosen, search={**ctx.arch.search, NAME: report})
 
 
 def baseline_groups(fields: list[str], orders: list[str]) -> dict[str, list[list[str]]]:

@@ -306,9 +306,9 @@ class SearchTest(tf.test.TestCase):
                              [("searched", searched_auc), ("baseline", baseline_auc),
                               ("baseline_linear", linear_auc)])
         with mock.patch.object(search_module, "retrain_val_auc", scored):
-            no_mlp = dataclasses.replace(ctx, options={
+            linear_only = dataclasses.replace(ctx, options={
                 "epochs": 1, "batch_size": 32, "baseline_finalist": False})
-            record = autogroup.search(no_mlp).search["autogroup"]
+            record = autogroup.search(linear_only).search["autogroup"]
         self.assertEqual([f["sets"] for f in record["finalists"]],
                          ["searched", "baseline_linear"])
         off = autogroup.search(dataclasses.replace(ctx, options={
