@@ -31,7 +31,7 @@ FIRST_ORDER_MODELS = ("lr", "fm", "deepfm", "autoctr",  # models with a per-fiel
 LOSS_KINDS = ("autoloss", "autolossgen")
 AUTODIS_AGGREGATIONS = ("weighted_average", "max_pooling", "top_k_sum")
 AUTODIS_DEFAULTS = {"num_meta_embeddings": 20, "temperature": 0.1, "skip_factor": 0.8,
-                    "aggregation": "top_k_sum", "top_k": 3}
+                    "aggregation": "top_k_sum", "top_k": 3, "centres": True}
 # Models whose categorical vector tables are ``FieldEmbedding``'s, which applies ``id_l2``.
 # ``mf`` applies it to its user and item tables (``models.zoo.mf``).
 ID_L2_MODELS = ("fm", "deepfm", "dnn", "dcn", "autoctr", "mf")

@@ -13,6 +13,8 @@ from models.architecture import AUTODIS_AGGREGATIONS, AUTODIS_DEFAULTS
 # LeakyReLU's slope for negative inputs in the meta network (PyTorch's default, as in the
 # TorchEasyRec and Gorishniy et al. reimplementations of the paper).
 LEAKY_SLOPE = 0.01
+# The learned kink centres c_j start evenly spread over [-CENTRE_SPAN, CENTRE_SPAN] (z-scores).
+CENTRE_SPAN = 2.0
 
 
 @keras.utils.register_keras_serializable(package="autorec")
@@ -26,13 +28,22 @@ class AutoDis(keras.layers.Layer):
     Equations, per numerical field ``j`` with scalar value ``x_j`` and ``H`` meta-embeddings
     ``ME_j in R^{H x d_j}``::
 
-        h_j     = LeakyReLU(w_j x_j)                        w_j in R^H
+        h_j     = LeakyReLU(w_j * (x_j - c_j))              w_j, c_j in R^H
         x~_j    = W_j h_j + alpha h_j                       W_j in R^{H x H}, alpha skip factor
         x^_j^h  = exp(x~_j^h / tau) / sum_l exp(x~_j^l / tau)          (soft bucket weights)
 
         weighted_average:  e_j = sum_h x^_j^h ME_j^h
         max_pooling:       e_j = ME_j^k,  k = argmax_h x^_j^h
         top_k_sum:         e_j = sum_{h in top-K(x^_j)} ME_j^h
+
+    ``c_j`` (``centres``, on by default) is our addition; the paper's equation is ``c_j = 0``. Its
+    meta network has no bias, so ``x~_j`` is positively homogeneous in ``x_j``: for every
+    ``x_j > 0`` the buckets rank the same (and for every ``x_j < 0``). On the paper's inputs,
+    ``x / max`` in ``[0, 1]``, only the weighted average's sharpness then depends on the value;
+    on our z-scored inputs max-pooling and top-K-sum give each field just two embeddings, one
+    per sign of ``x_j``. The learned centres put the ``H`` kinks of ``h_j`` at ``x_j = c_j^h``,
+    initialised evenly over ``[-2, 2]`` (the bulk of a z-score), so the bucket ranking changes
+    along the value range. ``centres=False`` is the paper's network.
 
     Max-pooling and top-K-sum select meta-embeddings by a hard mask; their forward value is the
     paper's, and their gradient reaches the meta network ``w, W`` through the straight-through
@@ -55,6 +66,7 @@ class AutoDis(keras.layers.Layer):
       l2: L2 strength on the meta-embeddings; 0 adds no loss.
       embeddings_initializer: initializer of the meta-embeddings.
       kernel_initializer: initializer of ``w_j`` (as a ``[1, H]`` kernel) and ``W_j``.
+      centres: learn the kink positions ``c_j`` (``True``) or fix them at 0 (the paper's).
 
     Input shape: ``[B, J]``, one (scaled) value per field.
     Output shape: a list with one ``[B, d_j]`` tensor per field.
@@ -67,7 +79,8 @@ class AutoDis(keras.layers.Layer):
                  aggregation: str = AUTODIS_DEFAULTS["aggregation"],
                  top_k: int = AUTODIS_DEFAULTS["top_k"], l2: float = 0.0,
                  embeddings_initializer: Any = "truncated_normal",
-                 kernel_initializer: Any = "glorot_uniform", **kwargs: Any) -> None:
+                 kernel_initializer: Any = "glorot_uniform",
+                 centres: bool = AUTODIS_DEFAULTS["centres"], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.embedding_dims = [int(d) for d in embedding_dims]
         if not self.embedding_dims or min(self.embedding_dims) < 1:
@@ -86,6 +99,9 @@ class AutoDis(keras.layers.Layer):
                              f"Received: top_k={top_k}")
         if l2 < 0:
             raise ValueError(f"l2 must be >= 0. Received: l2={l2}")
+        if not isinstance(centres, bool):
+            raise ValueError(f"centres must be true or false. Received: centres={centres!r}")
+        self.centres = centres
         self.num_meta_embeddings = int(num_meta_embeddings)
         self.temperature = float(temperature)
         self.skip_factor = float(skip_factor)
@@ -97,6 +113,7 @@ class AutoDis(keras.layers.Layer):
         self._w: list[tf.Variable] = []
         self._w_matrix: list[tf.Variable] = []
         self._meta_embeddings: list[tf.Variable] = []
+        self._centres: list[tf.Variable] = []
 
     def build(self, input_shape: Any) -> None:
         width = tf.TensorShape(input_shape)[-1]
@@ -110,6 +127,11 @@ class AutoDis(keras.layers.Layer):
                                            initializer=_clone(self.kernel_initializer)))
             self._w_matrix.append(self.add_weight(name=f"W_{j}", shape=(h, h),
                                                   initializer=_clone(self.kernel_initializer)))
+            if self.centres:
+                spread = [-CENTRE_SPAN + 2 * CENTRE_SPAN * k / max(h - 1, 1) for k in range(h)]
+                self._centres.append(self.add_weight(
+                    name=f"c_{j}", shape=(1, h), initializer=keras.initializers.Constant(
+                        [spread] if h > 1 else [[0.0]])))
             self._meta_embeddings.append(self.add_weight(
                 name=f"meta_embeddings_{j}", shape=(h, dim),
                 initializer=_clone(self.embeddings_initializer), regularizer=regularizer))
@@ -120,7 +142,10 @@ class AutoDis(keras.layers.Layer):
         x = tf.cast(values, self.compute_dtype)
         w = tf.cast(tf.concat(self._w, axis=0), self.compute_dtype)  # [J, H]
         w_matrix = tf.cast(tf.stack(self._w_matrix), self.compute_dtype)  # [J, H, H]
-        hidden = tf.nn.leaky_relu(x[:, :, tf.newaxis] * w, alpha=LEAKY_SLOPE)
+        shifted = x[:, :, tf.newaxis]
+        if self.centres:
+            shifted = shifted - tf.cast(tf.concat(self._centres, axis=0), self.compute_dtype)
+        hidden = tf.nn.leaky_relu(shifted * w, alpha=LEAKY_SLOPE)
         # x~_j^k = sum_l W_j[k, l] h_j^l + alpha h_j^k
         projected = tf.einsum("bjl,jkl->bjk", hidden, w_matrix) + self.skip_factor * hidden
         return tf.nn.softmax(projected / self.temperature, axis=-1)
@@ -148,6 +173,7 @@ class AutoDis(keras.layers.Layer):
             "l2": self.l2,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "centres": self.centres,
         }
 
 

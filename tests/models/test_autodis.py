@@ -26,13 +26,14 @@ VALUES = np.array([[0.5, -1.0], [2.0, 0.0], [-0.3, 1.7]], np.float32)
 
 def _numpy_autodis(x: np.ndarray, w: list[np.ndarray], w_matrix: list[np.ndarray],
                    tables: list[np.ndarray], alpha: float, tau: float, aggregation: str,
-                   top_k: int) -> list[np.ndarray]:
-    """The paper's equations, field by field and row by row."""
+                   top_k: int, centres: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """The paper's equations, field by field and row by row (``centres``: our kink positions,
+    ``None`` the paper's 0)."""
     out = []
     for j in range(x.shape[1]):
         rows = []
         for b in range(x.shape[0]):
-            pre = w[j][0] * x[b, j]
+            pre = w[j][0] * (x[b, j] - (0.0 if centres is None else centres[j][0]))
             h = np.where(pre > 0, pre, LEAKY_SLOPE * pre)
             x_tilde = w_matrix[j] @ h + alpha * h
             p = np.exp(x_tilde / tau - np.max(x_tilde / tau))
@@ -61,20 +62,44 @@ class AutoDisLayerTest(tf.test.TestCase, parameterized.TestCase):
         super().setUp()
         keras.utils.set_random_seed(0)
 
-    @parameterized.parameters("weighted_average", "max_pooling", "top_k_sum")
-    def test_matches_the_papers_equations(self, aggregation):
-        layer = _layer(aggregation=aggregation)
+    @parameterized.product(aggregation=["weighted_average", "max_pooling", "top_k_sum"],
+                           centres=[False, True])
+    def test_matches_the_papers_equations(self, aggregation, centres):
+        layer = _layer(aggregation=aggregation, centres=centres)
         rng = np.random.default_rng(1)
         w = [rng.normal(size=(1, 4)).astype(np.float32) for _ in range(2)]
         w_matrix = [rng.normal(size=(4, 4)).astype(np.float32) for _ in range(2)]
         tables = [rng.normal(size=(4, d)).astype(np.float32) for d in (3, 2)]
+        shifts = [rng.normal(size=(1, 4)).astype(np.float32) for _ in range(2)]
         for j in range(2):
             layer._w[j].assign(w[j])
             layer._w_matrix[j].assign(w_matrix[j])
             layer._meta_embeddings[j].assign(tables[j])
-        expected = _numpy_autodis(VALUES, w, w_matrix, tables, 0.8, 0.5, aggregation, 2)
+            if centres:
+                layer._centres[j].assign(shifts[j])
+        expected = _numpy_autodis(VALUES, w, w_matrix, tables, 0.8, 0.5, aggregation, 2,
+                                  shifts if centres else None)
         for got, want in zip(layer(VALUES), expected, strict=True):
             self.assertAllClose(got, want, rtol=1e-5, atol=1e-6)
+
+    def test_centres_start_spread_over_the_z_range(self):
+        layer = _layer(num_meta_embeddings=5)
+        self.assertAllClose(layer._centres[0], [[-2.0, -1.0, 0.0, 1.0, 2.0]])
+        self.assertEmpty(_layer(centres=False)._centres)
+
+    @parameterized.parameters("max_pooling", "top_k_sum")
+    def test_centres_let_hard_aggregations_vary_within_one_sign(self, aggregation):
+        # Without centres the meta network is positively homogeneous in x: every x > 0 ranks the
+        # buckets alike, so a hard aggregation gives one embedding for all positive values.
+        positive = tf.constant(np.linspace(0.05, 3.0, 60)[:, None].repeat(2, 1), tf.float32)
+
+        def distinct(centres: bool) -> int:
+            keras.utils.set_random_seed(3)
+            layer = _layer(num_meta_embeddings=20, aggregation=aggregation, centres=centres)
+            return len(np.unique(np.round(layer(positive)[0].numpy(), 6), axis=0))
+
+        self.assertEqual(distinct(False), 1)
+        self.assertGreater(distinct(True), 2)
 
     def test_bucket_weights_are_a_distribution_per_field(self):
         weights = _layer().bucket_weights(VALUES)
@@ -110,6 +135,7 @@ class AutoDisLayerTest(tf.test.TestCase, parameterized.TestCase):
         ({"top_k": 5}, "top_k=5"),
         ({"top_k": 0}, "top_k=0"),
         ({"l2": -1.0}, "l2=-1.0"),
+        ({"centres": "yes"}, "centres='yes'"),
     )
     def test_rejects_bad_settings(self, overrides, message):
         kwargs = {"embedding_dims": [2], "num_meta_embeddings": 4, **overrides}
