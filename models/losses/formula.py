@@ -16,7 +16,8 @@ node ``k >= 3`` is ``nodes[k - 3]``, an operator of ``OPERATORS`` applied to one
 distinct (binary) earlier nodes, so a spec is acyclic by construction. The last node is the
 per-example loss, averaged over the batch. As in the official code, every computed node is
 clamped, ``v_k = clip(op(v_i[, v_j]), 1e-5, 1e5)``, so intermediate values stay positive and
-finite (``"clamp": null`` switches that off, e.g. to write logloss as a DAG). The operators
+finite (``"clamp": null`` switches that off, e.g. to write logloss as a DAG); the one exception is
+``complement`` of the label, ``1 - y``, which stays exactly 0 or 1 (since session 14). The operators
 (official ids 0-8, ``eps = 1e-6``)::
 
     add a + b    multiply a * b    max max(a, b)    min min(a, b)
@@ -166,8 +167,16 @@ def evaluate(spec: dict, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
             out = _BINARY[node["op"]](*args)
         else:
             out = _UNARY[node["op"]](args[0], epsilon)
-        values[index] = out if clamp is None else tf.clip_by_value(out, clamp[0], clamp[1])
+        exact = clamp is None or _is_label_complement(node)
+        values[index] = out if exact else tf.clip_by_value(out, clamp[0], clamp[1])
     return values[NUM_INPUTS + len(spec["nodes"]) - 1]
+
+
+def _is_label_complement(node: dict) -> bool:
+    """``1 - y``, the mirror space's fixed label node: exactly 0 or 1, so it is not clamped (the
+    clamp would turn ``1 - y`` into 1e-5 for a positive example and add ``1e-5 f(1 - ŷ)``, with
+    its gradient, to every positive's loss)."""
+    return node["op"] == "complement" and node["inputs"] == [1]
 
 
 @keras.utils.register_keras_serializable(package="autorec")

@@ -234,6 +234,16 @@ class ControllerTest(tf.test.TestCase):
         self.assertAllClose(formula.evaluate(spec, p, y),
                             -(y * np.log(p) + (1 - y) * np.log(1 - p)), rtol=1e-4)
         self.assertTrue(formula.direction_check(spec)["valid"])
+        # 1 - y is exact, so a positive gets no share of the label-0 branch: with f = 1/ŷ^2
+        # (a loss falling all the way to ŷ = 1) a positive's loss and gradient are f's alone.
+        spec = autolossgen.spec_of([{"op": "square", "inputs": [0]},
+                                    {"op": "reciprocal", "inputs": [3]}], "mirror")
+        p = tf.constant([0.5, 0.9, 0.999])
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            loss = formula.evaluate(spec, p, tf.ones(3))
+        self.assertAllClose(loss, 1.0 / p.numpy() ** 2, rtol=1e-4)
+        self.assertAllClose(tape.gradient(loss, p), -2.0 / p.numpy() ** 3, rtol=1e-3)
         with self.assertRaisesRegex(ValueError, "mirror: f reads only"):
             autolossgen.mirror_nodes([{"op": "add", "inputs": [0, 1]}])
 
