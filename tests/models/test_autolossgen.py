@@ -321,14 +321,18 @@ class SettingsTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(SearchError, "default_finalist must be true or false"):
             autolossgen.settings({"default_finalist": "yes"})
 
-    @parameterized.parameters((0.95, False), (0.80, True), (0.90, True))
+    @parameterized.parameters((0.95, 0.95, False), (0.80, 0.80, True), (0.90, 0.90, True),
+                              (0.92, 0.87, True))
     def test_the_default_loss_is_a_finalist_and_wins_ties(self, found_score: float,
+                                                          found_second_seed: float,
                                                           kept_default: bool):
         retrained = []
 
-        def retrain(spec: dict | None) -> float:
-            retrained.append(spec)
-            return 0.90 if spec is None else found_score
+        def retrain(spec: dict | None, seed_offset: int) -> float:
+            retrained.append((spec, seed_offset))
+            if spec is None:
+                return 0.90
+            return found_second_seed if seed_offset else found_score
 
         learner = autolossgen.Learner(lambda: None, lambda weights: None, lambda spec: None,
                                       lambda: 0.5, retrain)
@@ -338,10 +342,20 @@ class SettingsTest(tf.test.TestCase, parameterized.TestCase):
         loss, report = autolossgen.run_search(learner, options, seed=1, report_dir=None,
                                               title="t", default_name="logloss")
         self.assertGreaterEqual(report["valid_candidates"], 1, report["candidates"])
-        self.assertIsNone(retrained[-1])  # the default trains after the found losses
-        self.assertLen(retrained, len(report["finalists"]) + 1)
+        self.assertIsNone(retrained[-1][0])  # the default trains after the found losses
         self.assertEqual(report["default_retrain_score"], 0.90)
         self.assertEqual(report["kept_default"], kept_default)
+        if found_score > 0.90:  # a win on one seed is checked on a second: the means decide
+            (second_spec, second_offset), (last_spec, last_offset) = retrained[-2:]
+            self.assertEqual((second_offset, last_offset), (1, 1))
+            self.assertIsNotNone(second_spec)
+            self.assertIsNone(last_spec)
+            self.assertEqual(report["confirmation"], {"found": [found_score, found_second_seed],
+                                                      "default": [0.90, 0.90]})
+            self.assertLen(retrained, len(report["finalists"]) + 3)
+        else:
+            self.assertIsNone(report["confirmation"])
+            self.assertLen(retrained, len(report["finalists"]) + 1)
         if kept_default:
             self.assertIsNone(loss)
             self.assertIsNone(report["formula"])
@@ -350,7 +364,7 @@ class SettingsTest(tf.test.TestCase, parameterized.TestCase):
             self.assertTrue(formula.direction_check(loss, 100)["valid"])
         off, _ = autolossgen.run_search(
             autolossgen.Learner(lambda: None, lambda weights: None, lambda spec: None,
-                                lambda: 0.5, lambda spec: 0.99 if spec is None else 0.5),
+                                lambda: 0.5, lambda spec, offset: 0.99 if spec is None else 0.5),
             {**options, "default_finalist": False, "finalists": 1}, seed=1, report_dir=None,
             title="t")
         self.assertIsNotNone(off)  # without the default finalist a found loss is kept
