@@ -128,10 +128,11 @@ class AutoDis(keras.layers.Layer):
             self._w_matrix.append(self.add_weight(name=f"W_{j}", shape=(h, h),
                                                   initializer=_clone(self.kernel_initializer)))
             if self.centres:
-                spread = [-CENTRE_SPAN + 2 * CENTRE_SPAN * k / max(h - 1, 1) for k in range(h)]
+                spread = ([CENTRE_SPAN * (2 * k / (h - 1) - 1) for k in range(h)] if h > 1
+                          else [0.0])
                 self._centres.append(self.add_weight(
-                    name=f"c_{j}", shape=(1, h), initializer=keras.initializers.Constant(
-                        [spread] if h > 1 else [[0.0]])))
+                    name=f"c_{j}", shape=(1, h),
+                    initializer=keras.initializers.Constant([spread])))
             self._meta_embeddings.append(self.add_weight(
                 name=f"meta_embeddings_{j}", shape=(h, dim),
                 initializer=_clone(self.embeddings_initializer), regularizer=regularizer))

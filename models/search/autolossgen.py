@@ -392,7 +392,7 @@ def search(ctx: SearchContext) -> Architecture:
                       loss=formula.keras_loss(spec))
         model.fit(train_ds, epochs=1, verbose=0)
 
-    def retrain(spec: dict | None, seed_offset: int = 0) -> float:
+    def retrain(spec: dict | None, seed_offset: int) -> float:
         return retrain_val_auc(dataclasses.replace(ctx, seed=ctx.seed + seed_offset),
                                dataclasses.replace(arch, loss=spec))[0]
 
@@ -439,7 +439,7 @@ def search_topk(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
         return evaluate_topk(*tables, data.train_items_by_user, data.eval_items_by_user,
                              k)[f"recall@{k}"]
 
-    def retrain(spec: dict | None, seed_offset: int = 0) -> float:
+    def retrain(spec: dict | None, seed_offset: int) -> float:
         result = train_bpr(data, dim=dim, learning_rate=learning_rate, batch_size=batch_size,
                            l2=l2, init_std=init_std, max_epochs=max_epochs, patience=patience,
                            seed=seed + seed_offset, eval_every=eval_every, k=k, loss=spec)
