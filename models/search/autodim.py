@@ -153,7 +153,10 @@ def within_budget(arch: Architecture, values: dict[str, Any], probabilities: Any
 
     Solved by Lagrangian relaxation: with multiplier ``μ``, each field independently takes
     ``argmax_n log p_m^n - μ V_m d_n``; ``μ`` is the smallest (bisection) that meets the budget.
-    ``μ = 0`` is the plain argmax. When even the smallest sizes exceed the budget, those are
+    ``μ = 0`` is the plain argmax. The relaxation can stop well short of the budget (its choice
+    jumps as ``μ`` crosses a field's threshold), so its choice is then improved greedily: while
+    some single field's change of size raises ``sum log p`` and stays within the budget, the
+    one that raises it most is made. When even the smallest sizes exceed the budget, those are
     returned.
     """
     dims = values["candidate_dims"]
@@ -179,7 +182,29 @@ def within_budget(arch: Architecture, values: dict[str, Any], probabilities: Any
     for _ in range(60):
         mid = (low + high) / 2
         low, high = (mid, high) if params(mid) > budget else (low, mid)
-    return choice(high)
+    return _fill_budget(arch, values, log_p, choice(high), budget)
+
+
+def _fill_budget(arch: Architecture, values: dict[str, Any], log_p: dict[str, list[float]],
+                 chosen: dict[str, int], budget: int) -> dict[str, int]:
+    """Greedy single-field moves from a choice within the budget: each step takes the change of
+    one field's size that raises ``sum log p`` most and keeps ``embedding_params <= budget``;
+    stops when none does (``sum log p`` rises strictly, so it ends)."""
+    dims = values["candidate_dims"]
+    chosen = dict(chosen)
+    while True:
+        best, best_gain = None, 0.0
+        for f in arch.categorical:
+            current = log_p[f][dims.index(chosen[f])]
+            for n, d in enumerate(dims):
+                gain = log_p[f][n] - current
+                if gain > best_gain:
+                    move = {**chosen, f: d}
+                    if _with_dims(arch, move, values["unified_dim"]).embedding_params() <= budget:
+                        best, best_gain = move, gain
+        if best is None:
+            return chosen
+        chosen = best
 
 
 def _bilevel_search(ctx: SearchContext, model: keras.Model, layer: AutoDimEmbedding,

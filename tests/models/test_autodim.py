@@ -17,7 +17,7 @@ from models.architecture import Architecture, ArchitectureError
 from models.layers.autodim import AutoDimEmbedding
 from models.layers.projection import FieldProjection
 from models.search import SearchError
-from models.search.autodim import settings, within_budget
+from models.search.autodim import _with_dims, settings, within_budget
 from models.zoo import build_ctr_model, model_input_names
 
 BN_EPSILON = 1e-3  # keras BatchNormalization's default
@@ -241,6 +241,21 @@ def test_within_budget_maximises_log_probability_under_the_budget():
     # a=4, b=8 needs 702; a=2, b=8 (486) beats a=4, b=4 (630) on log-probability.
     assert within_budget(arch, values, probabilities, 700) == {"a": 2, "b": 8}
     assert within_budget(arch, values, probabilities, 10) == {"a": 2, "b": 2}
+
+
+def test_within_budget_spends_what_the_relaxation_leaves():
+    # a's gain per parameter is the highest, so any multiplier that drops a (too large for the
+    # budget) also drops b and c: the relaxation alone returns every field at 2.
+    arch = Architecture.uniform("fm", ["a", "b", "c"], [], {"a": 100, "b": 10, "c": 10},
+                                embedding_dim=8)
+    values = settings({"candidate_dims": [2, 8]}, arch)
+    probabilities = [[0.1, 0.9], [0.45, 0.55], [0.45, 0.55]]
+    budget = _with_dims(arch, {"a": 2, "b": 8, "c": 8}, 8).embedding_params()
+    assert _with_dims(arch, {"a": 8, "b": 2, "c": 2}, 8).embedding_params() > budget
+    assert within_budget(arch, values, probabilities, budget) == {"a": 2, "b": 8, "c": 8}
+    # one parameter less: only one of b and c fits at 8
+    chosen = within_budget(arch, values, probabilities, budget - 1)
+    assert chosen["a"] == 2 and sorted([chosen["b"], chosen["c"]]) == [2, 8]
 
 
 @pytest.mark.slow
