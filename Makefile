@@ -1,6 +1,8 @@
 # Every target runs inside the project environment (scripts/in-env); `make setup` creates it.
 IN_ENV := ./scripts/in-env
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist; a module's tests stay in one process). 0: one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast lint bench
 
@@ -11,7 +13,7 @@ demo: setup
 	$(IN_ENV) autorecsys demo
 
 test: setup
-	$(IN_ENV) python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+	$(IN_ENV) python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 test-fast: setup
 	$(IN_ENV) python -m pytest -q -p no:cacheprovider -m "not e2e and not slow" tests
