@@ -42,6 +42,7 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
@@ -169,8 +170,11 @@ def within_budget(arch: Architecture, values: dict[str, Any], probabilities: Any
                             key=lambda n, f=f: log_p[f][n] - mu * arch.vocab_sizes[f] * dims[n])]
                 for f in arch.categorical}
 
+    def cost(chosen: dict[str, int]) -> int:
+        return _with_dims(arch, chosen, values["unified_dim"]).embedding_params()
+
     def params(mu: float) -> int:
-        return _with_dims(arch, choice(mu), values["unified_dim"]).embedding_params()
+        return cost(choice(mu))
 
     if params(0.0) <= budget:
         return choice(0.0)
@@ -182,25 +186,23 @@ def within_budget(arch: Architecture, values: dict[str, Any], probabilities: Any
     for _ in range(60):
         mid = (low + high) / 2
         low, high = (mid, high) if params(mid) > budget else (low, mid)
-    return _fill_budget(arch, values, log_p, choice(high), budget)
+    return _fill_budget(dims, log_p, choice(high), cost, budget)
 
 
-def _fill_budget(arch: Architecture, values: dict[str, Any], log_p: dict[str, list[float]],
-                 chosen: dict[str, int], budget: int) -> dict[str, int]:
+def _fill_budget(dims: list[int], log_p: dict[str, list[float]], chosen: dict[str, int],
+                 cost: Callable[[dict[str, int]], int], budget: int) -> dict[str, int]:
     """Greedy single-field moves from a choice within the budget: each step takes the change of
-    one field's size that raises ``sum log p`` most and keeps ``embedding_params <= budget``;
-    stops when none does (``sum log p`` rises strictly, so it ends)."""
-    dims = values["candidate_dims"]
-    chosen = dict(chosen)
+    one field's size that raises ``sum log p`` most and keeps ``cost <= budget``; stops when
+    none does (``sum log p`` rises strictly, so it ends)."""
     while True:
         best, best_gain = None, 0.0
-        for f in arch.categorical:
-            current = log_p[f][dims.index(chosen[f])]
+        for f, size in chosen.items():
+            current = log_p[f][dims.index(size)]
             for n, d in enumerate(dims):
                 gain = log_p[f][n] - current
                 if gain > best_gain:
                     move = {**chosen, f: d}
-                    if _with_dims(arch, move, values["unified_dim"]).embedding_params() <= budget:
+                    if cost(move) <= budget:
                         best, best_gain = move, gain
         if best is None:
             return chosen
