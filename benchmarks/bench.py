@@ -98,7 +98,8 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
     arch = searched_architecture(
         config, spec, vocab, dataset,
         counts=base.vocab_counts(data.transform_output, spec["categorical"]),
-        report_dir=report_dir)
+        report_dir=report_dir,
+        numeric_missing=base.numeric_missing(data.transform_output, spec["numerical"]))
     search_seconds = time.perf_counter() - search_start
     names = model_input_names(arch)
     # Seed before the datasets exist: a seeded shuffle combines its seed with the global one,

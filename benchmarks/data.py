@@ -39,7 +39,7 @@ class BenchData:
     def spec(self) -> dict:
         s = self.dataset.spec
         return {"label": s.label, "categorical": list(s.categorical),
-                "numerical": list(s.numerical)}
+                "numerical": list(s.numerical), "optional_numerical": list(s.optional_numerical)}
 
     def split_files(self, split: str) -> str:
         return os.path.join(self.examples_dir, split, "*")
@@ -48,7 +48,8 @@ class BenchData:
 def analyze(examples_dir: str, spec: dict, transform_dir: str) -> tft.TFTransformOutput:
     """Runs Transform's analysis on the train split and writes the Transform graph."""
     raw_schema = schema_utils.schema_from_feature_spec(
-        base.raw_feature_spec(spec["label"], spec["categorical"], spec["numerical"], True))
+        base.raw_feature_spec(spec["label"], spec["categorical"], spec["numerical"], True,
+                              spec.get("optional_numerical", ())))
     source = tfxio.TFExampleRecord(file_pattern=os.path.join(examples_dir, "train", "*"),
                                    telemetry_descriptors=["autorecsys", "bench"],
                                    schema=raw_schema)
@@ -80,7 +81,8 @@ def prepare_bench_data(name: str, work_dir: str, data_dir: str | None, seed: int
                                   f"models only so far.")
     write_tfrecords(dataset, examples_dir)
     spec = {"label": dataset.spec.label, "categorical": list(dataset.spec.categorical),
-            "numerical": list(dataset.spec.numerical)}
+            "numerical": list(dataset.spec.numerical),
+            "optional_numerical": list(dataset.spec.optional_numerical)}
     return BenchData(dataset, examples_dir, analyze(examples_dir, spec, transform_dir))
 
 
@@ -92,7 +94,8 @@ def transformed_dataset(data: BenchData, split: str, input_names: list[str], bat
     training steps are not slowed by it.
     """
     spec = data.spec
-    raw_spec = base.raw_feature_spec(spec["label"], spec["categorical"], spec["numerical"], True)
+    raw_spec = base.raw_feature_spec(spec["label"], spec["categorical"], spec["numerical"], True,
+                                     spec.get("optional_numerical", ()))
     layer = data.transform_output.transform_features_layer()
     files = sorted(tf.io.gfile.glob(data.split_files(split)))
 

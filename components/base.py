@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,21 @@ def vocab_sizes(tf_transform_output: tft.TFTransformOutput,
     """Id range of each categorical field: vocabulary plus OOV buckets."""
     return {f: tf_transform_output.vocabulary_size_by_name(features.vocab_name(f))
             + features.NUM_OOV_BUCKETS for f in categorical}
+
+
+def numeric_missing(tf_transform_output: tft.TFTransformOutput,
+                    numerical: list[str]) -> list[str]:
+    """The numerical fields with absent values in the train split (Transform's
+    ``NUMERIC_MISSING_VOCAB``), in ``numerical`` order; [] when Transform wrote none."""
+    try:
+        path = tf_transform_output.vocabulary_file_by_name(features.NUMERIC_MISSING_VOCAB)
+    except (ValueError, KeyError):  # no numerical field, or a Transform graph without it
+        return []
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as lines:
+        names = {line.strip().split(" ", 1)[1] for line in lines if " " in line.strip()}
+    return [f for f in numerical if f in names]
 
 
 def vocab_counts(tf_transform_output: tft.TFTransformOutput,
@@ -245,10 +261,14 @@ def train_model(arch: Architecture, train_ds: tf.data.Dataset, eval_ds: tf.data.
 
 
 def raw_feature_spec(label: str, categorical: list[str], numerical: list[str],
-                     with_label: bool) -> dict[str, tf.io.FixedLenFeature]:
-    """The declared raw tf.Example spec: categorical bytes, numerical float, label int64."""
+                     with_label: bool, optional_numerical: Sequence[str] = ()
+                     ) -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
+    """The declared raw tf.Example spec: categorical bytes, numerical float, label int64; an
+    optional numerical field (its value may be absent) is a ``VarLenFeature``, as SchemaGen
+    infers for a feature missing from some examples."""
     spec = {f: tf.io.FixedLenFeature([], tf.string) for f in categorical}
-    spec.update({f: tf.io.FixedLenFeature([], tf.float32) for f in numerical})
+    spec.update({f: tf.io.VarLenFeature(tf.float32) if f in optional_numerical
+                 else tf.io.FixedLenFeature([], tf.float32) for f in numerical})
     if with_label:
         spec[label] = tf.io.FixedLenFeature([], tf.int64)
     return spec
@@ -312,6 +332,8 @@ def write_assets_extra(export_dir: str, arch: Architecture, label: str,
     with tf.io.gfile.GFile(os.path.join(assets, ARCHITECTURE_ASSET), "w") as f:
         f.write(arch.to_json())
     raw = {"label": label, "categorical": arch.categorical, "numerical": arch.numerical}
+    if arch.numeric_missing:  # their serving spec accepts an absent value
+        raw["optional_numerical"] = list(arch.numeric_missing)
     raw.update(extra_raw or {})
     with tf.io.gfile.GFile(os.path.join(assets, RAW_FEATURES_ASSET), "w") as f:
         f.write(json.dumps(raw, indent=2))

@@ -7,6 +7,9 @@ Transform turns each raw field into a fixed set of transformed features:
                                       when the field is non-negative, then z-score
                      -> ``f_raw``    float32, raw value clipped to train [q01, q99] (for AutoDis)
                      -> ``f_bucket`` int64 equal-frequency bucket in [0, NUM_BUCKETS)
+                     -> ``f_missing`` float32 1 where the value is absent, else 0 (where it
+                                      is absent, ``f_z``, ``f_raw`` and ``f_bucket`` are 0; the
+                                      statistics above use the present values only)
 * label ``y``        -> ``y``        float32 0/1, kept untransformed (TFMA reads it from here)
 """
 
@@ -21,6 +24,9 @@ ID_SUFFIX = "_id"
 SCALED_SUFFIX = "_z"
 RAW_SUFFIX = "_raw"
 BUCKET_SUFFIX = "_bucket"
+MISSING_SUFFIX = "_missing"
+# Transform's vocabulary of the numerical fields with absent values in the train split.
+NUMERIC_MISSING_VOCAB = "numeric_missing"
 
 
 def id_name(field: str) -> str:
@@ -43,6 +49,11 @@ def bucket_name(field: str) -> str:
     return field + BUCKET_SUFFIX
 
 
+def missing_name(field: str) -> str:
+    """Transformed name of a numerical field's 0/1 "value absent" indicator."""
+    return field + MISSING_SUFFIX
+
+
 def vocab_name(field: str) -> str:
     """Name of a categorical field's Transform vocabulary (with counts)."""
     return field + "_vocab"
@@ -52,5 +63,5 @@ def transformed_names(categorical: list[str], numerical: list[str]) -> list[str]
     """All model input names, in a stable order."""
     names = [id_name(f) for f in categorical]
     for f in numerical:
-        names += [scaled_name(f), raw_name(f), bucket_name(f)]
+        names += [scaled_name(f), raw_name(f), bucket_name(f), missing_name(f)]
     return names

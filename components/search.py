@@ -30,9 +30,11 @@ MF_INIT_STD = 0.1  # LightGCN's MF baseline: N(0, 0.1^2) for both tables.
 
 
 def fixed_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int],
-                       tuned: dict | None = None) -> Architecture:
+                       tuned: dict | None = None, numeric_missing: list[str] | None = None
+                       ) -> Architecture:
     """The ``none`` strategy: the configured model with one embedding size for every field,
-    trained with ``config.loss_from``'s loss when set (else logloss)."""
+    trained with ``config.loss_from``'s loss when set (else logloss). ``numeric_missing``:
+    the numerical fields with absent train values (``base.numeric_missing``)."""
     train = config.train.resolved()
     values = {k: getattr(train, k) for k in ARCHITECTURE_HPARAMS}
     values.update({k: v for k, v in (tuned or {}).items() if k in ARCHITECTURE_HPARAMS})
@@ -40,6 +42,7 @@ def fixed_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int]
         train.model, spec["categorical"], spec["numerical"], vocab,
         embedding_dim=int(values["embedding_dim"]),
         numeric_encoding={f: train.numeric_encoding for f in spec["numerical"]},
+        numeric_missing=list(numeric_missing or []),
         hidden_units=list(train.hidden_units), dropout=float(values["dropout"]),
         l2=float(values["l2"]), net_l2=train.net_l2, batch_norm=train.batch_norm,
         embedding_init_std=train.embedding_init_std,
@@ -51,13 +54,14 @@ def fixed_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int]
 def searched_architecture(config: PipelineConfig, spec: dict, vocab: dict[str, int],
                           dataset: Callable, *, tuned: dict | None = None,
                           counts: dict[str, list[int]] | None = None,
-                          report_dir: str | None = None) -> Architecture:
+                          report_dir: str | None = None,
+                          numeric_missing: list[str] | None = None) -> Architecture:
     """The fixed architecture, then ``config.search_strategy``'s methods in order.
 
     ``dataset(split, input_names, shuffle)`` gives transformed train/eval batches. The result's
     ``search["seconds"]`` is the time the methods took.
     """
-    arch = fixed_architecture(config, spec, vocab, tuned)
+    arch = fixed_architecture(config, spec, vocab, tuned, numeric_missing)
     if not parse_strategy(config.search_strategy):
         return arch
     train = config.train
@@ -141,7 +145,8 @@ def ArchitectureSearch(
         arch = searched_architecture(
             config, spec, vocab, dataset, tuned=tuned,
             counts=base.vocab_counts(tf_transform_output, spec["categorical"]),
-            report_dir=search_report.uri)
+            report_dir=search_report.uri,
+            numeric_missing=base.numeric_missing(tf_transform_output, spec["numerical"]))
     with open(os.path.join(search_report.uri, ARCHITECTURE_FILE), "w") as f:
         f.write(arch.to_json())
     with open(os.path.join(architecture.uri, ARCHITECTURE_FILE), "w") as f:

@@ -4,7 +4,12 @@ Per categorical field: a vocabulary ordered by train frequency (ids 0..V-1, most
 plus ``NUM_OOV_BUCKETS`` ids for unseen values, and a second vocabulary file with the per-id counts
 (``<field>_vocab_counts``) that frequency-aware embedding methods read. Per numerical field:
 the value clipped to the train [q01, q99], ``log1p`` when the field is non-negative, a z-score, the
-clipped raw value (AutoDis), and an equal-frequency bucket id. The label passes through as float.
+clipped raw value (AutoDis), an equal-frequency bucket id and a 0/1 "absent" indicator. A
+numerical value may be absent from an example (an empty CSV cell of a field the dataset declares
+optional); every statistic is computed over the present train values, the absent ones get 0 in
+the three value features, and the names of the fields with absent train values are written as
+the vocabulary ``NUMERIC_MISSING_VOCAB`` (with counts), which tells the model builders which
+fields need a learned "missing" embedding. The label passes through as float.
 """
 
 from __future__ import annotations
@@ -57,16 +62,35 @@ def preprocessing_fn(inputs: dict[str, Any], custom_config: dict[str, Any]) -> d
             frequency_threshold=features.VOCAB_FREQUENCY_THRESHOLD,
             vocab_filename=features.vocab_name(field),
         )
+    absent_names = []
     for field in spec["numerical"]:
-        x = tf.cast(_dense(inputs[field], 0.0), tf.float32)
+        x = tf.cast(_dense(inputs[field], float("nan")), tf.float32)
+        missing = tf.math.is_nan(x)
+        present = tf.boolean_mask(x, tf.logical_not(missing))
         low_q, high_q = features.CLIP_QUANTILES
-        boundaries = tft.quantiles(x, num_buckets=100, epsilon=0.005)[0]
+        boundaries = tft.quantiles(present, num_buckets=100, epsilon=0.005)[0]
         low, high = boundaries[int(low_q * 100) - 1], boundaries[int(high_q * 100) - 1]
-        clipped = tf.clip_by_value(x, low, high)
-        non_negative = tft.min(x) >= 0.0
-        shaped = tf.where(non_negative, tf.math.log1p(tf.maximum(clipped, 0.0)), clipped)
-        outputs[features.scaled_name(field)] = tft.scale_to_z_score(shaped)
-        outputs[features.raw_name(field)] = clipped
-        outputs[features.bucket_name(field)] = tft.bucketize(
-            x, num_buckets=features.NUM_BUCKETS, epsilon=0.005)
+        filled = tf.where(missing, tf.zeros_like(x), x)
+        clipped = tf.clip_by_value(filled, low, high)
+        non_negative = tft.min(present) >= 0.0
+
+        def shape(v: tf.Tensor, non_negative: tf.Tensor = non_negative) -> tf.Tensor:
+            return tf.where(non_negative, tf.math.log1p(tf.maximum(v, 0.0)), v)
+
+        shaped_present = shape(tf.clip_by_value(present, low, high))
+        mean, var = tft.mean(shaped_present), tft.var(shaped_present)
+        centred = shape(clipped) - mean
+        deviation = tf.sqrt(var)  # as tft.scale_to_z_score: unscaled where the variance is 0
+        scaled = tf.where(deviation > 0.0, tf.math.divide_no_nan(centred, deviation), centred)
+        bucket_boundaries = tft.quantiles(present, num_buckets=features.NUM_BUCKETS,
+                                          epsilon=0.005)
+        buckets = tft.apply_buckets(filled, bucket_boundaries)
+        outputs[features.scaled_name(field)] = tf.where(missing, tf.zeros_like(scaled), scaled)
+        outputs[features.raw_name(field)] = tf.where(missing, tf.zeros_like(clipped), clipped)
+        outputs[features.bucket_name(field)] = tf.where(missing, tf.zeros_like(buckets), buckets)
+        outputs[features.missing_name(field)] = tf.cast(missing, tf.float32)
+        absent_names.append(tf.boolean_mask(tf.fill(tf.shape(x), field), missing))
+    if absent_names:
+        tft.vocabulary(tf.concat(absent_names, axis=0),
+                       vocab_filename=features.NUMERIC_MISSING_VOCAB, store_frequency=True)
     return outputs

@@ -42,13 +42,16 @@ class BaselineTuner(keras_tuner.RandomSearch):
         self.spec = fn_args.custom_config["spec"]
         self.transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
         self.vocab = base.vocab_sizes(self.transform_output, self.spec["categorical"])
+        self.numeric_missing = base.numeric_missing(self.transform_output,
+                                                    self.spec["numerical"])
         self.config.train.batch_size = base.train_batch_size(self.config.train,
                                                              fn_args.train_files)
 
     def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args: Any,
                   **kwargs: Any) -> float:
         values = tuning_space(trial.hyperparameters, self.config.train)
-        arch = fixed_architecture(self.config, self.spec, self.vocab, tuned=values)
+        arch = fixed_architecture(self.config, self.spec, self.vocab, tuned=values,
+                                  numeric_missing=self.numeric_missing)
         names = model_input_names(arch)
         train = self.config.train
         datasets = [base.make_dataset(files, self.transform_output, self.spec["label"],

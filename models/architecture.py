@@ -101,6 +101,10 @@ class Architecture:
         ``"bucket"`` (embedding of its quantile bucket) or ``"autodis"`` (AutoDis: a learned
         soft discretisation over meta-embeddings, ``models.layers.autodis``).
       autodis: AutoDis settings of ``"autodis"``-encoded fields (see ``models.layers.autodis``).
+      numeric_missing: numerical fields whose value can be absent (Transform found absent
+        values in the train split); each gets a learned vector (and first-order weight) used
+        instead of its encoding where its ``f_missing`` input is 1
+        (``models.layers.embeddings.MissingValueEmbedding``).
       hidden_units: MLP widths for deep models.
       dropout: MLP dropout rate.
       batch_norm: batch normalisation in the MLP blocks.
@@ -164,6 +168,7 @@ class Architecture:
     num_buckets: int = 20
     embedding_dims: dict[str, int] = field(default_factory=dict)
     numeric_encoding: dict[str, str] = field(default_factory=dict)
+    numeric_missing: list[str] = field(default_factory=list)
     hidden_units: list[int] = field(default_factory=lambda: [400, 400, 400])
     dropout: float = 0.0
     batch_norm: bool = False
@@ -206,6 +211,10 @@ class Architecture:
             if encoding not in NUMERIC_ENCODINGS:
                 raise ArchitectureError(f"Field {name!r}: unknown numeric encoding {encoding!r}; "
                                         f"expected one of {NUMERIC_ENCODINGS}.")
+        if not set(self.numeric_missing) <= set(self.numerical):
+            raise ArchitectureError(f"numeric_missing names fields that are not numerical: "
+                                    f"{sorted(set(self.numeric_missing) - set(self.numerical))}. "
+                                    f"Received: numerical={self.numerical}")
         if not 0.0 <= self.dropout < 1.0:
             raise ArchitectureError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
         for key in ("l2", "net_l2"):
@@ -319,6 +328,7 @@ class Architecture:
         ``unified_dim`` (AutoDim), each field's projection ``(d_f + 1) x unified_dim`` counts too:
         it is the price of storing fields at their own sizes. A NIS field (``embedding_blocks``)
         holds its block tables plus their learned projections, if any (``multisize_params``).
+        A ``numeric_missing`` field adds its missing-value vector and first-order weight.
         An ``autogroup`` field holds one ``vocab x group_dims[p]`` table per order ``p`` whose
         sets use it."""
         vector = {f: 0 if self.model == "lr" else self.embedding_dims[f] for f in self.fields}
@@ -333,6 +343,7 @@ class Architecture:
             encoding = self.numeric_encoding[f]
             scalar_rows = self.num_buckets if encoding == "bucket" else 1
             total += vector_rows[encoding] * vector[f] + scalar_rows * scalar
+        total += sum(vector[f] + scalar for f in self.numeric_missing)
         if self.unified_dim is not None and self.model != "lr":
             total += sum((vector[f] + 1) * self.unified_dim for f in self.fields)
         if self.model != "lr":  # ESAPN fields store sum_i d_i plus their maps, not vocab x d_f

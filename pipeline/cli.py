@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--label", help="label column (0/1)")
     run.add_argument("--categorical", type=_csv_list, default=None)
     run.add_argument("--numerical", type=_csv_list, default=None)
+    run.add_argument("--optional-numerical", type=_csv_list, default=None,
+                     help="numerical columns whose cells may be empty (missing values)")
     _add_run_options(run, "runs/csv")
 
     predict = commands.add_parser("predict", help="score a CSV with an exported model (top-k "
@@ -104,7 +106,8 @@ def _run_config(args: argparse.Namespace) -> PipelineConfig:
     config = _config_from_args(args, "runs/csv")
     config.dataset = "csv"
     options = dict(config.dataset_options)
-    for key in ("data", "train", "eval", "test", "label", "categorical", "numerical"):
+    for key in ("data", "train", "eval", "test", "label", "categorical", "numerical",
+                "optional_numerical"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value

@@ -29,6 +29,8 @@ def to_example(values: dict[str, object], spec: FeatureSpec) -> tf.train.Example
         feature[field] = tf.train.Feature(
             bytes_list=tf.train.BytesList(value=[str(values[field]).encode()]))
     for field in spec.numerical:
+        if values.get(field) is None:  # an absent optional value (or prediction input)
+            continue
         feature[field] = tf.train.Feature(
             float_list=tf.train.FloatList(value=[float(values[field])]))
     return tf.train.Example(features=tf.train.Features(feature=feature))

@@ -29,7 +29,9 @@ def load_raw_spec(model_dir: str) -> FeatureSpec:
     with open(path) as f:
         raw = json.load(f)
     return FeatureSpec(label=raw["label"], categorical=raw["categorical"],
-                       numerical=raw["numerical"], task=raw.get("task", "ctr"),
+                       numerical=raw["numerical"],
+                       optional_numerical=raw.get("optional_numerical", ()),
+                       task=raw.get("task", "ctr"),
                        user=raw.get("user"), item=raw.get("item"))
 
 

@@ -125,6 +125,8 @@ def pipeline_spec(dataset: PreparedDataset, config: PipelineConfig) -> dict[str,
                           f"{dataset.name!r} is a CTR dataset (task {spec.task!r}).")
     result: dict[str, Any] = {"label": spec.label, "categorical": list(spec.categorical),
                               "numerical": list(spec.numerical)}
+    if spec.optional_numerical:
+        result["optional_numerical"] = list(spec.optional_numerical)
     if spec.task == "topk":
         if config.train.model not in TOPK_MODELS:
             logging.info("%s is a top-k dataset: training mf (train.model %r applies to CTR "

@@ -12,6 +12,11 @@ The first-order term of LR and FM (Rendle, "Factorization Machines", ICDM 2010) 
 construction with ``d_f = 1``, summed over fields: ``y_lin = b + sum_f e_f``; an AutoDis field
 enters it as a scaled one.
 
+A numerical field whose value can be absent (``Architecture.numeric_missing``) gets one more
+learned vector ``u_f``, used instead of its encoding where Transform's ``f_missing`` is 1
+(``MissingValueEmbedding``): ``e_f <- (1 - m_f) e_f + m_f u_f``. Without it an absent value
+would share an encoding with a real value (the train mean, a z-score of 0).
+
 Ids are looked up as given. Transform maps every value into ``[0, vocab + OOV)`` and every bucket
 into ``[0, num_buckets)``; an id outside its table is a Transform bug, which ``tf.gather`` reports
 on CPU (on GPU it yields zeros), so nothing here clips ids and hides it.
@@ -26,14 +31,15 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from components.features import bucket_name, id_name, scaled_name
+from components.features import bucket_name, id_name, missing_name, scaled_name
 from models.architecture import NUMERIC_ENCODINGS, check_id_l2
 from models.layers.autodis import AutoDis
 from models.layers.lambdaopt import IdL2Regularizer
 
 
 def field_input_dtypes(categorical: Sequence[str], numerical: Sequence[str],
-                       numeric_encoding: Mapping[str, str] | None = None) -> dict[str, tf.DType]:
+                       numeric_encoding: Mapping[str, str] | None = None,
+                       numeric_missing: Sequence[str] = ()) -> dict[str, tf.DType]:
     """The transformed features the embedding layers read, by name, in field order.
 
     Args:
@@ -41,10 +47,12 @@ def field_input_dtypes(categorical: Sequence[str], numerical: Sequence[str],
       numerical: numerical field names.
       numeric_encoding: per numerical field ``"scaled"``, ``"bucket"`` or ``"autodis"``;
         missing means scaled.
+      numeric_missing: numerical fields that also read their ``f_missing`` indicator.
 
     Returns:
       ``{"f_id": int64}`` per categorical field, and per numerical field either
-      ``{"f_z": float32}`` (scaled, autodis) or ``{"f_bucket": int64}`` (bucket).
+      ``{"f_z": float32}`` (scaled, autodis) or ``{"f_bucket": int64}`` (bucket), then
+      ``{"f_missing": float32}`` per ``numeric_missing`` field.
     """
     encodings = numeric_encoding or {}
     dtypes = {id_name(f): tf.int64 for f in categorical}
@@ -53,6 +61,7 @@ def field_input_dtypes(categorical: Sequence[str], numerical: Sequence[str],
             dtypes[bucket_name(f)] = tf.int64
         else:
             dtypes[scaled_name(f)] = tf.float32
+    dtypes.update({missing_name(f): tf.float32 for f in numerical if f in set(numeric_missing)})
     return dtypes
 
 
@@ -368,6 +377,75 @@ class PerFieldEmbedding(keras.layers.Layer):
 
 
 @keras.utils.register_keras_serializable(package="autorec")
+class MissingValueEmbedding(keras.layers.Layer):
+    """A learned vector for a numerical field's absent value, used in place of its encoding.
+
+    Equation (a missing-value indicator, learned as an embedding; its input ``m_f`` is
+    Transform's ``f_missing``)::
+
+        e_f' = (1 - m_f) * e_f + m_f * u_f,     m_f in {0, 1},  u_f in R^{d_f}
+
+    Example:
+
+    >>> layer = MissingValueEmbedding(2, embeddings_initializer="ones")
+    >>> layer([tf.constant([[5.0, 5.0], [5.0, 5.0]]), tf.constant([0.0, 1.0])]).numpy().tolist()
+    [[5.0, 5.0], [1.0, 1.0]]
+
+    Args:
+      dim: the size ``d_f`` of the field's embedding.
+      l2: L2 strength on ``u_f``.
+      embeddings_initializer: initializer of ``u_f``.
+
+    Input shape: ``[e_f, m_f]``: ``[B, d_f]`` and ``[B]`` (or ``[B, 1]``).
+    Output shape: ``[B, d_f]``.
+    """
+
+    def __init__(self, dim: int, l2: float = 0.0, embeddings_initializer: Any = "zeros",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if int(dim) < 1:
+            raise ValueError(f"dim must be >= 1. Received: dim={dim}")
+        if l2 < 0:
+            raise ValueError(f"l2 must be >= 0. Received: l2={l2}")
+        self.dim = int(dim)
+        self.l2 = float(l2)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+
+    def build(self, input_shape: Any) -> None:
+        self.vector = self.add_weight(
+            name="missing_vector", shape=(self.dim,),
+            initializer=_clone_initializer(self.embeddings_initializer),
+            regularizer=keras.regularizers.L2(self.l2) if self.l2 > 0 else None, trainable=True)
+        super().build(input_shape)
+
+    def call(self, inputs: Sequence[tf.Tensor]) -> tf.Tensor:
+        embedding, missing = inputs
+        m = tf.cast(tf.reshape(missing, [-1, 1]), self.compute_dtype)
+        return (1.0 - m) * embedding + m * tf.cast(self.vector, self.compute_dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "dim": self.dim, "l2": self.l2,
+                "embeddings_initializer": keras.initializers.serialize(
+                    self.embeddings_initializer)}
+
+
+def fill_missing(embeddings: Sequence[tf.Tensor], fields: Sequence[str],
+                 inputs: Mapping[str, tf.Tensor], numeric_missing: Sequence[str], *,
+                 l2: float, embeddings_initializer: Any, prefix: str) -> list[tf.Tensor]:
+    """``embeddings`` (one per field of ``fields``) with each ``numeric_missing`` field's absent
+    values replaced by its ``MissingValueEmbedding`` (a layer named ``{prefix}{f}_missing_embedding``)."""
+    out = list(embeddings)
+    for i, f in enumerate(fields):
+        if f in numeric_missing:
+            layer = MissingValueEmbedding(
+                int(out[i].shape[-1]), l2=l2, name=f"{prefix}{f}_missing_embedding",
+                embeddings_initializer=_clone_initializer(
+                    keras.initializers.get(embeddings_initializer)))
+            out[i] = layer([out[i], inputs[missing_name(f)]])
+    return out
+
+
+@keras.utils.register_keras_serializable(package="autorec")
 class FieldLinear(keras.layers.Layer):
     """The first-order (LR) logit: a scalar weight per field value, summed over fields.
 
@@ -379,7 +457,9 @@ class FieldLinear(keras.layers.Layer):
                = W_f[f_bucket]    (numerical, bucket, W_f in R^{num_buckets})
 
     AutoDis fields enter this term as scaled ones (one weight times ``f_z``): the first-order
-    term stays a linear model, AutoDis only changes the field embeddings.
+    term stays a linear model, AutoDis only changes the field embeddings. A ``numeric_missing``
+    field's ``w_f(x)`` is a learned scalar ``u_f`` where its value is absent
+    (``MissingValueEmbedding`` with ``d_f = 1``).
 
     It is ``FieldEmbedding`` with every ``d_f = 1``, summed, plus an optional bias ``b``.
 
@@ -396,6 +476,8 @@ class FieldLinear(keras.layers.Layer):
       use_bias: whether to add a learned bias ``b``.
       embeddings_initializer: initializer of the per-field weights (zeros by default, so the
         model starts at the bias).
+      numeric_missing: numerical fields with a learned weight for an absent value (their
+        ``f_missing`` is an input too).
 
     Input shape: as ``FieldEmbedding``.
     Output shape: ``[B, 1]``.
@@ -404,9 +486,17 @@ class FieldLinear(keras.layers.Layer):
     def __init__(self, categorical: Sequence[str], numerical: Sequence[str],
                  vocab_sizes: Mapping[str, int], numeric_encoding: Mapping[str, str] | None = None,
                  num_buckets: int = 20, l2: float = 0.0, use_bias: bool = True,
-                 embeddings_initializer: Any = "zeros", **kwargs: Any) -> None:
+                 embeddings_initializer: Any = "zeros", numeric_missing: Sequence[str] = (),
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.use_bias = bool(use_bias)
+        unknown = sorted(set(numeric_missing) - set(numerical))
+        if unknown:
+            raise ValueError(f"numeric_missing names fields that are not numerical: {unknown}. "
+                             f"Received: numerical={list(numerical)}")
+        self.numeric_missing = [f for f in numerical if f in set(numeric_missing)]
+        self.missing_weights = {f: MissingValueEmbedding(1, l2=l2, name=f"{f}_missing_weight")
+                                for f in self.numeric_missing}
         linear_encoding = {f: "scaled" if encoding == "autodis" else encoding
                            for f, encoding in (numeric_encoding or {}).items()}
         self.weights_per_field = FieldEmbedding(
@@ -418,13 +508,22 @@ class FieldLinear(keras.layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         self.weights_per_field.build(input_shape)
+        for layer in self.missing_weights.values():
+            with tf.name_scope(layer.name):  # one weight name per field
+                layer.build([(None, 1), (None,)])
         if self.use_bias:
             self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros",
                                         trainable=True)
         super().build(input_shape)
 
     def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        logit = tf.add_n(self.weights_per_field(inputs))
+        weights = self.weights_per_field(inputs)
+        if self.missing_weights:
+            fields = self.weights_per_field.fields
+            weights = [self.missing_weights[f]([w, inputs[missing_name(f)]])
+                       if f in self.missing_weights else w
+                       for f, w in zip(fields, weights, strict=True)]
+        logit = tf.add_n(weights)
         if self.bias is not None:
             logit = logit + tf.cast(self.bias, self.compute_dtype)
         return logit
@@ -437,4 +536,5 @@ class FieldLinear(keras.layers.Layer):
                                            "numeric_encoding", "num_buckets", "l2",
                                            "embeddings_initializer")},
             "use_bias": self.use_bias,
+            "numeric_missing": list(self.numeric_missing),
         }

@@ -20,7 +20,12 @@ import tf_keras as keras
 
 from models.architecture import Architecture, ArchitectureError
 from models.layers.autogroup import FeatureGroupInteraction
-from models.layers.embeddings import FieldEmbedding, FieldLinear, stack_embeddings
+from models.layers.embeddings import (
+    FieldEmbedding,
+    FieldLinear,
+    fill_missing,
+    stack_embeddings,
+)
 from models.layers.mlp import MLP
 
 
@@ -81,7 +86,11 @@ def autogroup_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
                 int(order), groups=[[index[f] for f in group]
                                     for group in arch.feature_groups[order]],
                 name=order_layer_name(order))
-        terms.append(layer(stack_embeddings(embedding(inputs))))
+        embeddings = fill_missing(
+            embedding(inputs), embedding.fields, inputs, arch.numeric_missing, l2=arch.l2,
+            embeddings_initializer=keras.initializers.RandomNormal(
+                stddev=arch.embedding_init_std), prefix=f"order{order}_")
+        terms.append(layer(stack_embeddings(embeddings)))
         if order != "1":
             scalars.append(terms[-1])
     joined = terms[0] if len(terms) == 1 else keras.layers.Concatenate(name="group_terms")(terms)
@@ -92,7 +101,8 @@ def autogroup_parts(arch: Architecture, inputs: dict[str, tf.Tensor],
                                     name="deep_logit")(deep)
     linear = FieldLinear(arch.categorical, arch.numerical, arch.vocab_sizes,
                          numeric_encoding=arch.numeric_encoding, num_buckets=arch.num_buckets,
-                         l2=arch.l2, name="field_linear")(inputs)
+                         l2=arch.l2, numeric_missing=arch.numeric_missing,
+                         name="field_linear")(inputs)
     if not arch.group_logit or not scalars:
         return [linear, deep_logit]
     joined_scalars = (scalars[0] if len(scalars) == 1

@@ -40,6 +40,7 @@ from models.layers.embeddings import (
     FieldLinear,
     concat_embeddings,
     field_input_dtypes,
+    fill_missing,
     stack_embeddings,
 )
 from models.layers.esapn import ESAPNFieldEmbedding
@@ -57,12 +58,14 @@ FIELD_EMBEDDING_LAYER = "field_embedding"  # the per-field tables (``_field_embe
 
 def model_input_dtypes(arch: Architecture) -> dict[str, tf.DType]:
     """The transformed features the model for ``arch`` reads, by name, with their dtypes."""
-    return field_input_dtypes(arch.categorical, arch.numerical, arch.numeric_encoding)
+    return field_input_dtypes(arch.categorical, arch.numerical, arch.numeric_encoding,
+                              arch.numeric_missing)
 
 
 def model_input_names(arch: Architecture) -> list[str]:
     """Names of the model's inputs: ``f_id`` per categorical field, ``f_z`` or ``f_bucket``
-    per numerical field (by its encoding), in field order."""
+    per numerical field (by its encoding), in field order, then ``f_missing`` per
+    ``arch.numeric_missing`` field."""
     return list(model_input_dtypes(arch))
 
 
@@ -105,7 +108,7 @@ def build_ctr_model(arch: Architecture,
 def _field_linear(arch: Architecture) -> FieldLinear:
     return FieldLinear(arch.categorical, arch.numerical, arch.vocab_sizes,
                        numeric_encoding=arch.numeric_encoding, num_buckets=arch.num_buckets,
-                       l2=arch.l2, name="field_linear")
+                       l2=arch.l2, numeric_missing=arch.numeric_missing, name="field_linear")
 
 
 def _field_embedding(arch: Architecture) -> FieldEmbedding:
@@ -140,8 +143,12 @@ def _projected_l2(arch: Architecture) -> bool:
 def _embeddings(arch: Architecture, layer: keras.layers.Layer,
                 inputs: dict[str, tf.Tensor]) -> list[tf.Tensor]:
     """Per-field embeddings; with ``arch.unified_dim`` each ``[B, d_f]`` is projected to
-    ``[B, unified_dim]`` (``FieldProjection``) before the interaction and MLP parts."""
-    embeddings = layer(inputs)
+    ``[B, unified_dim]`` (``FieldProjection``) before the interaction and MLP parts. A
+    ``numeric_missing`` field's absent values get its learned vector first."""
+    embeddings = fill_missing(
+        layer(inputs), arch.fields, inputs, arch.numeric_missing, l2=arch.l2,
+        embeddings_initializer=keras.initializers.RandomNormal(stddev=arch.embedding_init_std),
+        prefix="")
     if arch.unified_dim is None:
         return embeddings
     projection = FieldProjection(arch.fields, arch.embedding_dims, arch.unified_dim,

@@ -168,21 +168,24 @@ def _criteo_row(dataset: str, path: str, row_no: int, fields: list[str]) -> list
                 float(value)
             except ValueError:
                 raise _bad_row(dataset, path, row_no, f"{name}={value!r} is not numeric") from None
-    return [label, *(c or MISSING for c in categorical), *(v or "0" for v in numeric)]
+    return [label, *(c or MISSING for c in categorical), *numeric]
 
 
 def prepare_criteo10k(data_dir: str, out_dir: str, seed: int) -> PreparedDataset:
     """Criteo (Kaggle DAC), the first 10,000 rows ``criteo_10k/train-10k.txt``, split 8:1:1.
 
     Columns: ``label``, ``C1..C26`` (hashed hex text; empty -> ``__missing__``), ``I1..I13``
-    (integer text; empty -> ``0``, so every numeric cell parses as a float; the Transform step
-    is expected to apply e.g. ``log1p``).
+    (integer text; an empty cell stays empty: the I fields are optional numerical fields, so
+    an absent value reaches the models as Transform's ``f_missing`` indicator and gets its own
+    learned embedding, instead of sharing the value 0's).
     """
     path = os.path.join(data_dir, "criteo_10k", "train-10k.txt")
     raw = _read_lines("criteo10k", path, "\t", 40, "utf-8")
     rows = [_criteo_row("criteo10k", path, i, r) for i, r in enumerate(raw, start=1)]
-    spec = FeatureSpec(label="label", categorical=CRITEO_CATEGORICAL, numerical=CRITEO_NUMERICAL)
-    meta = {"source": path, "numeric_missing": "0", "categorical_missing": MISSING, "seed": seed}
+    spec = FeatureSpec(label="label", categorical=CRITEO_CATEGORICAL, numerical=CRITEO_NUMERICAL,
+                       optional_numerical=CRITEO_NUMERICAL)
+    meta = {"source": path, "numeric_missing": "absent", "categorical_missing": MISSING,
+            "seed": seed}
     return publish_dataset("criteo10k", out_dir, spec, take_splits(rows, seed), meta)
 
 

@@ -28,6 +28,9 @@ class FeatureSpec:
       label: name of the 0/1 label column.
       categorical: categorical fields, read as strings (ids are kept as their text).
       numerical: numerical fields, read as float32.
+      optional_numerical: the numerical fields whose cells may be empty (a value absent from
+        that row: written as an absent feature, and given its own "missing" embedding by the
+        models); in the others an empty cell is an error.
       task: ``"ctr"`` (pointwise click prediction) or ``"topk"`` (user-item retrieval).
       user: the user column, for top-k datasets.
       item: the item column, for top-k datasets.
@@ -36,6 +39,7 @@ class FeatureSpec:
     label: str
     categorical: tuple[str, ...]
     numerical: tuple[str, ...] = ()
+    optional_numerical: tuple[str, ...] = ()
     task: str = "ctr"
     user: str | None = None
     item: str | None = None
@@ -43,6 +47,11 @@ class FeatureSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "categorical", tuple(self.categorical))
         object.__setattr__(self, "numerical", tuple(self.numerical))
+        object.__setattr__(self, "optional_numerical", tuple(self.optional_numerical))
+        unknown = sorted(set(self.optional_numerical) - set(self.numerical))
+        if unknown:
+            raise DatasetError(f"optional_numerical names columns that are not numerical: "
+                               f"{unknown}. Received: numerical={list(self.numerical)}")
         if self.task not in TASKS:
             raise DatasetError(f"Unknown task {self.task!r}; expected one of {TASKS}.")
         names = [self.label, *self.categorical, *self.numerical]

@@ -24,7 +24,7 @@ def read_validated(path: str, spec: FeatureSpec) -> list[list[str]]:
     ``DatasetError`` naming the file, the 1-based row and the field (see ``rows.read_rows``).
     """
     return [[str(values[spec.label]), *(str(values[c]) for c in spec.categorical),
-             *(repr(values[c]) for c in spec.numerical)]
+             *("" if values[c] is None else repr(values[c]) for c in spec.numerical)]
             for values in read_rows(path, spec)]
 
 
@@ -35,6 +35,7 @@ def prepare_csv(
     label: str,
     categorical: Sequence[str],
     numerical: Sequence[str] = (),
+    optional_numerical: Sequence[str] = (),
     seed: int = 2021,
     train: str | None = None,
     eval: str | None = None,
@@ -49,6 +50,8 @@ def prepare_csv(
       label: the 0/1 label column.
       categorical: categorical columns (empty values become ``__missing__``).
       numerical: numerical columns (must parse as finite floats).
+      optional_numerical: numerical columns whose cells may also be empty (a missing value;
+        the models learn an embedding for it).
       seed: split seed (single-file mode).
       train: training file (three-file mode).
       eval: evaluation file (three-file mode).
@@ -60,7 +63,8 @@ def prepare_csv(
     Raises:
       DatasetError: invalid arguments or data; see :func:`read_validated`.
     """
-    spec = FeatureSpec(label=label, categorical=tuple(categorical), numerical=tuple(numerical))
+    spec = FeatureSpec(label=label, categorical=tuple(categorical), numerical=tuple(numerical),
+                       optional_numerical=tuple(optional_numerical))
     given = {"train": train, "eval": eval, "test": test}
     if path is not None and any(given.values()):
         raise DatasetError("Give either one CSV path or train/eval/test files, not both.")

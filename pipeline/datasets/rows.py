@@ -42,9 +42,11 @@ class RowParser:
                                f"than once.")
         self.has_label = spec.label in header
         self.index = {c: header.index(c) for c in spec.columns if c in header}
+        self.optional = set(spec.optional_numerical)
 
     def parse(self, row: list[str], row_number: int) -> dict[str, object]:
-        """Returns ``{column: value}`` with label int, categorical str, numerical float."""
+        """Returns ``{column: value}`` with label int, categorical str, numerical float (None
+        for an empty cell of an optional numerical field)."""
         where = f"{self.path}: row {row_number}"
         if len(row) != len(self.header):
             raise DatasetError(f"{where}: has {len(row)} fields, the header has "
@@ -65,11 +67,16 @@ class RowParser:
             values[field] = text if text else MISSING
         for field in self.spec.numerical:
             text = row[self.index[field]].strip()
+            if not text and field in self.optional:
+                values[field] = None  # absent: Transform's f_missing
+                continue
             try:
                 number = float(text)
             except ValueError:
+                hint = ("" if text else " (an empty cell is allowed only in optional numerical "
+                        "fields, e.g. `autorecsys run --optional-numerical`)")
                 raise DatasetError(f"{where}: field '{field}' is numerical but holds "
-                                   f"non-numeric text {text!r}.") from None
+                                   f"non-numeric text {text!r}{hint}.") from None
             if not math.isfinite(number):
                 raise DatasetError(f"{where}: field '{field}' holds {text!r} (NaN/inf); "
                                    f"numerical fields must be finite.")

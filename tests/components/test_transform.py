@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks.data import analyze
+from benchmarks.data import BenchData, analyze, transformed_dataset
 from components import base, features
 from components.transform import counts_vocab_name
 from pipeline.datasets.base import FeatureSpec, PreparedDataset
@@ -60,3 +60,87 @@ def test_numeric_outliers_are_clipped_and_scaled(transform_output):
     assert np.all(np.isfinite(scaled)) and scaled[0] < scaled[1] < scaled[2]
     buckets = out[features.bucket_name("price")].numpy()
     assert buckets[0] == 0 and buckets[2] == buckets.max() and buckets.max() < features.NUM_BUCKETS
+
+
+def test_present_values_name_no_missing_field(transform_output):
+    out = _transform(transform_output, [b"paris"] * 2, [10.0, 20.0])
+    np.testing.assert_array_equal(out[features.missing_name("price")].numpy(), [0.0, 0.0])
+    assert base.numeric_missing(transform_output, ["price"]) == []
+
+
+OPTIONAL_SPEC = {"label": "y", "categorical": ["city"], "numerical": ["price", "size"],
+                 "optional_numerical": ["price", "size"]}
+
+
+@pytest.fixture(scope="module")
+def optional_data(tmp_path_factory):
+    """``price`` has empty cells in train (0, 10, 20, 30 and 4 absent), ``size`` none."""
+    root = tmp_path_factory.mktemp("tft_optional")
+    data = root / "data"
+    data.mkdir()
+    rows = ["y,city,price,size"]
+    for i in range(8):
+        price = "" if i >= 4 else str(float(i * 10))
+        rows.append(f"{i % 2},paris,{price},{float(i)}")
+    for split in ("train", "eval", "test"):
+        (data / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    spec = FeatureSpec("y", ("city",), ("price", "size"), optional_numerical=("price", "size"))
+    dataset = PreparedDataset("toy", str(data), spec)
+    write_tfrecords(dataset, str(root / "examples"))
+    return BenchData(dataset, str(root / "examples"),
+                     analyze(str(root / "examples"), OPTIONAL_SPEC, str(root / "transform")))
+
+
+def test_absent_values_get_an_indicator_and_present_only_statistics(optional_data):
+    optional_output = optional_data.transform_output
+    assert base.numeric_missing(optional_output, ["size", "price"]) == ["price"]
+    raw = base.raw_feature_spec("y", ["city"], ["price", "size"], True, ["price", "size"])
+    examples = [tf.train.Example(features=tf.train.Features(feature={
+        "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[0])),
+        "city": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"paris"])),
+        "size": tf.train.Feature(float_list=tf.train.FloatList(value=[1.0])),
+        **({} if price is None else {
+            "price": tf.train.Feature(float_list=tf.train.FloatList(value=[price]))}),
+    })).SerializeToString() for price in (None, 0.0, 30.0, 15.0)]
+    out = optional_output.transform_features_layer()(tf.io.parse_example(examples, raw))
+    np.testing.assert_array_equal(out[features.missing_name("price")].numpy(), [1, 0, 0, 0])
+    np.testing.assert_array_equal(out[features.missing_name("size")].numpy(), [0, 0, 0, 0])
+    scaled = out[features.scaled_name("price")].numpy()
+    # The z-score is over the present train values 0, 10, 20, 30 only (log1p-shaped): 0 and
+    # 30 lie on either side of 0, and the absent value is 0, not the z of the value 0.
+    assert scaled[0] == 0.0 and scaled[1] < 0.0 < scaled[2]
+    assert out[features.raw_name("price")].numpy()[0] == 0.0
+    buckets = out[features.bucket_name("price")].numpy()
+    assert buckets[0] == 0 and buckets[1] <= buckets[3] <= buckets[2]
+
+
+def test_a_model_trains_exports_and_serves_examples_without_the_value(optional_data, tmp_path):
+    from components.search import fixed_architecture  # noqa: PLC0415
+    from models.zoo import model_input_names  # noqa: PLC0415
+    from pipeline.configs import PipelineConfig  # noqa: PLC0415
+
+    output = optional_data.transform_output
+    config = PipelineConfig()
+    config.train.model, config.train.hidden_units = "deepfm", [4]
+    vocab = base.vocab_sizes(output, ["city"])
+    arch = fixed_architecture(config, OPTIONAL_SPEC, vocab,
+                              numeric_missing=base.numeric_missing(output, ["price", "size"]))
+    assert arch.numeric_missing == ["price"]
+    names = model_input_names(arch)
+    assert "price_missing" in names and "size_missing" not in names
+    train = transformed_dataset(optional_data, "train", names, 4, shuffle=True, seed=0)
+    result = base.train_model(arch, train, train, learning_rate=0.01, max_epochs=1,
+                              patience=1, seed=0)
+    export = str(tmp_path / "model")
+    base.export_serving_model(result.model, output, arch, "y", export)
+    serve = tf.saved_model.load(export).signatures["serving_default"]
+
+    def example(price):
+        feature = {"city": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"paris"])),
+                   "size": tf.train.Feature(float_list=tf.train.FloatList(value=[2.0]))}
+        if price is not None:
+            feature["price"] = tf.train.Feature(float_list=tf.train.FloatList(value=[price]))
+        return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+    probability = serve(examples=tf.constant([example(None), example(10.0)]))["probability"]
+    assert probability.shape == (2,) and np.all((probability > 0) & (probability < 1))

@@ -47,6 +47,8 @@ def _features(n: int, seed: int = 0) -> dict[str, np.ndarray]:
         "price_z": rng.normal(size=n).astype(np.float32),
         "price_raw": rng.normal(size=n).astype(np.float32),
         "price_bucket": rng.integers(0, 5, n),
+        "age_missing": (rng.random(n) < 0.3).astype(np.float32),
+        "price_missing": (rng.random(n) < 0.3).astype(np.float32),
     }
 
 
@@ -163,3 +165,65 @@ class BuildCtrModelTest(tf.test.TestCase, parameterized.TestCase):
         auc = keras.metrics.AUC()
         auc.update_state(label(test, 5), model.predict(_inputs(arch, test), verbose=0))
         self.assertGreater(float(auc.result()), 0.7)
+
+
+class NumericMissingTest(tf.test.TestCase, parameterized.TestCase):
+    """``numeric_missing`` fields: an absent value gets its own learned embedding and weight."""
+
+    def setUp(self):
+        super().setUp()
+        keras.utils.set_random_seed(0)
+
+    @parameterized.parameters(*CTR_MODELS)
+    def test_absent_value_ignores_its_encoding_and_trains_its_own(self, model_name):
+        arch = _arch(model_name, numeric_missing=["price", "age"])
+        self.assertEqual(model_input_names(arch)[-2:], ["age_missing", "price_missing"])
+        model = build_ctr_model(arch)
+        features = _features(8)
+        features["price_missing"][:] = 1.0
+        changed = dict(features, price_bucket=(features["price_bucket"] + 1) % 5)
+        # Where price is absent its bucket (Transform writes 0 there) does not matter.
+        self.assertAllClose(model(_inputs(arch, changed)), model(_inputs(arch, features)))
+        # Its vectors (one per table set: autogroup has one per order; lr has none) and its
+        # first-order weight (in the models with a linear term) are trained.
+        missing_weights = [w for w in model.trainable_weights if "price_missing" in w.name]
+        expected = {"lr": 1, "dnn": 1, "dcn": 1, "autogroup": 3}.get(model_name, 2)
+        self.assertLen(missing_weights, expected)
+        labels = np.ones([8, 1], np.float32)
+        with tf.GradientTape() as tape:
+            loss = keras.losses.binary_crossentropy(labels, model(_inputs(arch, features)))
+        grads = tape.gradient(loss, missing_weights)
+        self.assertTrue(all(float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads))
+
+    def test_present_values_are_unchanged_by_the_missing_vectors(self):
+        plain, with_missing = _arch("deepfm"), _arch("deepfm", numeric_missing=["age"])
+        features = _features(6)
+        features["age_missing"][:] = 0.0
+        keras.utils.set_random_seed(3)
+        a = build_ctr_model(plain)
+        keras.utils.set_random_seed(3)
+        b = build_ctr_model(with_missing)
+        for layer in a.layers:  # copy the shared weights by layer name
+            if layer.weights and layer.name in {x.name for x in b.layers}:
+                target = b.get_layer(layer.name)
+                if len(target.weights) == len(layer.weights):
+                    target.set_weights(layer.get_weights())
+        self.assertAllClose(b(_inputs(with_missing, features)), a(_inputs(plain, features)))
+
+    def test_parameters_and_json_round_trip(self):
+        arch = _arch("deepfm", numeric_missing=["age"])
+        self.assertEqual(arch.embedding_params(), _arch("deepfm").embedding_params() + 4 + 1)
+        self.assertEqual(Architecture.from_json(arch.to_json()).numeric_missing, ["age"])
+        with self.assertRaisesRegex(ArchitectureError, "not numerical"):
+            _arch("deepfm", numeric_missing=["user"])
+
+    def test_saved_model_round_trip(self):
+        arch = _arch("deepfm", numeric_missing=["age", "price"])
+        model = build_ctr_model(arch)
+        model.get_layer("age_missing_embedding").set_weights([np.full([4], 0.5, np.float32)])
+        inputs = _inputs(arch, _features(6))
+        expected = model(inputs).numpy()
+        path = os.path.join(self.get_temp_dir(), "deepfm_missing")
+        model.save(path, save_format="tf")
+        restored = keras.models.load_model(path)
+        self.assertAllClose(restored(inputs), expected, rtol=1e-5, atol=1e-6)

@@ -271,7 +271,10 @@ def test_criteo10k_real(tmp_path):
     assert dataset.metadata["rows"] == {"train": 8000, "eval": 1000, "test": 1000}
     assert len(dataset.spec.categorical) == 26 and len(dataset.spec.numerical) == 13
     rows = _rows(out, "eval")
-    assert all(float(r[f"I{i}"]) == float(r[f"I{i}"]) for r in rows for i in range(1, 14))
+    # An empty numerical cell stays empty (a missing value, not 0); the rest are numbers.
+    assert dataset.spec.optional_numerical == dataset.spec.numerical
+    cells = [r[f"I{i}"] for r in rows for i in range(1, 14)]
+    assert "" in cells and all(float(c) == float(c) for c in cells if c)
     assert any(r[c] == "__missing__" for r in rows for c in dataset.spec.categorical)
 
 

@@ -34,6 +34,7 @@ def test_good_rows_parse_with_declared_types(tmp_path):
     (GOOD + "1,u3,i3,4,5\n", 4, "has 5 fields"),
     (GOOD + "1,u3,i3,cheap\n", 4, "field 'price' is numerical"),
     (GOOD + "1,u3,i3,nan\n", 4, "field 'price' holds 'nan'"),
+    (GOOD + "1,u3,i3,\n", 4, "only in optional numerical fields"),
     (GOOD + "1,u3,i3,inf\n", 4, "field 'price' holds 'inf'"),
     (GOOD + "2,u3,i3,1\n", 4, "field 'y' (label) must be 0 or 1"),
     ("y,user,item,price\n", 2, "no data rows"),
@@ -97,3 +98,13 @@ def test_rewriting_identical_data_keeps_the_files(tmp_path):
         f.write("0,u9,i9,1\n")
     assert write_tfrecords(dataset, out)["train"] == 3
     assert os.stat(path).st_mtime != 1
+
+
+def test_an_optional_numerical_cell_may_be_empty_and_is_left_out(tmp_path):
+    spec = FeatureSpec(label="y", categorical=("user", "item"), numerical=("price",),
+                       optional_numerical=("price",))
+    rows = list(read_rows(_write(tmp_path, "a.csv", GOOD + "1,u3,i3, \n"), spec))
+    assert rows[-1]["price"] is None and rows[0]["price"] == 2.5
+    assert "price" not in to_example(rows[-1], spec).features.feature
+    with pytest.raises(DatasetError, match="not numerical"):
+        FeatureSpec(label="y", categorical=("user",), optional_numerical=("user",))
