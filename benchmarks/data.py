@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 
@@ -67,12 +68,20 @@ def analyze(examples_dir: str, spec: dict, transform_dir: str) -> tft.TFTransfor
     return tft.TFTransformOutput(transform_dir)
 
 
+# Bumped when the adapters' output or the preprocessing_fn changes, so that a work_dir cache
+# written by older code is rebuilt (2: absent numerical values and ``f_missing``, session 17).
+CACHE_VERSION = 2
+
+
 def prepare_bench_data(name: str, work_dir: str, data_dir: str | None, seed: int) -> BenchData:
-    """Adapter -> validated TFRecords -> Transform graph, cached per (dataset, seed) in work_dir."""
+    """Adapter -> validated TFRecords -> Transform graph, cached per (dataset, seed) in work_dir
+    (rebuilt when written by code of another ``CACHE_VERSION``)."""
     root = os.path.join(work_dir, f"{name}-{seed}")
     transform_dir = os.path.join(root, "transform")
     examples_dir = os.path.join(root, "examples")
-    if os.path.exists(os.path.join(transform_dir, "transform_fn")):
+    stamp = os.path.join(root, "cache_version")
+    current = os.path.exists(stamp) and open(stamp).read().strip() == str(CACHE_VERSION)
+    if current and os.path.exists(os.path.join(transform_dir, "transform_fn")):
         dataset = PreparedDataset.load(os.path.join(root, "data"))
         return BenchData(dataset, examples_dir, tft.TFTransformOutput(transform_dir))
     dataset = prepare_dataset(name, os.path.join(root, "data"), data_dir=data_dir, seed=seed)
@@ -83,7 +92,11 @@ def prepare_bench_data(name: str, work_dir: str, data_dir: str | None, seed: int
     spec = {"label": dataset.spec.label, "categorical": list(dataset.spec.categorical),
             "numerical": list(dataset.spec.numerical),
             "optional_numerical": list(dataset.spec.optional_numerical)}
-    return BenchData(dataset, examples_dir, analyze(examples_dir, spec, transform_dir))
+    shutil.rmtree(transform_dir, ignore_errors=True)
+    data = BenchData(dataset, examples_dir, analyze(examples_dir, spec, transform_dir))
+    with open(stamp, "w") as f:
+        f.write(str(CACHE_VERSION))
+    return data
 
 
 def transformed_dataset(data: BenchData, split: str, input_names: list[str], batch_size: int,

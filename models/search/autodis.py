@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from components.features import raw_name, scaled_name
+from components.features import missing_name, raw_name, scaled_name
 from models.architecture import AUTODIS_DEFAULTS, Architecture
 from models.search import SearchContext, SearchError
 
@@ -55,9 +55,11 @@ def search(ctx: SearchContext) -> Architecture:
 def _value_ranges(ctx: SearchContext) -> dict[str, dict[str, list[float]]]:
     """Per numerical field, ``RANGE_QUANTILES`` of its model input ``f_z`` and of its clipped
     raw value ``f_raw`` on up to ``RANGE_SAMPLE`` train rows; both are observed values of the same
-    rows, so the two lists pair up (``f_z`` is a monotone function of ``f_raw``)."""
+    rows, so the two lists pair up (``f_z`` is a monotone function of ``f_raw``). Absent values
+    (``f_missing``, for ``arch.numeric_missing`` fields) are left out."""
     fields = ctx.arch.numerical
     names = [n for f in fields for n in (scaled_name(f), raw_name(f))]
+    names += [missing_name(f) for f in ctx.arch.numeric_missing]
     batches = -(-RANGE_SAMPLE // ctx.batch_size)
     columns: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for features, _ in ctx.dataset("train", names, False).take(batches):
@@ -66,6 +68,9 @@ def _value_ranges(ctx: SearchContext) -> dict[str, dict[str, list[float]]]:
     ranges = {}
     for f in fields:
         z, raw = (np.concatenate(columns[n]) for n in (scaled_name(f), raw_name(f)))
+        if f in ctx.arch.numeric_missing:
+            present = np.concatenate(columns[missing_name(f)]) == 0
+            z, raw = (z, raw) if not present.any() else (z[present], raw[present])
         ranges[f] = {"quantiles": list(RANGE_QUANTILES),
                      "z": [float(v) for v in np.quantile(z, RANGE_QUANTILES, method="nearest")],
                      "raw": [float(v) for v in np.quantile(raw, RANGE_QUANTILES,

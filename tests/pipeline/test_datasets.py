@@ -142,6 +142,18 @@ def test_byo_single_file_is_split_and_cleaned(tmp_path):
     ).read_bytes()
 
 
+def test_byo_optional_numerical_keeps_empty_cells_empty(tmp_path):
+    lines = ["y,a,b,x"] + [f"{i % 2},a{i},b,{'' if i % 5 == 0 else i}" for i in range(20)]
+    src = _write(tmp_path / "in.csv", "\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match="only in optional numerical fields"):
+        prepare_csv(src, str(tmp_path / "strict"), **BYO)
+    dataset = prepare_csv(src, str(tmp_path / "out"), **BYO, optional_numerical=("x",))
+    assert dataset.spec.optional_numerical == ("x",)
+    cells = [r["x"] for s in ("train", "eval", "test") for r in _rows(str(tmp_path / "out"), s)]
+    assert cells.count("") == 4 and all(float(c) >= 1 for c in cells if c)
+    assert PreparedDataset.load(str(tmp_path / "out")).spec.optional_numerical == ("x",)
+
+
 def test_byo_three_files(tmp_path):
     paths = {
         s: _write(tmp_path / f"{s}.csv", "y,a,b,x\n1,u,v,1.5\n0,u,,2\n")
