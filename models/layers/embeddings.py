@@ -433,7 +433,8 @@ def fill_missing(embeddings: Sequence[tf.Tensor], fields: Sequence[str],
                  inputs: Mapping[str, tf.Tensor], numeric_missing: Sequence[str], *,
                  l2: float, embeddings_initializer: Any, prefix: str) -> list[tf.Tensor]:
     """``embeddings`` (one per field of ``fields``) with each ``numeric_missing`` field's absent
-    values replaced by its ``MissingValueEmbedding`` (a layer named ``{prefix}{f}_missing_embedding``)."""
+    values replaced by its ``MissingValueEmbedding`` (a layer named
+    ``{prefix}{f}_missing_embedding``)."""
     out = list(embeddings)
     for i, f in enumerate(fields):
         if f in numeric_missing:
