@@ -236,6 +236,11 @@ def _context(arch: Architecture, options: dict | None = None, report_dir: str | 
     raw = rng.exponential(size=(64, 2)).astype(np.float32)
     columns = {"age_raw": raw[:, 0], "price_raw": raw[:, 1],
                "age_z": np.log1p(raw[:, 0]), "price_z": np.log1p(raw[:, 1])}
+    # Transform writes 0 for an absent value; half of price is absent, with a huge raw stand-in
+    # here, so that a range that read it would show.
+    absent = np.arange(64) % 2 == 0
+    columns["price_missing"] = absent.astype(np.float32)
+    columns["price_raw"] = np.where(absent, 1e6, columns["price_raw"]).astype(np.float32)
 
     def dataset(split: str, input_names: list[str], shuffle: bool) -> tf.data.Dataset:
         assert split == "train" and not shuffle
@@ -262,6 +267,16 @@ class SearchTest(tf.test.TestCase):
         self.assertAllClose(age["z"], np.log1p(age["raw"]), rtol=1e-5)
         self.assertEqual(Architecture.from_json(arch.to_json()), arch)
         self.assertEqual(start.numeric_encoding, {"age": "scaled", "price": "scaled"})
+
+    def test_ranges_leave_absent_values_out(self):
+        start = Architecture.uniform("deepfm", ["user"], ["age", "price"], {"user": 20},
+                                     embedding_dim=4, hidden_units=[8], numeric_missing=["price"])
+        ranges = autodis_search.search(_context(start)).search["autodis"]["value_range"]
+        self.assertLess(max(ranges["price"]["raw"]), 1e6)
+        plain = Architecture.uniform("deepfm", ["user"], ["age", "price"], {"user": 20},
+                                     embedding_dim=4, hidden_units=[8])
+        ranges = autodis_search.search(_context(plain)).search["autodis"]["value_range"]
+        self.assertEqual(max(ranges["price"]["raw"]), 1e6)
 
     def test_refuses_data_without_numerical_fields(self):
         start = Architecture.uniform("fm", ["user"], [], {"user": 20}, embedding_dim=4)
