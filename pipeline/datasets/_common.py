@@ -147,6 +147,14 @@ def publish_dataset(
     missing = [s for s in SPLITS if s not in splits]
     if missing:
         raise DatasetError(f"{name}: no rows given for splits {missing}.")
+    if spec.optional_numerical:
+        splits = {s: list(rows) for s, rows in splits.items()}
+        index = {c: i for i, c in enumerate(spec.columns)}
+        empty = [c for c in spec.optional_numerical
+                 if not any(row[index[c]] for row in splits["train"])]
+        if empty:  # Transform could compute no statistic for them
+            raise DatasetError(f"{name}: optional numerical column(s) {empty} have no value in "
+                               f"any train row.")
     with staging_dir(out_dir) as tmp:
         metadata["rows"] = {
             s: write_csv(os.path.join(tmp, f"{s}.csv"), spec.columns, splits[s]) for s in SPLITS

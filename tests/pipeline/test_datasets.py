@@ -152,6 +152,10 @@ def test_byo_optional_numerical_keeps_empty_cells_empty(tmp_path):
     cells = [r["x"] for s in ("train", "eval", "test") for r in _rows(str(tmp_path / "out"), s)]
     assert cells.count("") == 4 and all(float(c) >= 1 for c in cells if c)
     assert PreparedDataset.load(str(tmp_path / "out")).spec.optional_numerical == ("x",)
+    blank = ["y,a,b,x"] + [f"{i % 2},a{i},b," for i in range(20)]
+    with pytest.raises(DatasetError, match=r"\['x'\] have no value in any train row"):
+        prepare_csv(_write(tmp_path / "blank.csv", "\n".join(blank) + "\n"),
+                    str(tmp_path / "blank"), **BYO, optional_numerical=("x",))
 
 
 def test_byo_three_files(tmp_path):
