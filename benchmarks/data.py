@@ -23,7 +23,7 @@ from tfx_bsl.public import tfxio
 from components import base
 from components.transform import preprocessing_fn
 from pipeline.datasets import prepare_dataset
-from pipeline.datasets.base import FeatureSpec, PreparedDataset
+from pipeline.datasets.base import PreparedDataset
 from pipeline.examples import write_tfrecords
 from pipeline.runners import beam_pipeline_args
 
@@ -38,16 +38,10 @@ class BenchData:
 
     @property
     def spec(self) -> dict:
-        return _spec_dict(self.dataset.spec)
+        return self.dataset.spec.component_spec()
 
     def split_files(self, split: str) -> str:
         return os.path.join(self.examples_dir, split, "*")
-
-
-def _spec_dict(s: FeatureSpec) -> dict:
-    """The ``custom_config["spec"]``-style dict of a dataset's feature spec."""
-    return {"label": s.label, "categorical": list(s.categorical),
-            "numerical": list(s.numerical), "optional_numerical": list(s.optional_numerical)}
 
 
 def analyze(examples_dir: str, spec: dict, transform_dir: str) -> tft.TFTransformOutput:
@@ -96,7 +90,7 @@ def prepare_bench_data(name: str, work_dir: str, data_dir: str | None, seed: int
         raise NotImplementedError(f"Dataset {name!r} is a top-k dataset; the bench trains CTR "
                                   f"models only so far.")
     write_tfrecords(dataset, examples_dir)
-    spec = _spec_dict(dataset.spec)
+    spec = dataset.spec.component_spec()
     shutil.rmtree(transform_dir, ignore_errors=True)
     data = BenchData(dataset, examples_dir, analyze(examples_dir, spec, transform_dir))
     with open(stamp, "w") as f:

@@ -123,16 +123,10 @@ def pipeline_spec(dataset: PreparedDataset, config: PipelineConfig) -> dict[str,
     if spec.task != "topk" and config.train.model in TOPK_MODELS:
         raise ConfigError(f"train.model {config.train.model!r} is a top-k model; dataset "
                           f"{dataset.name!r} is a CTR dataset (task {spec.task!r}).")
-    result: dict[str, Any] = {"label": spec.label, "categorical": list(spec.categorical),
-                              "numerical": list(spec.numerical)}
-    if spec.optional_numerical:
-        result["optional_numerical"] = list(spec.optional_numerical)
-    if spec.task == "topk":
-        if config.train.model not in TOPK_MODELS:
-            logging.info("%s is a top-k dataset: training mf (train.model %r applies to CTR "
-                         "datasets).", dataset.name, config.train.model)
-        result.update(task=spec.task, user=spec.user, item=spec.item)
-    return result
+    if spec.task == "topk" and config.train.model not in TOPK_MODELS:
+        logging.info("%s is a top-k dataset: training mf (train.model %r applies to CTR "
+                     "datasets).", dataset.name, config.train.model)
+    return spec.component_spec()
 
 
 def score_test_split(model_dir: str, dataset: PreparedDataset) -> dict[str, Any]:

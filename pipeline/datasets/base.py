@@ -69,6 +69,16 @@ class FeatureSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def component_spec(self) -> dict:
+        """The dict the components read as ``custom_config["spec"]`` (Transform, Trainer,
+        search): the columns, and for a top-k dataset its task and user/item columns."""
+        spec = {"label": self.label, "categorical": list(self.categorical),
+                "numerical": list(self.numerical),
+                "optional_numerical": list(self.optional_numerical)}
+        if self.task == "topk":
+            spec.update(task=self.task, user=self.user, item=self.item)
+        return spec
+
     @classmethod
     def from_dict(cls, data: dict) -> FeatureSpec:
         return cls(**data)

@@ -109,4 +109,10 @@ def test_mf_on_a_ctr_dataset_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="'mf' is a top-k model"):
         pipeline_spec(dataset, config)
     topk = prepare_dataset("synthetic_topk", str(tmp_path / "t"), n_users=20, n_items=80)
-    assert pipeline_spec(topk, PipelineConfig())["task"] == "topk"
+    topk_spec = pipeline_spec(topk, PipelineConfig())
+    assert (topk_spec["task"], topk_spec["user"], topk_spec["item"]) == (
+        "topk", topk.spec.user, topk.spec.item)
+    # a CTR dataset: its columns only, the same dict the bench's Transform reads
+    assert pipeline_spec(dataset, PipelineConfig()) == {
+        "label": "label", "categorical": [f"c{j}" for j in range(8)],
+        "numerical": ["n0", "n1"], "optional_numerical": []}
