@@ -120,7 +120,8 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
     test_auc = metrics.roc_auc(labels, scores)
     if export_dir:
         base.export_serving_model(result.model, data.transform_output, arch, spec["label"],
-                                  export_dir)
+                                  export_dir,
+                                  optional_numerical=spec.get("optional_numerical", ()))
     return {
         "dataset": data.dataset.name,
         "model": model_name,

@@ -274,32 +274,64 @@ def raw_feature_spec(label: str, categorical: list[str], numerical: list[str],
     return spec
 
 
+def servable_optional(arch: Architecture, optional_numerical: Sequence[str]) -> list[str]:
+    """The numerical fields whose value may be absent at serving, in ``arch.numerical`` order:
+    those declared optional and those with a missing-value embedding."""
+    return [f for f in arch.numerical if f in {*optional_numerical, *arch.numeric_missing}]
+
+
+def parse_raw_examples(examples: tf.Tensor, spec: dict[str, Any],
+                       optional_numerical: Sequence[str] = ()) -> dict[str, Any]:
+    """``tf.io.parse_example`` with ``spec``, except that an optional numerical field that
+    ``spec`` declares fixed-length may be absent: it is parsed as a ``VarLenFeature`` and
+    densified to ``spec``'s shape with NaN where absent, which Transform reads as a missing value.
+
+    The pipeline's ``spec`` is SchemaGen's inference from the data, so a field declared optional
+    whose train split happens to hold a value in every row is fixed-length there.
+    """
+    fixed = [f for f in optional_numerical
+             if isinstance(spec.get(f), tf.io.FixedLenFeature) and spec[f].dtype.is_floating]
+    parse_spec = {k: tf.io.VarLenFeature(v.dtype) if k in fixed else v for k, v in spec.items()}
+    raw = tf.io.parse_example(examples, parse_spec)
+    for f in fixed:
+        shape = [int(d) for d in spec[f].shape]
+        if len(shape) > 1 or shape not in ([], [1]):
+            raise ValueError(f"optional numerical field {f!r} must hold one value per example; "
+                             f"the schema says shape {shape}.")
+        values = tf.sparse.reset_shape(raw[f], [tf.shape(examples, out_type=tf.int64)[0], 1])
+        dense = tf.sparse.to_dense(values, default_value=tf.constant(float("nan"),
+                                                                     spec[f].dtype))
+        raw[f] = tf.reshape(dense, [-1, *shape])
+    return raw
+
+
 class ServingModule(tf.Module):
     """The exported object: the Keras model, the Transform layer and the two signatures."""
 
     def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput,
-                 label: str, categorical: list[str], numerical: list[str]) -> None:
+                 label: str, categorical: list[str], numerical: list[str],
+                 optional_numerical: Sequence[str] = ()) -> None:
         super().__init__()
         self.model = model
         self.tft_layer = tf_transform_output.transform_features_layer()
         self._input_names = list(model.input_names) if hasattr(model, "input_names") else []
         # Parse with the shapes the Transform graph was traced with (the pipeline's inferred
-        # schema says [1], the bench's declared one []).
+        # schema says [1], the bench's declared one []); optional fields may be absent.
         eval_spec = {k: v for k, v in tf_transform_output.raw_feature_spec().items()
                      if k in {label, *categorical, *numerical}}
         serving_spec = {k: v for k, v in eval_spec.items() if k != label}
+        optional = [f for f in optional_numerical if f in numerical]
         signature = [tf.TensorSpec(shape=[None], dtype=tf.string, name="examples")]
 
         @tf.function(input_signature=signature)
         def serve(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-            raw = tf.io.parse_example(examples, serving_spec)
-            transformed = self.tft_layer(raw)
+            transformed = self.tft_layer(parse_raw_examples(examples, serving_spec, optional))
             inputs = {k: transformed[k] for k in self._input_names}
             return {"probability": tf.reshape(self.model(inputs), [-1])}
 
         @tf.function(input_signature=signature)
         def transform_features(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-            return self.tft_layer(tf.io.parse_example(examples, eval_spec))
+            return self.tft_layer(parse_raw_examples(examples, eval_spec, optional))
 
         self.serve = serve
         self.transform_features = transform_features
@@ -307,33 +339,51 @@ class ServingModule(tf.Module):
 
 def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
                          arch: Architecture, label: str, export_dir: str,
-                         extra_assets: dict[str, Any] | None = None) -> None:
+                         extra_assets: dict[str, Any] | None = None,
+                         optional_numerical: Sequence[str] = ()) -> None:
     """Writes the SavedModel with ``serving_default`` and ``transform_features`` signatures.
 
     ``serving_default`` takes serialized raw tf.Examples (label absent) and returns
     ``probability``; unseen categories map to OOV ids and numeric outliers are clipped by the
     Transform graph. The architecture and the raw feature declaration are saved under
     ``assets.extra`` so the model can be rebuilt and fed without the pipeline.
+
+    ``optional_numerical``: the fields declared optional (their value may be absent). Those with
+    absent train values have a learned missing-value embedding (``arch.numeric_missing``). The
+    others are served too when absent, with the encoding Transform gives an absent value
+    (``f_z = 0``, the train mean's z-score; ``f_bucket = 0``), since no missing-value embedding
+    could be learned for them.
     """
-    module = ServingModule(model, tf_transform_output, label, arch.categorical, arch.numerical)
+    optional = servable_optional(arch, optional_numerical)
+    unlearned = [f for f in optional if f not in arch.numeric_missing]
+    if unlearned:
+        logging.warning("Declared optional, but no absent value in the train split: %s. An "
+                        "absent value is served with Transform's absent-value encoding (z-score "
+                        "0, bucket 0), not a learned missing-value embedding.", unlearned)
+    module = ServingModule(model, tf_transform_output, label, arch.categorical, arch.numerical,
+                           optional)
     tf.saved_model.save(module, export_dir, signatures={
         "serving_default": module.serve,
         "transform_features": module.transform_features,
     })
-    write_assets_extra(export_dir, arch, label, extra_assets)
+    write_assets_extra(export_dir, arch, label, extra_assets, optional)
 
 
 def write_assets_extra(export_dir: str, arch: Architecture, label: str,
-                       extra_raw: dict[str, Any] | None = None) -> str:
+                       extra_raw: dict[str, Any] | None = None,
+                       optional_numerical: Sequence[str] = ()) -> str:
     """Writes ``architecture.json`` and ``raw_features.json`` (the raw declaration, updated with
-    ``extra_raw``) under ``export_dir/assets.extra``; returns that folder."""
+    ``extra_raw``) under ``export_dir/assets.extra``; returns that folder. ``raw_features.json``
+    lists as ``optional_numerical`` the fields whose value may be absent: those declared optional
+    and those with a missing-value embedding."""
     assets = os.path.join(export_dir, ASSETS_EXTRA)
     tf.io.gfile.makedirs(assets)
     with tf.io.gfile.GFile(os.path.join(assets, ARCHITECTURE_ASSET), "w") as f:
         f.write(arch.to_json())
     raw = {"label": label, "categorical": arch.categorical, "numerical": arch.numerical}
-    if arch.numeric_missing:  # their serving spec accepts an absent value
-        raw["optional_numerical"] = list(arch.numeric_missing)
+    optional = servable_optional(arch, optional_numerical)
+    if optional:  # their serving spec accepts an absent value
+        raw["optional_numerical"] = optional
     raw.update(extra_raw or {})
     with tf.io.gfile.GFile(os.path.join(assets, RAW_FEATURES_ASSET), "w") as f:
         f.write(json.dumps(raw, indent=2))

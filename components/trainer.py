@@ -60,8 +60,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         seed=config.train.seed, log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
         strategy=strategy)
     report_trained(arch, result.model, os.path.join(fn_args.model_run_dir, SEARCH_PICTURES))
-    base.export_serving_model(result.model, tf_transform_output, arch, label,
-                              fn_args.serving_model_dir)
+    base.export_serving_model(
+        result.model, tf_transform_output, arch, label, fn_args.serving_model_dir,
+        optional_numerical=fn_args.custom_config["spec"].get("optional_numerical", ()))
     report = {
         "best_epoch": result.best_epoch,
         "batch_size": batch_size,

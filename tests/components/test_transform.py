@@ -1,5 +1,6 @@
 """preprocessing_fn run for real with tft_beam on a few rows."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -144,3 +145,63 @@ def test_a_model_trains_exports_and_serves_examples_without_the_value(optional_d
 
     probability = serve(examples=tf.constant([example(None), example(10.0)]))["probability"]
     assert probability.shape == (2,) and np.all((probability > 0) & (probability < 1))
+
+
+@pytest.mark.parametrize("shape", [[], [1]])
+def test_an_optional_field_declared_fixed_length_may_be_absent(shape):
+    # SchemaGen infers a fixed-length [1] field when every train row holds a value; the bench
+    # declares []. Either way an optional field's absent value parses as NaN (Transform: missing).
+    spec = {"size": tf.io.FixedLenFeature(shape, tf.float32),
+            "city": tf.io.FixedLenFeature(shape, tf.string)}
+
+    def example(size):
+        feature = {"city": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"paris"]))}
+        if size is not None:
+            feature["size"] = tf.train.Feature(float_list=tf.train.FloatList(value=[size]))
+        return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+    batch = tf.constant([example(2.0), example(None), example(3.0)])
+    raw = base.parse_raw_examples(batch, spec, ["size"])
+    assert raw["size"].shape == (3, *shape) and raw["city"].shape == (3, *shape)
+    np.testing.assert_array_equal(np.isnan(raw["size"].numpy().ravel()), [False, True, False])
+    assert raw["size"].numpy().ravel()[2] == 3.0
+    all_absent = base.parse_raw_examples(tf.constant([example(None)] * 2), spec, ["size"])
+    assert all_absent["size"].shape == (2, *shape) and np.isnan(all_absent["size"]).all()
+    with pytest.raises(tf.errors.InvalidArgumentError):  # a required field stays required
+        base.parse_raw_examples(batch, spec, [])
+
+
+def test_a_declared_optional_field_without_absent_train_values_is_served_absent(
+        optional_data, tmp_path):
+    # ``size`` is declared optional but has a value in every train row: Transform's schema (as
+    # SchemaGen's) makes it fixed-length and the model has no missing-value embedding for it.
+    # The exported model still serves, and `predict` still reads, a row without it.
+    from components.search import fixed_architecture  # noqa: PLC0415
+    from models.zoo import model_input_names  # noqa: PLC0415
+    from pipeline.configs import PipelineConfig  # noqa: PLC0415
+    from pipeline.predict import load_raw_spec, score_csv  # noqa: PLC0415
+
+    spec = {**OPTIONAL_SPEC, "optional_numerical": ["price"]}
+    root = tmp_path / "fixed_size"
+    output = analyze(optional_data.examples_dir, spec, str(root / "transform"))
+    assert isinstance(output.raw_feature_spec()["size"], tf.io.FixedLenFeature)
+    declared = dataclasses.replace(optional_data.dataset, spec=dataclasses.replace(
+        optional_data.dataset.spec, optional_numerical=("price",)))  # the inferred schema's
+    data = BenchData(declared, optional_data.examples_dir, output)
+    config = PipelineConfig()
+    config.train.model, config.train.hidden_units = "deepfm", [4]
+    arch = fixed_architecture(config, spec, base.vocab_sizes(output, ["city"]),
+                              numeric_missing=base.numeric_missing(output, ["price", "size"]))
+    assert arch.numeric_missing == ["price"]
+    train = transformed_dataset(data, "train", model_input_names(arch), 4, shuffle=True, seed=0)
+    result = base.train_model(arch, train, train, learning_rate=0.01, max_epochs=1,
+                              patience=1, seed=0)
+    export = str(root / "model")
+    base.export_serving_model(result.model, output, arch, "y", export,
+                              optional_numerical=["price", "size"])
+    assert load_raw_spec(export).optional_numerical == ("price", "size")
+    rows = root / "rows.csv"
+    rows.write_text("y,city,price,size\n1,paris,10.0,\n0,paris,,2.0\n1,paris,,\n0,rome,5.0,1.0\n")
+    scores, labels = score_csv(export, str(rows))
+    assert scores.shape == (4,) and np.all((scores > 0) & (scores < 1))
+    np.testing.assert_array_equal(labels, [1, 0, 1, 0])
