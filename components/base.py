@@ -351,8 +351,8 @@ def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransfor
     ``optional_numerical``: the fields declared optional (their value may be absent). Those with
     absent train values have a learned missing-value embedding (``arch.numeric_missing``). The
     others are served too when absent, with the encoding Transform gives an absent value
-    (``f_z = 0``, the centre of the scaled train values; ``f_bucket = 0``), since no missing-value embedding
-    could be learned for them.
+    (``f_z = 0``, the centre of the scaled train values; ``f_bucket = 0``), since no
+    missing-value embedding could be learned for them.
     """
     optional = servable_optional(arch, optional_numerical)
     unlearned = [f for f in optional if f not in arch.numeric_missing]
