@@ -16,7 +16,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
-from pipeline.configs import PipelineConfig  # noqa: E402
+from pipeline.configs import ConfigError, PipelineConfig  # noqa: E402
 from pipeline.datasets.base import DatasetError  # noqa: E402
 from pipeline.runners import RUNNER_NAMES  # noqa: E402
 
@@ -35,10 +35,18 @@ def main(argv: list[str] | None = None) -> int:
         config.dataset = args.dataset
     if args.runner:
         config.runner = args.runner
+    from pipeline.datasets import prepare_run_dataset  # noqa: PLC0415
+
+    try:
+        config.validate()
+        dataset = prepare_run_dataset(config)  # bad input fails before TFX is imported
+    except (DatasetError, ConfigError) as e:
+        print(f"beam_runner: error: {e}", file=sys.stderr)
+        return 2
     from pipeline.run import NotPushedError, run  # noqa: PLC0415
 
     try:
-        summary = run(config, orchestrator="beam")
+        summary = run(config, orchestrator="beam", dataset=dataset)
     except DatasetError as e:
         print(f"beam_runner: error: {e}", file=sys.stderr)
         return 2

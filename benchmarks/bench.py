@@ -35,27 +35,6 @@ from pipeline.configs import ConfigError, PipelineConfig
 VARIANTS = {"buckets": {"numeric_encoding": "bucket"}}
 
 
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--datasets", required=True, help="comma-separated dataset names")
-    parser.add_argument("--models", required=True, help="comma-separated model names")
-    parser.add_argument("--seeds", default="2021", help="comma-separated seeds")
-    parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--work-dir", default=None, help="cache of prepared data (default: "
-                        "next to --out)")
-    parser.add_argument("--config", default=None, help="PipelineConfig JSON for train settings")
-    parser.add_argument("--max-epochs", type=int, default=None)
-    parser.add_argument("--serving", action="store_true",
-                        help="also export each model and measure serving latency")
-    parser.add_argument("--loss-from", default=None, metavar="FILE",
-                        help="train every row with the loss in FILE (AutoLossGen loss JSON) "
-                        "instead of logloss")
-    parser.add_argument("--refit", action="store_true",
-                        help="top-k rows (mf, mf+esapn, mf+autolossgen): also retrain on train "
-                        "+ eval for the early-stopped epoch count and report its test metrics "
-                        "as *_refit")
-
-
 def parse_model(name: str, config: PipelineConfig) -> PipelineConfig:
     """A copy of ``config`` whose train settings realise bench model ``name``."""
     family, *variants = name.split("+")

@@ -64,6 +64,27 @@ def _config_from_args(args: argparse.Namespace, default_dir: str) -> PipelineCon
     return config
 
 
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datasets", required=True, help="comma-separated dataset names")
+    parser.add_argument("--models", required=True, help="comma-separated model names")
+    parser.add_argument("--seeds", default="2021", help="comma-separated seeds")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--work-dir", default=None, help="cache of prepared data (default: "
+                        "next to --out)")
+    parser.add_argument("--config", default=None, help="PipelineConfig JSON for train settings")
+    parser.add_argument("--max-epochs", type=int, default=None)
+    parser.add_argument("--serving", action="store_true",
+                        help="also export each model and measure serving latency")
+    parser.add_argument("--loss-from", default=None, metavar="FILE",
+                        help="train every row with the loss in FILE (AutoLossGen loss JSON) "
+                        "instead of logloss")
+    parser.add_argument("--refit", action="store_true",
+                        help="top-k rows (mf, mf+esapn, mf+autolossgen): also retrain on train "
+                        "+ eval for the early-stopped epoch count and report its test metrics "
+                        "as *_refit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autorecsys", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -96,8 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=2021)
 
     bench = commands.add_parser("bench", help="train and test (dataset, model, seed) rows")
-    from benchmarks.bench import add_bench_arguments  # noqa: PLC0415
-
     add_bench_arguments(bench)
     return parser
 
@@ -126,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("demo", "run"):
-            from pipeline.run import NotPushedError, run  # noqa: PLC0415
+            from pipeline.datasets import prepare_run_dataset  # noqa: PLC0415
 
             if args.command == "demo":
                 config = _config_from_args(args, "runs/demo")
@@ -134,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
                     config.dataset = args.dataset
             else:
                 config = _run_config(args)
+            config.validate()
+            dataset = prepare_run_dataset(config)  # bad input fails before TFX is imported
+            from pipeline.run import NotPushedError, run  # noqa: PLC0415
+
             try:
-                summary = run(config)
+                summary = run(config, dataset=dataset)
             except NotPushedError as e:
                 print(f"autorecsys: not pushed: {e}", file=sys.stderr)
                 return 3

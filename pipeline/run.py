@@ -23,7 +23,7 @@ from components.trainer import SEARCH_PICTURES
 from models.architecture import TOPK_MODELS
 from pipeline import metrics
 from pipeline.configs import ConfigError, PipelineConfig
-from pipeline.datasets import prepare_dataset
+from pipeline.datasets import prepare_run_dataset
 from pipeline.datasets.base import PreparedDataset
 from pipeline.examples import write_tfrecords
 from pipeline.pipeline import PipelinePaths, code_version, create_pipeline
@@ -48,12 +48,12 @@ def run_paths(output_dir: str) -> PipelinePaths:
     )
 
 
-def prepare(config: PipelineConfig, beam_args: list[str]) -> PreparedDataset:
-    """Runs the dataset adapter and the validated CSV -> TFRecord conversion (a Beam job on the
-    configured runner for large inputs)."""
-    data_out = os.path.join(config.output_dir, "data")
-    dataset = prepare_dataset(config.dataset, data_out, data_dir=config.data_dir,
-                              seed=config.seed, **config.dataset_options)
+def prepare(config: PipelineConfig, beam_args: list[str],
+            dataset: PreparedDataset | None = None) -> PreparedDataset:
+    """Runs the dataset adapter (unless ``dataset`` is already prepared) and the validated CSV ->
+    TFRecord conversion (a Beam job on the configured runner for large inputs)."""
+    if dataset is None:
+        dataset = prepare_run_dataset(config)
     counts = write_tfrecords(dataset, run_paths(config.output_dir).examples_dir, beam_args,
                              config.beam_prep_min_bytes)
     logging.info("Prepared %s: %s examples per split.", dataset.name, counts)
@@ -139,13 +139,16 @@ def score_test_split(model_dir: str, dataset: PreparedDataset) -> dict[str, Any]
             "test_examples": int(scores.size)}
 
 
-def run(config: PipelineConfig, orchestrator: str = "local") -> dict[str, Any]:
+def run(config: PipelineConfig, orchestrator: str = "local",
+        dataset: PreparedDataset | None = None) -> dict[str, Any]:
     """Runs the whole job for ``config`` and writes ``output_dir/summary.json``.
 
     Args:
       config: the run's configuration.
       orchestrator: ``local`` (LocalDagRunner, in-process, sequential) or ``beam`` (TFX's
         BeamDagRunner: every component is a step of one Beam pipeline).
+      dataset: ``prepare_run_dataset(config)``'s result when the caller already prepared it
+        (the CLI does, to report bad input before importing TFX); prepared here when None.
     """
     config.validate()
     config.output_dir = os.path.abspath(config.output_dir)
@@ -154,7 +157,7 @@ def run(config: PipelineConfig, orchestrator: str = "local") -> dict[str, Any]:
     if os.path.exists(summary_path):
         os.remove(summary_path)
     beam_args = beam_pipeline_args(config.runner, config.beam_pipeline_args)
-    dataset = prepare(config, beam_args)
+    dataset = prepare(config, beam_args, dataset)
     paths = run_paths(config.output_dir)
     spec = pipeline_spec(dataset, config)
     logging.info("Orchestrator %s; components' Beam args: %s", orchestrator, " ".join(beam_args))

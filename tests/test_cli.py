@@ -1,10 +1,13 @@
 """The CLI's error paths: each names what is wrong, exits non-zero, pushes nothing."""
 
+import os
+import subprocess
+import sys
 
 import pytest
 
 from pipeline.cli import main
-from tests.conftest import run_cli
+from tests.conftest import REPO_ROOT, run_cli
 
 
 def test_unknown_dataset_is_named(tmp_path, capsys):
@@ -49,3 +52,18 @@ def test_run_on_bad_csv_exits_nonzero_naming_file_and_row_and_pushes_nothing(
     assert needle in result.stderr
     assert not (out_dir / "serving").exists()
     assert not (out_dir / "summary.json").exists()
+
+
+def test_bad_input_is_reported_before_tensorflow_is_imported(tmp_path):
+    # The CSV is validated before the pipeline (TFX, TensorFlow: ~25 s of imports) is loaded.
+    data = tmp_path / "data.csv"
+    data.write_text("y,a,x\n1,u,1\n0,v,nan\n")
+    code = ("import sys; from pipeline.cli import main; "
+            f"rc = main(['run', '--data', {str(data)!r}, '--label', 'y', '--categorical', 'a', "
+            f"'--numerical', 'x', '--output-dir', {str(tmp_path / 'run')!r}]); "
+            "print('RESULT', rc, 'tensorflow' in sys.modules, 'tfx' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False, cwd=REPO_ROOT, env=dict(os.environ,
+                                                                 TF_USE_LEGACY_KERAS="1"))
+    assert "row 3: field 'x'" in result.stderr
+    assert "RESULT 2 False False" in result.stdout, result.stdout + result.stderr
