@@ -55,11 +55,13 @@ def numeric_missing(tf_transform_output: tft.TFTransformOutput,
                     numerical: list[str]) -> list[str]:
     """The numerical fields with absent values in the train split (Transform's
     ``NUMERIC_MISSING_VOCAB``), in ``numerical`` order; [] when Transform wrote none."""
+    if not numerical:
+        return []
     try:
         path = tf_transform_output.vocabulary_file_by_name(features.NUMERIC_MISSING_VOCAB)
-    except (ValueError, KeyError):  # no numerical field, or a Transform graph without it
+    except (ValueError, KeyError):  # a Transform graph without it
         return []
-    if not tf.io.gfile.exists(path):
+    if not path or not tf.io.gfile.exists(path):  # None: no numerical field was analysed
         return []
     with tf.io.gfile.GFile(path) as lines:
         names = {line.strip().split(" ", 1)[1] for line in lines if " " in line.strip()}

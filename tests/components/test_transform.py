@@ -205,3 +205,19 @@ def test_a_declared_optional_field_without_absent_train_values_is_served_absent(
     scores, labels = score_csv(export, str(rows))
     assert scores.shape == (4,) and np.all((scores > 0) & (scores < 1))
     np.testing.assert_array_equal(labels, [1, 0, 1, 0])
+
+
+def test_a_dataset_without_numerical_fields_has_no_missing_fields(tmp_path):
+    # frappe86k and movielens1m_ctr have no numerical field: Transform writes no missing-value
+    # vocabulary, and reading it must not fail (it did in session 17's code).
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "y,city\n" + "".join(f"{i % 2},{city}\n" for i, city in enumerate(["a", "b"] * 4))
+    for split in ("train", "eval", "test"):
+        (data / f"{split}.csv").write_text(rows)
+    dataset = PreparedDataset("toy", str(data), FeatureSpec("y", ("city",)))
+    write_tfrecords(dataset, str(tmp_path / "examples"))
+    output = analyze(str(tmp_path / "examples"), dataset.spec.component_spec(),
+                     str(tmp_path / "transform"))
+    assert base.numeric_missing(output, []) == []
+    assert base.numeric_missing(output, list(dataset.spec.numerical)) == []
