@@ -71,7 +71,13 @@ import tf_keras as keras
 
 from models.architecture import TOPK_MODELS, Architecture
 from models.layers.lambdaopt import IdL2Regularizer
-from models.search import SearchContext, SearchError, merge_options, require_at_least
+from models.search import (
+    SearchContext,
+    SearchError,
+    merge_options,
+    require_at_least,
+    require_bool,
+)
 from models.search.lambdaopt_lookahead import (
     adam_update,
     batch_scales,
@@ -100,8 +106,12 @@ DEFAULTS: dict[str, Any] = {
     # CTR only (``search``): the epoch budget of the joint training; it also stops after the
     # retrain's ``patience`` epochs without a better eval AUC (MF: ``train_lambdaopt``'s own).
     "search_epochs": 30,
+    # CTR only: learn Λ on one half of the eval split, then retrain the model with the learned
+    # Λ and with the starting architecture's fixed L2 (both early-stopped on that half) and
+    # keep Λ only if it scores higher on the other half (``search_ctr``).
+    "held_out_check": True,
 }
-CTR_ONLY = ("search_epochs",)
+CTR_ONLY = ("search_epochs", "held_out_check")
 
 
 def settings(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -118,6 +128,7 @@ def settings(options: dict[str, Any] | None) -> dict[str, Any]:
         raise SearchError(f"lambdaopt: lambda_init must be >= 0. "
                           f"Received: lambda_init={values['lambda_init']}")
     require_at_least(NAME, values, ("search_epochs",), 1)
+    require_bool(NAME, values, "held_out_check")
     if values["val_batch_size"] is not None and int(values["val_batch_size"]) < 1:
         raise SearchError(f"lambdaopt: val_batch_size must be >= 1 or None. "
                           f"Received: val_batch_size={values['val_batch_size']}")

@@ -32,6 +32,13 @@ After every epoch, the model's eval AUC (``models.search.eval_auc``). The search
 of the best epoch, rounded to 7 significant digits (float32's), as ``Architecture.id_l2``. The
 model trained here is thrown away: the retrain trains a fresh one with those fixed strengths.
 
+Held-out check (``held_out_check``, default on; our addition): per-id strengths learned on a
+validation split fit that split (README, λOpt), so the eval split is cut into two fixed halves
+(``eval_half``). ``Λ`` is learned and its epoch chosen on the first; then the model is retrained
+from scratch twice, with the learned ``Λ`` and with the starting architecture's fixed ``l2``,
+each early-stopped on the first half, and ``Λ`` is kept only if its model scores a higher AUC on
+the second half. Otherwise the starting architecture goes to the retrain unchanged.
+
 Options: ``models.search.lambdaopt.DEFAULTS`` with ``CTR_DEFAULTS`` in place of MF's values (a
 scale-free Λ step). Not supported (``SearchError``): ``variant: "full"`` (it would need the
 previous step's whole model and optimizer state and a train pass at simulated tables inside nested
@@ -207,12 +214,69 @@ def _id_frequencies(ctx: SearchContext, arch: Architecture) -> dict[str, np.ndar
     return counts
 
 
+def eval_half(dataset: Any, part: int, batch_size: int, seed: int) -> Any:
+    """``SearchContext.dataset`` whose eval split is every other example of the eval split
+    (``part`` 0 or 1, in the unshuffled order): the two halves are disjoint and fixed."""
+
+    def half(split: str, input_names: list[str], shuffle: bool) -> tf.data.Dataset:
+        if split != "eval":
+            return dataset(split, input_names, shuffle)
+        rows = (dataset("eval", input_names, False).unbatch().enumerate()
+                .filter(lambda i, _: i % 2 == part).map(lambda _, row: row))
+        if shuffle:
+            rows = rows.shuffle(100_000, seed=seed, reshuffle_each_iteration=True)
+        return rows.batch(batch_size)
+
+    return half
+
+
+def held_out_auc(ctx: SearchContext, arch: Architecture, check: Any) -> dict[str, float]:
+    """``arch`` trained from scratch as the retrain stage trains it, early-stopped on ``ctx``'s
+    eval split; its AUC on ``check``'s eval split, which it never saw."""
+    from components.base import train_model  # noqa: PLC0415 (the retrain stage's loop)
+
+    names = model_input_names(arch)
+    start = time.perf_counter()
+    result = train_model(arch, ctx.dataset("train", names, True),
+                         ctx.dataset("eval", names, False), learning_rate=ctx.learning_rate,
+                         max_epochs=ctx.max_epochs, patience=ctx.patience, seed=ctx.seed)
+    return {"held_out_auc": eval_auc(result.model, check("eval", names, False)),
+            "best_epoch": result.best_epoch, "seconds": time.perf_counter() - start}
+
+
 def search_ctr(ctx: SearchContext) -> Architecture:
     """Trains ``ctx.arch``'s model jointly with per-id ``Λ`` (module docstring); returns
-    ``ctx.arch`` with ``id_l2`` (``Λ`` of the best eval-AUC epoch) and ``search["lambdaopt"]``."""
-    arch = ctx.arch
+    ``ctx.arch`` with ``id_l2`` (``Λ`` of the best eval-AUC epoch) and ``search["lambdaopt"]``.
+
+    With ``held_out_check`` (the default), ``Λ`` is learned on one half of the eval split, and
+    kept only if the model retrained with it scores a higher AUC on the other half than the
+    model retrained with the starting architecture's fixed ``l2`` (each early-stopped on the
+    first half); otherwise the starting architecture is returned (``search["lambdaopt"]``
+    records both AUCs and ``kept``). Per-id strengths learned on a validation split fit that
+    split, so the split that judges them must be another.
+    """
     values = settings({**CTR_DEFAULTS, **ctx.options})
-    _check_supported(arch, values)
+    _check_supported(ctx.arch, values)
+    if not values["held_out_check"]:
+        return _search_ctr(ctx, values)
+    learn = dataclasses.replace(ctx, dataset=eval_half(ctx.dataset, 0, ctx.batch_size, ctx.seed))
+    check = eval_half(ctx.dataset, 1, ctx.batch_size, ctx.seed)
+    found = _search_ctr(learn, values)
+    learned = held_out_auc(learn, dataclasses.replace(found, search={}), check)
+    default = held_out_auc(learn, dataclasses.replace(ctx.arch, search={}), check)
+    kept = learned["held_out_auc"] > default["held_out_auc"]
+    logging.info("lambdaopt: held-out AUC %.4f with the learned strengths, %.4f with l2 %g: %s",
+                 learned["held_out_auc"], default["held_out_auc"], ctx.arch.l2,
+                 "kept" if kept else "the fixed l2 kept")
+    report = {**found.search[NAME], "held_out_check": {
+        "learned": learned, "fixed_l2": {**default, "l2": ctx.arch.l2}, "kept": kept}}
+    result = found if kept else ctx.arch
+    return dataclasses.replace(result, search={**ctx.arch.search, NAME: report})
+
+
+def _search_ctr(ctx: SearchContext, values: dict[str, Any]) -> Architecture:
+    """The joint training of the model and ``Λ`` (module docstring) on ``ctx``'s splits."""
+    arch = ctx.arch
     start = time.perf_counter()
     keras.utils.set_random_seed(ctx.seed)
     initial = float(values["lambda_init"])

@@ -245,7 +245,7 @@ def test_registered_for_ctr_families_and_mf_is_a_joint_training():
 @pytest.mark.parametrize("model", ["deepfm", "fm"])
 def test_search_writes_finite_non_negative_id_l2_and_a_report(tmp_path, model):
     arch = _arch(model, l2=0.01)
-    options = {"search_epochs": 3, "lambda_learning_rate": 0.05}
+    options = {"search_epochs": 3, "lambda_learning_rate": 0.05, "held_out_check": False}
     found = search(_context(arch, options, str(tmp_path)))
     assert sorted(found.id_l2) == ["i", "u"] and found.l2 == 0.01
     for f, strengths in found.id_l2.items():
@@ -265,6 +265,50 @@ def test_search_writes_finite_non_negative_id_l2_and_a_report(tmp_path, model):
     assert found.embedding_params() == arch.embedding_params()
 
 
+def test_eval_halves_are_disjoint_fixed_and_cover_the_eval_split():
+    from models.search.lambdaopt_ctr import eval_half  # noqa: PLC0415
+
+    ctx = _context(_arch(), {})
+    full = np.concatenate([y.numpy().ravel() for _, y in ctx.dataset("eval", ["u_id"], False)])
+    ids = {}
+    for part in (0, 1):
+        half = eval_half(ctx.dataset, part, 16, seed=0)
+        rows = [(int(u), float(y)) for x, ys in half("eval", ["u_id"], True)
+                for u, y in zip(x["u_id"].numpy().ravel(), ys.numpy().ravel(), strict=True)]
+        again = [(int(u), float(y)) for x, ys in half("eval", ["u_id"], True)
+                 for u, y in zip(x["u_id"].numpy().ravel(), ys.numpy().ravel(), strict=True)]
+        assert sorted(rows) == sorted(again) and len(rows) == full.size // 2
+        ids[part] = rows
+    assert sorted(ids[0] + ids[1]) == sorted(
+        (int(u), float(y)) for x, ys in ctx.dataset("eval", ["u_id"], False)
+        for u, y in zip(x["u_id"].numpy().ravel(), ys.numpy().ravel(), strict=True))
+    # the train split passes through unchanged
+    train = eval_half(ctx.dataset, 0, 16, seed=0)("train", ["u_id"], False)
+    assert sum(int(y.shape[0]) for _, y in train) == 256
+
+
+def test_held_out_check_keeps_the_learned_strengths_only_if_they_score_higher(monkeypatch):
+    from models.search import lambdaopt_ctr  # noqa: PLC0415
+
+    arch = _arch("deepfm", l2=0.01)
+    options = {"search_epochs": 2, "lambda_learning_rate": 0.05}
+    found = search(_context(arch, options))  # unpatched: both retrains run
+    record = found.search["lambdaopt"]["held_out_check"]
+    for key in ("learned", "fixed_l2"):
+        assert 0.0 <= record[key]["held_out_auc"] <= 1.0 and record[key]["best_epoch"] >= 1
+    assert record["kept"] == (record["learned"]["held_out_auc"]
+                              > record["fixed_l2"]["held_out_auc"])
+    assert bool(found.id_l2) == record["kept"] and found.l2 == 0.01
+    for learned_auc, kept in ((0.6, False), (0.8, True), (0.7, False)):  # a tie keeps the l2
+        monkeypatch.setattr(lambdaopt_ctr, "held_out_auc", lambda ctx, a, check, v=learned_auc:
+                            {"held_out_auc": v if a.id_l2 else 0.7, "best_epoch": 1})
+        chosen = search(_context(arch, options))
+        assert chosen.search["lambdaopt"]["held_out_check"]["kept"] is kept
+        assert bool(chosen.id_l2) is kept
+        assert chosen.search["lambdaopt"]["best_eval_auc"] > 0
+        assert Architecture.from_json(chosen.to_json()) == chosen
+
+
 @pytest.mark.slow
 def test_search_on_synthetic_then_retrain_beats_chance(tmp_path):
     from benchmarks.data import transformed_dataset  # noqa: PLC0415 (loads Beam and TFT)
@@ -272,7 +316,8 @@ def test_search_on_synthetic_then_retrain_beats_chance(tmp_path):
     from tests.models.synthetic_search import search_synthetic  # noqa: PLC0415
 
     arch, data = search_synthetic(tmp_path, "deepfm+lambdaopt",
-                                  options={"lambdaopt": {"search_epochs": 2}})
+                                  options={"lambdaopt": {"search_epochs": 2,
+                                                         "held_out_check": False}})
     assert arch.search["strategy"] == "lambdaopt"
     assert sorted(arch.id_l2) == sorted(arch.categorical)
     for f, strengths in arch.id_l2.items():
