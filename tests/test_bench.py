@@ -53,6 +53,22 @@ def _has_data(name: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not _has_data("movielens_100k"), reason="no ml100k data")
+def test_bench_on_a_dataset_without_numerical_fields(tmp_path):
+    # ml100k_ctr, like frappe86k and movielens1m_ctr, has categorical fields only; session 17's
+    # missing-value code crashed on such data (no test had one).
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"train": {"max_epochs": 1, "hidden_units": [8]}}))
+    out = tmp_path / "b.json"
+    code = main(["bench", "--datasets", "ml100k_ctr", "--models", "deepfm", "--seeds", "1",
+                 "--config", str(config), "--out", str(out)])
+    assert code == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["architecture"]["numerical"] == [] and row["architecture"]["numeric_missing"] == []
+    assert 0.5 < row["test_auc"] <= 1.0
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not _has_data("movielens_1m_topk_lightgcnpp"), reason="no ml1m_topk data")
 def test_bench_topk_rows_carry_recall_and_ndcg(tmp_path):
     out = tmp_path / "topk.json"
