@@ -297,7 +297,7 @@ def parse_raw_examples(examples: tf.Tensor, spec: dict[str, Any],
     raw = tf.io.parse_example(examples, parse_spec)
     for f in fixed:
         shape = [int(d) for d in spec[f].shape]
-        if len(shape) > 1 or shape not in ([], [1]):
+        if shape not in ([], [1]):
             raise ValueError(f"optional numerical field {f!r} must hold one value per example; "
                              f"the schema says shape {shape}.")
         values = tf.sparse.reset_shape(raw[f], [tf.shape(examples, out_type=tf.int64)[0], 1])
@@ -322,18 +322,18 @@ class ServingModule(tf.Module):
         eval_spec = {k: v for k, v in tf_transform_output.raw_feature_spec().items()
                      if k in {label, *categorical, *numerical}}
         serving_spec = {k: v for k, v in eval_spec.items() if k != label}
-        optional = [f for f in optional_numerical if f in numerical]
         signature = [tf.TensorSpec(shape=[None], dtype=tf.string, name="examples")]
 
         @tf.function(input_signature=signature)
         def serve(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-            transformed = self.tft_layer(parse_raw_examples(examples, serving_spec, optional))
+            raw = parse_raw_examples(examples, serving_spec, optional_numerical)
+            transformed = self.tft_layer(raw)
             inputs = {k: transformed[k] for k in self._input_names}
             return {"probability": tf.reshape(self.model(inputs), [-1])}
 
         @tf.function(input_signature=signature)
         def transform_features(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-            return self.tft_layer(parse_raw_examples(examples, eval_spec, optional))
+            return self.tft_layer(parse_raw_examples(examples, eval_spec, optional_numerical))
 
         self.serve = serve
         self.transform_features = transform_features

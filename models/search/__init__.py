@@ -129,17 +129,23 @@ def eval_auc(model: Any, dataset: tf.data.Dataset) -> float:
     return float(metric.result())
 
 
-def retrain_val_auc(ctx: SearchContext, arch: Architecture) -> tuple[float, int]:
+def retrain(ctx: SearchContext, arch: Architecture) -> Any:
     """Trains ``arch`` from scratch exactly as the retrain stage will (``ctx``'s learning rate,
-    epochs, patience and seed, early stopping on the eval split): (best eval AUC, best epoch).
-    The searches' full-fidelity finalists are scored with it."""
+    epochs, patience and seed, early stopping on the eval split); ``components.base``'s
+    ``TrainResult``."""
     from components.base import train_model  # noqa: PLC0415 (the retrain stage's loop)
     from models.zoo import model_input_names  # noqa: PLC0415 (TensorFlow loads only here)
 
     names = model_input_names(arch)
-    result = train_model(arch, ctx.dataset("train", names, True), ctx.dataset("eval", names, False),
-                         learning_rate=ctx.learning_rate, max_epochs=ctx.max_epochs,
-                         patience=ctx.patience, seed=ctx.seed)
+    return train_model(arch, ctx.dataset("train", names, True), ctx.dataset("eval", names, False),
+                       learning_rate=ctx.learning_rate, max_epochs=ctx.max_epochs,
+                       patience=ctx.patience, seed=ctx.seed)
+
+
+def retrain_val_auc(ctx: SearchContext, arch: Architecture) -> tuple[float, int]:
+    """``retrain``'s (best eval AUC, best epoch). The searches' full-fidelity finalists are
+    scored with it."""
+    result = retrain(ctx, arch)
     return max(result.history.get("val_auc", [0.0])), result.best_epoch
 
 

@@ -63,7 +63,7 @@ from models.architecture import Architecture
 from models.layers.embeddings import FieldEmbedding
 from models.layers.lambdaopt import row_scales
 from models.losses import training_loss
-from models.search import SearchContext, SearchError, eval_auc
+from models.search import SearchContext, SearchError, eval_auc, retrain
 from models.search.lambdaopt import (
     LAMBDA_FILE,
     NAME,
@@ -231,15 +231,11 @@ def eval_half(dataset: Any, part: int, batch_size: int, seed: int) -> Any:
 
 
 def held_out_auc(ctx: SearchContext, arch: Architecture, check: Any) -> dict[str, float]:
-    """``arch`` trained from scratch as the retrain stage trains it, early-stopped on ``ctx``'s
-    eval split; its AUC on ``check``'s eval split, which it never saw."""
-    from components.base import train_model  # noqa: PLC0415 (the retrain stage's loop)
-
-    names = model_input_names(arch)
+    """``arch`` trained from scratch as the retrain stage trains it (``retrain``), early-stopped
+    on ``ctx``'s eval split; its AUC on ``check``'s eval split, which it never saw."""
     start = time.perf_counter()
-    result = train_model(arch, ctx.dataset("train", names, True),
-                         ctx.dataset("eval", names, False), learning_rate=ctx.learning_rate,
-                         max_epochs=ctx.max_epochs, patience=ctx.patience, seed=ctx.seed)
+    result = retrain(ctx, arch)
+    names = model_input_names(arch)
     return {"held_out_auc": eval_auc(result.model, check("eval", names, False)),
             "best_epoch": result.best_epoch, "seconds": time.perf_counter() - start}
 

@@ -135,6 +135,16 @@ def prepare_dataset(
     return DATASETS[name](resolve_data_dir(data_dir), out_dir, seed)
 
 
+def prepare_run_dataset(config: PipelineConfig) -> PreparedDataset:
+    """A run's dataset, prepared and validated into ``output_dir/data``: what
+    ``pipeline.run.run`` trains on. It needs no TensorFlow or TFX, so the CLI calls it before
+    importing them, and bad input is reported in about a second instead of half a minute."""
+    return prepare_dataset(config.dataset,
+                           os.path.join(os.path.abspath(config.output_dir), "data"),
+                           data_dir=config.data_dir, seed=config.seed,
+                           **config.dataset_options)
+
+
 __all__ = [
     "DATASETS",
     "DATA_DIR_ENV",
@@ -147,15 +157,7 @@ __all__ = [
     "generate_synthetic_topk",
     "prepare_csv",
     "prepare_dataset",
+    "prepare_run_dataset",
     "resolve_data_dir",
 ]
 
-
-def prepare_run_dataset(config: PipelineConfig) -> PreparedDataset:
-    """A run's dataset, prepared and validated into ``output_dir/data``: what
-    ``pipeline.run.run`` trains on. It needs no TensorFlow or TFX, so the CLI calls it before
-    importing them, and bad input is reported in about a second instead of half a minute."""
-    return prepare_dataset(config.dataset,
-                           os.path.join(os.path.abspath(config.output_dir), "data"),
-                           data_dir=config.data_dir, seed=config.seed,
-                           **config.dataset_options)
