@@ -8,7 +8,7 @@ Output is written to a staging directory and moved into place only when everythi
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pipeline.datasets._common import publish_dataset, take_splits
 from pipeline.datasets.base import DatasetError, FeatureSpec, PreparedDataset
@@ -26,6 +26,22 @@ def read_validated(path: str, spec: FeatureSpec) -> list[list[str]]:
     return [[str(values[spec.label]), *(str(values[c]) for c in spec.categorical),
              *("" if values[c] is None else repr(values[c]) for c in spec.numerical)]
             for values in read_rows(path, spec)]
+
+
+def _check_labels(splits: Mapping[str, Sequence[Sequence[str]]], where: Mapping[str, str],
+                  hint: str = "") -> None:
+    """Raises DatasetError unless every split holds label 0 and label 1 rows.
+
+    Model selection (eval) and test scoring rank by AUC, which is undefined on one class; a
+    train split of one class teaches nothing. ``where`` names each split's source for the message.
+    """
+    for split, rows in splits.items():
+        labels = sorted({row[0] for row in rows})
+        if len(labels) < 2:
+            held = f"only label {labels[0]} rows" if labels else "no rows"
+            raise DatasetError(f"{where[split]}: the {split} split ({len(rows)} rows) holds "
+                               f"{held}; every split needs both labels 0 and 1 (AUC ranks the "
+                               f"models on eval and scores test){hint}.")
 
 
 def prepare_csv(
@@ -61,7 +77,8 @@ def prepare_csv(
       The prepared dataset at ``out_dir``.
 
     Raises:
-      DatasetError: invalid arguments or data; see :func:`read_validated`.
+      DatasetError: invalid arguments or data (see :func:`read_validated`), or a split
+        without both labels.
     """
     spec = FeatureSpec(label=label, categorical=tuple(categorical), numerical=tuple(numerical),
                        optional_numerical=tuple(optional_numerical))
@@ -70,13 +87,18 @@ def prepare_csv(
         raise DatasetError("Give either one CSV path or train/eval/test files, not both.")
     if path is not None:
         rows = read_validated(path, spec)
+        splits = {s: list(r) for s, r in take_splits(rows, seed).items()}
+        _check_labels(splits, dict.fromkeys(splits, f"{path}: {len(rows)} data rows split 8:1:1 "
+                                                   f"by seed {seed}"),
+                      "; give more rows, or --train/--eval/--test files")
         meta = {"source": os.path.abspath(path), "split": "8:1:1 seeded", "seed": seed}
-        return publish_dataset(NAME, out_dir, spec, take_splits(rows, seed), meta)
+        return publish_dataset(NAME, out_dir, spec, splits, meta)
     absent = [s for s, p in given.items() if p is None]
     if absent:
         raise DatasetError(
             f"Bring-your-own CSV needs a path or all of train/eval/test; no {absent}."
         )
     splits = {s: read_validated(p, spec) for s, p in given.items()}
+    _check_labels(splits, given)
     meta = {"source": {s: os.path.abspath(p) for s, p in given.items()}, "split": "given"}
     return publish_dataset(NAME, out_dir, spec, splits, meta)

@@ -15,6 +15,9 @@ from collections.abc import Iterator
 from pipeline.datasets._common import MISSING
 from pipeline.datasets.base import DatasetError, FeatureSpec
 
+# Numerical fields become float32 (tf.train.FloatList): a larger magnitude would be stored as inf.
+FLOAT32_MAX = 3.4028234663852886e38
+
 
 class RowParser:
     """Parses and checks raw CSV rows against a ``FeatureSpec``.
@@ -64,6 +67,12 @@ class RowParser:
             values[self.spec.label] = int(label)
         for field in self.spec.categorical:
             text = row[self.index[field]].strip()
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:  # undecodable bytes, kept by surrogateescape
+                    raise DatasetError(f"{where}: field '{field}' holds bytes that are not "
+                                       f"UTF-8 ({text!r}); save the file as UTF-8.") from None
             values[field] = text if text else MISSING
         for field in self.spec.numerical:
             text = row[self.index[field]].strip()
@@ -80,6 +89,9 @@ class RowParser:
             if not math.isfinite(number):
                 raise DatasetError(f"{where}: field '{field}' holds {text!r} (NaN/inf); "
                                    f"numerical fields must be finite.")
+            if abs(number) > FLOAT32_MAX:
+                raise DatasetError(f"{where}: field '{field}' holds {text!r}, beyond the float32 "
+                                   f"range (+-3.4e38) numerical fields are stored in.")
             values[field] = number
         return values
 
@@ -89,7 +101,13 @@ def read_rows(path: str, spec: FeatureSpec, require_label: bool = True
     """Yields parsed rows of a CSV file with header; raises DatasetError on the first bad row."""
     if not os.path.exists(path):
         raise DatasetError(f"{path}: file not found.")
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    # surrogateescape: a non-UTF-8 byte fails in the cell that holds it (RowParser.parse names
+    # the row and field), not in a decoded block of the file far from it.
+    try:
+        f = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
+    except OSError as e:  # a directory, no read permission
+        raise DatasetError(f"{path}: cannot be read ({e.strerror}).") from None
+    with f:
         reader = csv.reader(f)
         try:
             header = next(reader)
@@ -98,7 +116,7 @@ def read_rows(path: str, spec: FeatureSpec, require_label: bool = True
         except csv.Error as e:
             raise DatasetError(f"{path}: row 1: malformed CSV ({e}).") from None
         parser = RowParser(spec, path, [h.strip() for h in header], require_label)
-        row_number = 1
+        row_number, data_rows = 1, 0
         while True:
             try:
                 row = next(reader)
@@ -109,6 +127,7 @@ def read_rows(path: str, spec: FeatureSpec, require_label: bool = True
             row_number += 1
             if not row:
                 continue
+            data_rows += 1
             yield parser.parse(row, row_number)
-        if row_number == 1:
+        if data_rows == 0:
             raise DatasetError(f"{path}: row 2: no data rows after the header.")

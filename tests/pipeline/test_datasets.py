@@ -180,6 +180,8 @@ def test_byo_three_files(tmp_path):
         ("y,a,b,x\n1,u,v,2\n2,u,v,2\n", 3, "label"),
         ("y,a,b,x\nyes,u,v,2\n", 2, "label"),
         ("y,a,b,x\n", 2, "no data rows"),
+        ("y,a,b,x\n\n\n", 2, "no data rows"),
+        ("y,a,b,x\n1,u,v,1e39\n", 2, "float32"),
     ],
 )
 def test_byo_errors_name_file_and_row(tmp_path, text, row, fragment):
@@ -196,7 +198,7 @@ def test_byo_errors_name_file_and_row(tmp_path, text, row, fragment):
 
 
 def test_byo_bad_split_file_leaves_existing_output_untouched(tmp_path):
-    good = _write(tmp_path / "good.csv", "y,a,b,x\n1,u,v,1\n")
+    good = _write(tmp_path / "good.csv", "y,a,b,x\n1,u,v,1\n0,u,v,2\n")
     bad = _write(tmp_path / "bad.csv", "y,a,b,x\n1,u,v,1\n1,u,v,oops\n")
     out = tmp_path / "out"
     prepare_csv(None, str(out), **BYO, train=good, eval=good, test=good)
@@ -207,6 +209,21 @@ def test_byo_bad_split_file_leaves_existing_output_untouched(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bad.csv", "good.csv", "out"]
 
 
+def test_byo_every_split_needs_both_labels(tmp_path):
+    # AUC (model selection on eval, test scoring) is undefined on one class: stop before TFX.
+    both = _write(tmp_path / "both.csv", "y,a,b,x\n1,u,v,1\n0,u,v,2\n")
+    ones = _write(tmp_path / "ones.csv", "y,a,b,x\n1,u,v,1\n1,u,v,2\n")
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError, match=r"ones\.csv: the test split \(2 rows\) holds only "
+                                           r"label 1 rows"):
+        prepare_csv(None, str(out), **BYO, train=both, eval=both, test=ones)
+    few = _write(tmp_path / "few.csv", "y,a,b,x\n" + "1,u,v,1\n0,u,v,2\n" * 2)
+    with pytest.raises(DatasetError, match=r"few\.csv: 4 data rows split 8:1:1 by seed 1: the "
+                                           r"eval split \(0 rows\) holds no rows"):
+        prepare_csv(few, str(out), **BYO)
+    assert not out.exists()
+
+
 def test_byo_argument_errors(tmp_path):
     src = _write(tmp_path / "in.csv", "y,a,b,x\n1,u,v,1\n")
     with pytest.raises(DatasetError, match="not both"):
@@ -215,6 +232,8 @@ def test_byo_argument_errors(tmp_path):
         prepare_csv(None, str(tmp_path / "o"), **BYO, train=src, test=src)
     with pytest.raises(DatasetError, match="not found"):
         prepare_csv(str(tmp_path / "nope.csv"), str(tmp_path / "o"), **BYO)
+    with pytest.raises(DatasetError, match="cannot be read"):  # e.g. `--data data/`
+        prepare_csv(str(tmp_path), str(tmp_path / "o"), **BYO)
 
 
 # --- registry ----------------------------------------------------------------------------------

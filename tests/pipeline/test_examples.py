@@ -37,7 +37,9 @@ def test_good_rows_parse_with_declared_types(tmp_path):
     (GOOD + "1,u3,i3,\n", 4, "only in optional numerical fields"),
     (GOOD + "1,u3,i3,inf\n", 4, "field 'price' holds 'inf'"),
     (GOOD + "2,u3,i3,1\n", 4, "field 'y' (label) must be 0 or 1"),
+    (GOOD + "1,u3,i3,-3.5e38\n", 4, "field 'price' holds '-3.5e38', beyond the float32"),
     ("y,user,item,price\n", 2, "no data rows"),
+    ("y,user,item,price\n\n\r\n", 2, "no data rows"),
 ])
 def test_bad_rows_name_file_row_and_field(tmp_path, text, row, needle):
     path = _write(tmp_path, "bad.csv", text)
@@ -52,6 +54,15 @@ def test_bad_rows_name_file_row_and_field(tmp_path, text, row, needle):
 def test_empty_file(tmp_path):
     path = _write(tmp_path, "empty.csv", "")
     with pytest.raises(DatasetError, match=f"{path}: row 1: the file is empty"):
+        list(read_rows(path, SPEC))
+
+
+def test_bytes_that_are_not_utf8_name_their_row_and_field(tmp_path):
+    path = os.path.join(tmp_path, "latin1.csv")
+    with open(path, "wb") as f:  # a cell from a Latin-1 file, then a long valid tail
+        f.write(GOOD.encode() + "1,Zoë,i3,1\n".encode("latin-1") + b"0,u,i,1\n" * 5000)
+    with pytest.raises(DatasetError, match=r"latin1\.csv: row 4: field 'user' holds bytes that "
+                                           r"are not UTF-8 \('Zo\\udceb'\)"):
         list(read_rows(path, SPEC))
 
 
