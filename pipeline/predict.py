@@ -26,13 +26,27 @@ def load_raw_spec(model_dir: str) -> FeatureSpec:
     path = os.path.join(model_dir, ASSETS_EXTRA, RAW_FEATURES_ASSET)
     if not os.path.exists(path):
         raise DatasetError(f"{model_dir}: not an autorecsys SavedModel (no {path}).")
-    with open(path) as f:
-        raw = json.load(f)
-    return FeatureSpec(label=raw["label"], categorical=raw["categorical"],
-                       numerical=raw["numerical"],
-                       optional_numerical=raw.get("optional_numerical", ()),
-                       task=raw.get("task", "ctr"),
-                       user=raw.get("user"), item=raw.get("item"))
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+        return FeatureSpec(label=raw["label"], categorical=raw["categorical"],
+                           numerical=raw["numerical"],
+                           optional_numerical=raw.get("optional_numerical", ()),
+                           task=raw.get("task", "ctr"),
+                           user=raw.get("user"), item=raw.get("item"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"{path}: not a raw feature declaration "
+                           f"({type(e).__name__}: {e}).") from None
+
+
+def load_serving(model_dir: str):
+    """``model_dir``'s ``serving_default`` signature; a DatasetError naming ``model_dir`` when
+    the SavedModel cannot be loaded."""
+    try:
+        return tf.saved_model.load(model_dir).signatures["serving_default"]
+    except (OSError, KeyError, tf.errors.OpError) as e:
+        raise DatasetError(f"{model_dir}: cannot load the SavedModel "
+                           f"({type(e).__name__}: {e}).") from None
 
 
 def csv_examples(csv_path: str, spec: FeatureSpec,
@@ -46,17 +60,20 @@ def csv_examples(csv_path: str, spec: FeatureSpec,
         yield to_example(values, spec).SerializeToString()
 
 
-def serve_in_batches(serve, examples: Iterable[bytes], output: str) -> Iterator[np.ndarray]:
+def serve_in_batches(serve, examples: Iterable[bytes], *outputs: str
+                     ) -> Iterator[tuple[np.ndarray, ...]]:
     """Runs ``serve`` over serialized tf.Examples, ``BATCH_SIZE`` at a time, in input order,
-    yielding each batch's ``output`` as a numpy array."""
+    yielding each batch's ``outputs`` as numpy arrays."""
     batch: list[bytes] = []
     for example in examples:
         batch.append(example)
         if len(batch) == BATCH_SIZE:
-            yield serve(examples=tf.constant(batch))[output].numpy()
+            result = serve(examples=tf.constant(batch))
+            yield tuple(result[o].numpy() for o in outputs)
             batch = []
     if batch:
-        yield serve(examples=tf.constant(batch))[output].numpy()
+        result = serve(examples=tf.constant(batch))
+        yield tuple(result[o].numpy() for o in outputs)
 
 
 def is_topk_model(model_dir: str) -> bool:
@@ -68,11 +85,13 @@ def recommend_csv(model_dir: str, csv_path: str) -> tuple[list[str], list[list[s
     """Each row's user and that user's top-k items (best first), in input order.
 
     Only the user column is read (others, label included, are ignored); unseen users get the
-    most frequent train items.
+    most frequent train items. Items the model scores -inf (the user's train items) are left
+    out, so a row holds fewer than k items when fewer than k are left.
     """
     spec = load_raw_spec(model_dir)
-    user_spec = FeatureSpec(label=spec.label, categorical=(spec.user,))
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    # A label name that is never a header cell (read_rows strips them), so no label is read.
+    user_spec = FeatureSpec(label=" ", categorical=(spec.user,))
+    serve = load_serving(model_dir)
     users: list[str] = []
 
     def examples() -> Iterator[bytes]:
@@ -80,8 +99,10 @@ def recommend_csv(model_dir: str, csv_path: str) -> tuple[list[str], list[list[s
             users.append(str(values[spec.user]))
             yield to_example({spec.user: values[spec.user]}, user_spec).SerializeToString()
 
-    items = [[i.decode() for i in row]
-             for out in serve_in_batches(serve, examples(), "items") for row in out]
+    items = [[i.decode() for i, s in zip(row_items, row_scores, strict=True) if s > -np.inf]
+             for batch_items, batch_scores in serve_in_batches(serve, examples(), "items",
+                                                                "scores")
+             for row_items, row_scores in zip(batch_items, batch_scores, strict=True)]
     return users, items
 
 
@@ -127,9 +148,9 @@ def score_csv(model_dir: str, csv_path: str) -> tuple[np.ndarray, np.ndarray | N
     column is optional.
     """
     spec = load_raw_spec(model_dir)
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    serve = load_serving(model_dir)
     labels: list[int] = []
-    probabilities = [out.reshape(-1) for out in serve_in_batches(
+    probabilities = [out.reshape(-1) for (out,) in serve_in_batches(
         serve, csv_examples(csv_path, spec, labels), "probability")]
     scores = np.concatenate(probabilities) if probabilities else np.zeros(0)
     has_labels = len(labels) == scores.size and scores.size > 0
