@@ -29,17 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default="runs/beam")
     parser.add_argument("--runner", choices=RUNNER_NAMES, default=None)
     args = parser.parse_args(argv)
-    config = PipelineConfig.from_json_file(args.config) if args.config else PipelineConfig()
-    config.output_dir = args.output_dir
-    if args.dataset:
-        config.dataset = args.dataset
-    if args.runner:
-        config.runner = args.runner
     from pipeline.datasets import prepare_run_dataset  # noqa: PLC0415
 
     try:
+        config = PipelineConfig.from_json_file(args.config) if args.config else PipelineConfig()
+        config.output_dir = args.output_dir
+        if args.dataset:
+            config.dataset = args.dataset
+        if args.runner:
+            config.runner = args.runner
         config.validate()
         dataset = prepare_run_dataset(config)  # bad input fails before TFX is imported
+        config.check_task(dataset.name, dataset.spec.task)
     except (DatasetError, ConfigError) as e:
         print(f"beam_runner: error: {e}", file=sys.stderr)
         return 2

@@ -19,8 +19,8 @@ import tf_keras as keras
 
 from benchmarks.data import BenchData, prepare_bench_data, transformed_dataset
 from benchmarks.report import write_report
-from benchmarks.topk import is_topk, run_topk
-from benchmarks.topk_lambdaopt import is_expansion_row
+from benchmarks.topk import TOPK_SEARCHES, is_topk, run_topk
+from benchmarks.topk_lambdaopt import EXPANSIONS, is_expansion_row
 from components import base
 from components.search import searched_architecture
 from models.architecture import TOPK_MODELS
@@ -29,6 +29,7 @@ from models.search import METHODS, report_trained, with_family_method
 from models.zoo import model_input_names
 from pipeline import metrics
 from pipeline.configs import ConfigError, PipelineConfig
+from pipeline.datasets import DATASETS, NEEDS_NO_DATA, resolve_data_dir
 
 # Bench model names: a model family, then "+"-joined variants: "buckets" (quantile-bucket
 # numerics) and search methods (models.search.METHODS), applied in the order given.
@@ -128,22 +129,20 @@ def bench_row(data: BenchData, model_name: str, seed: int, config: PipelineConfi
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the grid named by ``args`` and writes ``args.out`` plus its report files."""
     config = PipelineConfig.from_json_file(args.config) if args.config else PipelineConfig()
-    if args.max_epochs:
+    if args.max_epochs is not None:
         config.train.max_epochs = args.max_epochs
     if getattr(args, "loss_from", None):
         config.loss_from = args.loss_from
-        config.validate()
-    datasets = [d for d in args.datasets.split(",") if d]
-    models = [m for m in args.models.split(",") if m]
+    config.validate()
+    datasets = _names("--datasets", args.datasets)
+    models = _names("--models", args.models)
+    seed_names = _names("--seeds", args.seeds)
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s]
+        seeds = [int(s) for s in seed_names]
     except ValueError as e:
         raise ConfigError(f"--seeds must be integers: {args.seeds!r}") from e
-    for model in models:
-        # EXPANSIONS and their rows (e.g. mf+lambdaopt[fixed]): top-k rows.
-        if model not in TOPK_MODELS and not is_expansion_row(model, config):
-            parse_model(model, config)
     out = os.path.abspath(args.out)
+    _check_grid(datasets, models, config, args.data_dir, out)
     work_dir = args.work_dir or os.path.join(os.path.dirname(out), "bench-work")
     rows: list[dict[str, Any]] = []
     serving: list[dict[str, Any]] = []
@@ -172,6 +171,49 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                                                                data.dataset.split_path("test"))})
                 _write(out, rows, serving, config)
     return _write(out, rows, serving, config)
+
+
+def _names(flag: str, text: str) -> list[str]:
+    """The comma-separated names of ``flag``: at least one, none twice."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or len(set(names)) < len(names):
+        raise ConfigError(f"{flag} needs one or more distinct comma-separated names. "
+                          f"Received: {text!r}")
+    return names
+
+
+def _check_grid(datasets: list[str], models: list[str], config: PipelineConfig,
+                data_dir: str | None, out: str) -> None:
+    """Raises ``ConfigError`` (``DatasetError`` for a missing data dir) for a grid that would
+    fail part way: before its first row trains, not after."""
+    topk_known = [*TOPK_MODELS, *(f"mf+{m}" for m in TOPK_SEARCHES), *EXPANSIONS]
+    ctr_models = [m for m in models if m not in topk_known and not is_expansion_row(m, config)]
+    topk_models = [m for m in models if m.split("+")[0] in TOPK_MODELS
+                   or is_expansion_row(m, config)]
+    for dataset in datasets:
+        if dataset not in DATASETS:
+            raise ConfigError(f"--datasets: unknown dataset {dataset!r}; known: "
+                              f"{sorted(DATASETS)}.")
+        if dataset not in NEEDS_NO_DATA:
+            resolve_data_dir(data_dir)
+        if is_topk(dataset) and ctr_models:
+            raise ConfigError(f"Dataset {dataset!r} is a top-k dataset; models {ctr_models} are "
+                              f"CTR models. Top-k models: {topk_known}.")
+        if not is_topk(dataset) and topk_models:
+            raise ConfigError(f"Dataset {dataset!r} is a CTR dataset; models {topk_models} are "
+                              f"top-k models.")
+    for model in models:
+        # EXPANSIONS and their rows (e.g. mf+lambdaopt[fixed]): top-k rows.
+        if model not in TOPK_MODELS and not is_expansion_row(model, config):
+            parse_model(model, config)
+    if os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a directory; give the JSON file to write.")
+    try:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create its folder ({e}).") from e
+    if not os.access(os.path.dirname(out), os.W_OK):
+        raise ConfigError(f"--out {out}: its folder is not writable.")
 
 
 def _write(out: str, rows: list[dict[str, Any]], serving: list[dict[str, Any]],

@@ -44,6 +44,8 @@ def _add_run_options(parser: argparse.ArgumentParser, default_dir: str) -> None:
 def _config_from_args(args: argparse.Namespace, default_dir: str) -> PipelineConfig:
     config = PipelineConfig.from_json_file(args.config) if args.config else PipelineConfig()
     config.output_dir = args.output_dir or (config.output_dir if args.config else default_dir)
+    if os.path.exists(config.output_dir) and not os.path.isdir(config.output_dir):
+        raise ConfigError(f"output_dir {config.output_dir}: exists and is not a directory.")
     if args.data_dir:
         config.data_dir = args.data_dir
     if args.model:
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 config = _run_config(args)
             config.validate()
             dataset = prepare_run_dataset(config)  # bad input fails before TFX is imported
+            config.check_task(dataset.name, dataset.spec.task)
             from pipeline.run import NotPushedError, run  # noqa: PLC0415
 
             try:

@@ -6,12 +6,16 @@ serialised into the TFX components' ``custom_config`` (which makes it part of th
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import importlib.util
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.architecture import MODELS
+from models.architecture import AUTODIS_DEFAULTS, MODELS, TOPK_MODELS
 from models.search import (
     METHODS,
     SearchError,
@@ -130,6 +134,16 @@ class TrainConfig:
         if self.numeric_encoding not in ("scaled", "bucket"):
             raise ConfigError(f"train.numeric_encoding must be 'scaled' or 'bucket'. "
                               f"Received: {self.numeric_encoding!r}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"train.dropout must be in [0, 1). Received: {self.dropout}")
+        for key in ("l2", "net_l2", "cross_layers"):
+            if (getattr(self, key) or 0) < 0:
+                raise ConfigError(f"train.{key} must be >= 0. Received: {getattr(self, key)}")
+        if self.embedding_init_std <= 0:
+            raise ConfigError(f"train.embedding_init_std must be > 0. "
+                              f"Received: {self.embedding_init_std}")
+        if any(units < 1 for units in self.hidden_units):
+            raise ConfigError(f"train.hidden_units must all be >= 1. Received: {self.hidden_units}")
 
 
 @dataclass
@@ -139,6 +153,11 @@ class TunerConfig:
     enabled: bool = False
     max_trials: int = 4
     epochs_per_trial: int = 2
+
+    def validate(self) -> None:
+        for key in ("max_trials", "epochs_per_trial"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"tuner.{key} must be >= 1. Received: {getattr(self, key)}")
 
 
 @dataclass
@@ -240,7 +259,11 @@ class PipelineConfig:
     loss_from: str | None = None
 
     def validate(self) -> None:
+        for prefix, section in (("", self), ("train.", self.train), ("tuner.", self.tuner),
+                                ("topk.", self.topk)):
+            _check_types(section, prefix)
         self.train.validate()
+        self.tuner.validate()
         self.topk.validate()
         try:
             methods = parse_strategy(self.search_strategy)
@@ -259,6 +282,12 @@ class PipelineConfig:
         if unknown:
             raise ConfigError(f"search_options: unknown methods {unknown}; "
                               f"known: {sorted(METHODS)}.")
+        for method, options in self.search_options.items():  # typos fail now, not mid-run
+            known = search_option_names(method)
+            unknown = sorted(set(options) - known)
+            if unknown:
+                raise ConfigError(f"search_options.{method}: unknown options {unknown}; "
+                                  f"known: {sorted(known)}.")
         if self.runner not in RUNNERS:
             raise ConfigError(f"runner: unknown {self.runner!r}; known: {list(RUNNERS)}.")
         if not 0.0 <= self.min_eval_auc <= 1.0:
@@ -266,8 +295,30 @@ class PipelineConfig:
         if not 0.0 <= self.min_eval_recall <= 1.0:
             raise ConfigError(f"min_eval_recall must be in [0, 1]. "
                               f"Received: {self.min_eval_recall}")
+        if self.beam_prep_min_bytes < 0:
+            raise ConfigError(f"beam_prep_min_bytes must be >= 0. "
+                              f"Received: {self.beam_prep_min_bytes}")
         if self.loss_from is not None:
             self.fixed_loss()
+
+    def check_task(self, dataset: str, task: str) -> None:
+        """Raises ``ConfigError`` when this config cannot train on ``dataset``, whose task is
+        ``ctr`` or ``topk``. The CLI checks it on the prepared data, before TFX is imported."""
+        from models.search.topk import TOPK_STRATEGIES  # noqa: PLC0415 (NumPy only)
+
+        if task != "topk":
+            if self.train.model in TOPK_MODELS:
+                raise ConfigError(f"train.model {self.train.model!r} is a top-k model; dataset "
+                                  f"{dataset!r} is a CTR dataset (task {task!r}).")
+            return
+        if self.tuner.enabled:
+            raise ConfigError("tuner.enabled: the Tuner tunes CTR models; top-k datasets train MF "
+                              "with the topk settings.")
+        methods = parse_strategy(self.search_strategy)
+        if len(methods) > 1 or not set(methods) <= set(TOPK_STRATEGIES):
+            raise ConfigError(f"search_strategy: top-k dataset {dataset!r} supports the search "
+                              f"strategies {TOPK_STRATEGIES} (one at a time). "
+                              f"Received: {self.search_strategy!r}")
 
     def fixed_loss(self) -> dict | None:
         """The validated loss spec of ``loss_from`` (None when unset)."""
@@ -290,6 +341,9 @@ class PipelineConfig:
     def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
         data = dict(data)
         _reject_unknown(cls, data, "")
+        for key in ("train", "tuner", "topk"):
+            if not isinstance(data.get(key, {}), dict):
+                raise ConfigError(f"{key} must be a mapping of settings. Received: {data[key]!r}")
         train = dict(data.pop("train", {}))
         tuner = dict(data.pop("tuner", {}))
         topk = dict(data.pop("topk", {}))
@@ -308,6 +362,8 @@ class PipelineConfig:
                 data = json.load(f)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e}).") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read the config file ({e}).") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config file holds one JSON object.")
         return cls.from_dict(data)
@@ -319,3 +375,61 @@ def _reject_unknown(cls: type, data: dict[str, Any], prefix: str) -> None:
     if unknown:
         raise ConfigError(f"Unknown config keys {[prefix + k for k in unknown]}; "
                           f"known: {sorted(prefix + k for k in known)}.")
+
+
+def _check_types(section: Any, prefix: str) -> None:
+    """Raises ``ConfigError`` naming the first field of dataclass ``section`` whose value does not
+    have the field's annotated type (JSON's types: an int is a float, a bool is neither)."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value, expected = getattr(section, f.name), hints[f.name]
+        if dataclasses.is_dataclass(expected):
+            continue  # a nested section, checked on its own
+        if not _has_type(value, expected):
+            raise ConfigError(f"{prefix}{f.name} must be of type {_type_name(expected)}. "
+                              f"Received: {value!r}")
+
+
+def _has_type(value: Any, expected: Any) -> bool:
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if expected is Any:
+        return True
+    if origin is types.UnionType:
+        return any(_has_type(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _has_type(k, args[0]) and _has_type(v, args[1]) for k, v in value.items())
+    if expected is type(None):
+        return value is None
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(expected: Any) -> str:
+    return str(expected) if typing.get_args(expected) else expected.__name__
+
+
+def search_option_names(method: str) -> set[str]:
+    """The options search method ``method`` reads: the keys of its module's ``DEFAULTS`` (and of
+    each ``MODEL_DEFAULTS`` entry), read from the module's source so that validating a config
+    does not import TensorFlow. AutoDis's are ``models.architecture.AUTODIS_DEFAULTS``.
+
+    >>> sorted(search_option_names("esapn"))[:2]
+    ['candidate_dims', 'epochs']
+    """
+    if method == "autodis":
+        return set(AUTODIS_DEFAULTS)
+    with open(importlib.util.find_spec(METHODS[method][0]).origin) as f:
+        tree = ast.parse(f.read())
+    dicts = {node.target.id: node.value for node in tree.body
+             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+             and isinstance(node.value, ast.Dict)}
+    names = {key.value for key in dicts["DEFAULTS"].keys}
+    for entry in getattr(dicts.get("MODEL_DEFAULTS"), "values", []):
+        names.update(key.value for key in entry.keys)
+    return names

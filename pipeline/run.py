@@ -22,7 +22,7 @@ from tfx.orchestration import metadata
 from components.trainer import SEARCH_PICTURES
 from models.architecture import TOPK_MODELS
 from pipeline import metrics
-from pipeline.configs import ConfigError, PipelineConfig
+from pipeline.configs import PipelineConfig
 from pipeline.datasets import prepare_run_dataset
 from pipeline.datasets.base import PreparedDataset
 from pipeline.examples import write_tfrecords
@@ -117,12 +117,10 @@ def pipeline_spec(dataset: PreparedDataset, config: PipelineConfig) -> dict[str,
     """The feature spec the components read (``custom_config["spec"]``), as a dict.
 
     Raises:
-      ConfigError: a top-k model asked for on a CTR dataset.
+      ConfigError: the config cannot train on this dataset (``PipelineConfig.check_task``).
     """
     spec = dataset.spec
-    if spec.task != "topk" and config.train.model in TOPK_MODELS:
-        raise ConfigError(f"train.model {config.train.model!r} is a top-k model; dataset "
-                          f"{dataset.name!r} is a CTR dataset (task {spec.task!r}).")
+    config.check_task(dataset.name, spec.task)
     if spec.task == "topk" and config.train.model not in TOPK_MODELS:
         logging.info("%s is a top-k dataset: training mf (train.model %r applies to CTR "
                      "datasets).", dataset.name, config.train.model)

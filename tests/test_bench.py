@@ -139,3 +139,36 @@ def test_paired_differences_pair_seeds_and_skip_mirrored_baselines():
     assert esapn["se"] == pytest.approx(np.std([-0.02, -0.01], ddof=1) / np.sqrt(2))
     assert pairs[("c", "deepfm", "fm")]["mean"] == pytest.approx(-0.01)
     assert pairs[("c", "deepfm", "fm")]["test_se"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--datasets", "synthetic,nope", "--models", "lr"], "unknown dataset 'nope'"),
+    (["--datasets", ",", "--models", "lr"], "--datasets needs one or more"),
+    (["--datasets", "synthetic", "--models", "lr,lr"], "--models needs one or more distinct"),
+    (["--datasets", "synthetic", "--models", "lr", "--seeds", ","], "--seeds needs one or more"),
+    (["--datasets", "synthetic", "--models", "lr", "--seeds", "1,1"], "--seeds needs"),
+    (["--datasets", "synthetic", "--models", "lr,mf"], "models ['mf'] are top-k models"),
+    (["--datasets", "synthetic,synthetic_topk", "--models", "lr"], "models ['lr'] are CTR"),
+    (["--datasets", "synthetic", "--models", "lr", "--max-epochs", "0"], "train.max_epochs"),
+    (["--datasets", "synthetic,frappe86k", "--models", "lr", "--data-dir", "/nonexistent"],
+     "'/nonexistent'"),
+    (["--datasets", "synthetic", "--models", "lr", "--out", "DIR"], "is a directory"),
+    (["--datasets", "synthetic", "--models", "lr", "--config", "TYPO"],
+     "search_options.nis: unknown options ['epochz']"),
+])
+def test_bad_grid_fails_before_any_row_trains(tmp_path, capsys, monkeypatch, argv, needle):
+    import benchmarks.bench  # noqa: PLC0415
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a row started before the grid was checked")
+
+    monkeypatch.setattr(benchmarks.bench, "prepare_bench_data", no_work)
+    monkeypatch.setattr(benchmarks.bench, "run_topk", no_work)
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({"search_options": {"nis": {"epochz": 1}}}))
+    argv = [{"DIR": str(tmp_path), "TYPO": str(typo)}.get(a, a) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "b.json")]
+    assert main(["bench", *argv]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()

@@ -67,3 +67,48 @@ def test_bad_input_is_reported_before_tensorflow_is_imported(tmp_path):
                                                                  TF_USE_LEGACY_KERAS="1"))
     assert "row 3: field 'x'" in result.stderr
     assert "RESULT 2 False False" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"train": {"embedding_dim": "8"}}', "train.embedding_dim must be of type int"),
+    ('{"train": 5}', "train must be a mapping"),
+    ('{"search_options": {"nis": {"epochz": 1}}}', "search_options.nis: unknown options"),
+    (None, "cannot read the config file"),  # a directory
+])
+def test_bad_config_file_exits_2_naming_the_key_or_file(tmp_path, capsys, content, needle):
+    path = tmp_path / "c.json"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content)
+    assert main(["demo", "--config", str(path), "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("autorecsys: error: ") and needle in err
+    assert content is not None or str(path) in err
+
+
+def test_beam_runner_bad_config_exits_2(tmp_path, capsys):
+    import beam_runner  # noqa: PLC0415
+
+    path = tmp_path / "c.json"
+    path.write_text('{"train": {"modle": "fm"}}')
+    assert beam_runner.main(["--config", str(path), "--output-dir", str(tmp_path / "run")]) == 2
+    assert "train.modle" in capsys.readouterr().err
+
+
+def test_topk_model_on_a_ctr_dataset_fails_before_tensorflow_is_imported(tmp_path):
+    code = ("import sys; from pipeline.cli import main; "
+            f"rc = main(['demo', '--model', 'mf', '--output-dir', {str(tmp_path / 'run')!r}]); "
+            "print('RESULT', rc, 'tensorflow' in sys.modules, 'tfx' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False, cwd=REPO_ROOT, env=dict(os.environ,
+                                                                 TF_USE_LEGACY_KERAS="1"))
+    assert "train.model 'mf' is a top-k model; dataset 'synthetic'" in result.stderr
+    assert "RESULT 2 False False" in result.stdout, result.stdout + result.stderr
+
+
+def test_output_dir_that_is_a_file_exits_2(tmp_path, capsys):
+    path = tmp_path / "taken"
+    path.write_text("")
+    assert main(["demo", "--output-dir", str(path)]) == 2
+    assert f"output_dir {path}: exists and is not a directory" in capsys.readouterr().err

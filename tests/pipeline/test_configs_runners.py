@@ -34,6 +34,28 @@ def test_config_round_trip(tmp_path):
     ({"topk": {"dim": 8}}, "topk.dim"),
     ({"topk": {"refit": True}, "search_strategy": "lambdaopt", "train": {"model": "mf"}},
      "topk.refit does not apply to lambdaopt"),
+    ({"train": {"embedding_dim": "8"}}, "train.embedding_dim must be of type int. Received: '8'"),
+    ({"train": {"embedding_dim": 2.5}}, "train.embedding_dim must be of type int"),
+    ({"train": {"learning_rate": "0.01"}}, "train.learning_rate must be of type float"),
+    ({"train": {"deterministic": "false"}}, "train.deterministic must be of type bool"),
+    ({"train": {"hidden_units": 400}}, "train.hidden_units must be of type list\\[int\\]"),
+    ({"topk": {"l2": "0"}}, "topk.l2 must be of type float"),
+    ({"min_eval_auc": "0.5"}, "min_eval_auc must be of type float"),
+    ({"search_strategy": 5}, "search_strategy must be of type str"),
+    ({"loss_from": 5}, "loss_from must be of type str \\| None"),
+    ({"train": 5}, "train must be a mapping"),
+    ({"tuner": None}, "tuner must be a mapping"),
+    ({"train": {"dropout": 1.5}}, "train.dropout must be in \\[0, 1\\)"),
+    ({"train": {"l2": -0.1}}, "train.l2 must be >= 0"),
+    ({"train": {"embedding_init_std": 0}}, "train.embedding_init_std must be > 0"),
+    ({"train": {"hidden_units": [16, 0]}}, "train.hidden_units must all be >= 1"),
+    ({"tuner": {"max_trials": 0}}, "tuner.max_trials must be >= 1"),
+    ({"beam_prep_min_bytes": -1}, "beam_prep_min_bytes must be >= 0"),
+    ({"search_options": {"autofis": 5}}, "search_options must be of type dict"),
+    ({"search_options": {"nis": {"epochz": 1}}, "search_strategy": "nis"},
+     "search_options.nis: unknown options \\['epochz'\\]"),
+    ({"search_options": {"autodis": {"temprature": 0.5}}},
+     "search_options.autodis: unknown options \\['temprature'\\]"),
 ])
 def test_bad_config_names_the_key(data, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -45,6 +67,50 @@ def test_config_file_not_json(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match=f"{path}: not valid JSON"):
         PipelineConfig.from_json_file(str(path))
+
+
+@pytest.mark.parametrize("content", [None, b"\xff\xfe{}"])
+def test_unreadable_config_file_names_the_file(tmp_path, content):
+    path = tmp_path / "c.json"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"{path}: cannot read the config file"):
+        PipelineConfig.from_json_file(str(path))
+
+
+def test_search_option_names_are_each_methods_options():
+    # Read from the modules' source (no TensorFlow import when a config is validated); every
+    # name must be one the method accepts, and every option it accepts must be listed.
+    import importlib  # noqa: PLC0415
+
+    from models.architecture import AUTODIS_DEFAULTS  # noqa: PLC0415
+    from models.search import METHODS  # noqa: PLC0415
+    from pipeline.configs import search_option_names  # noqa: PLC0415
+
+    for method, (module_name, _) in METHODS.items():
+        module = importlib.import_module(module_name)
+        expected = set(getattr(module, "DEFAULTS", AUTODIS_DEFAULTS))
+        for defaults in getattr(module, "MODEL_DEFAULTS", {}).values():
+            expected |= set(defaults)
+        assert search_option_names(method) == expected, method
+    known = PipelineConfig.from_dict({"search_options": {"autofis": {"mu": 0.5}}})
+    assert known.search_options == {"autofis": {"mu": 0.5}}
+
+
+@pytest.mark.parametrize("data, task, needle", [
+    ({"train": {"model": "mf"}}, "ctr", "train.model 'mf' is a top-k model; dataset 'd'"),
+    ({"tuner": {"enabled": True}}, "topk", "tuner.enabled"),
+    ({"search_strategy": "autofis"}, "topk", "search_strategy: top-k dataset 'd' supports"),
+    ({"search_strategy": "esapn+autolossgen"}, "topk", "one at a time"),
+])
+def test_config_that_cannot_train_on_the_dataset_task(data, task, needle):
+    config = PipelineConfig.from_dict(data)
+    with pytest.raises(ConfigError, match=needle):
+        config.check_task("d", task)
+    PipelineConfig().check_task("d", "ctr")
+    PipelineConfig.from_dict({"search_strategy": "esapn"}).check_task("d", "topk")
 
 
 def test_direct_runners_avoid_prism():
