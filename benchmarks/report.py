@@ -16,7 +16,12 @@ METRICS = ("test_auc", "test_auc_se", "test_logloss", "recall@20", "ndcg@20",
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (dataset, model): mean, std and n of every numeric metric."""
+    """One entry per (dataset, model): mean, std and n of every numeric metric.
+
+    ``std`` is the population standard deviation of the per-seed values (ddof 0: the spread of
+    the seeds run, 0 for one seed), the "±" of the Markdown table and of the README's tables;
+    the paired table's ``std`` and ``se`` use ddof 1.
+    """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[(row["dataset"], row["model"])].append(row)

@@ -7,9 +7,16 @@ import numpy as np
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum (Mann-Whitney U) formula, ties averaged."""
+    """Area under the ROC curve by the rank-sum (Mann-Whitney U) formula, ties averaged.
+
+    NaN scores (a diverged model) are an error, as in scikit-learn: they have no rank, and the
+    sort would rank them by row order.
+    """
     labels = np.asarray(labels, dtype=np.float64).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
+    if np.isnan(scores).any():
+        raise ValueError(f"AUC needs scores without NaN. Received: {int(np.isnan(scores).sum())} "
+                         f"NaN of {scores.size}.")
     positives = labels.sum()
     negatives = labels.size - positives
     if positives == 0 or negatives == 0:

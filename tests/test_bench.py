@@ -172,3 +172,14 @@ def test_bad_grid_fails_before_any_row_trains(tmp_path, capsys, monkeypatch, arg
     assert main(["bench", *argv]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_aggregate_keeps_datasets_apart_with_the_population_std():
+    from benchmarks.report import aggregate  # noqa: PLC0415
+
+    rows = [{"dataset": d, "model": "fm", "seed": s, "test_auc": a}
+            for d, s, a in [("a", 1, 0.70), ("a", 2, 0.72), ("a", 3, 0.74), ("b", 1, 0.90)]]
+    entries = {e["dataset"]: e for e in aggregate(rows)}
+    assert entries["a"]["n"] == 3 and entries["b"]["n"] == 1
+    assert entries["a"]["test_auc"] == pytest.approx((0.72, np.std([0.70, 0.72, 0.74], ddof=0)))
+    assert entries["b"]["test_auc"] == pytest.approx((0.90, 0.0))

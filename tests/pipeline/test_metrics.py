@@ -28,6 +28,12 @@ def test_auc_needs_both_classes():
         roc_auc(np.ones(3), np.array([0.1, 0.2, 0.3]))
 
 
+def test_auc_refuses_nan_scores():
+    # A diverged model's NaN scores would be ranked by row order: AUC 1.0 here.
+    with pytest.raises(ValueError, match="2 NaN of 4"):
+        roc_auc(np.array([0, 1, 0, 1]), np.array([0.1, np.nan, 0.2, np.nan]))
+
+
 def test_log_loss_golden():
     assert log_loss(np.array([1, 0]), np.array([0.8, 0.4])) == pytest.approx(
         -(np.log(0.8) + np.log(0.6)) / 2)
