@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from ml_metadata.proto import metadata_store_pb2
@@ -116,6 +117,45 @@ def test_predict_in_a_fresh_process_scores_every_row_in_order(two_runs, tmp_path
     assert all(0.0 < p < 1.0 for p in probabilities)
     with_label = _predict(second["pushed_model_dir"], first["raw_test_file"])
     assert len(with_label.stdout.strip().splitlines()) == len(rows) + 1
+
+
+# Builds tf.Examples with TensorFlow alone and scores them; run with `python -I` (no project
+# code, no PYTHONPATH) from an empty folder, it is what a model server sees of the export.
+STANDALONE_SCORER = r"""
+import csv, json, sys
+import tensorflow as tf
+model_dir, csv_path = sys.argv[1], sys.argv[2]
+with open(model_dir + "/assets.extra/raw_features.json") as f:
+    spec = json.load(f)
+with open(csv_path) as f:
+    rows = list(csv.DictReader(f))[:20]
+def example(row):
+    feature = {c: tf.train.Feature(bytes_list=tf.train.BytesList(value=[row[c].encode()]))
+               for c in spec["categorical"]}
+    feature.update({c: tf.train.Feature(float_list=tf.train.FloatList(value=[float(row[c])]))
+                    for c in spec["numerical"] if row[c] != ""})
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+probability = serve(examples=tf.constant([example(r) for r in rows]))["probability"]
+loaded = {m.split(".")[0] for m in sys.modules}
+print(json.dumps({"probability": probability.numpy().reshape(-1).tolist(),
+                  "loaded": sorted(loaded & {"tensorflow_transform", "tfx", "tfx_bsl",
+                                             "pipeline", "models", "components"})}))
+"""
+
+
+def test_pushed_model_serves_without_the_project_or_transform_code(two_runs, tmp_path):
+    _, first, second, _, _ = two_runs
+    proc = subprocess.run([sys.executable, "-I", "-c", STANDALONE_SCORER,
+                           second["pushed_model_dir"], first["raw_test_file"]],
+                          capture_output=True, text=True, check=False, cwd=tmp_path,
+                          env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []
+    expected = _predict(second["pushed_model_dir"], first["raw_test_file"])
+    probabilities = [float(x) for x in expected.stdout.strip().splitlines()[1:21]]
+    assert result["probability"] == pytest.approx(probabilities, abs=1e-5)  # 6 decimals
 
 
 def test_predict_rejects_a_bad_row_naming_it(two_runs, tmp_path):
