@@ -20,7 +20,7 @@ import tf_keras as keras
 from benchmarks.data import BenchData, prepare_bench_data, transformed_dataset
 from benchmarks.report import write_report
 from benchmarks.topk import TOPK_SEARCHES, is_topk, run_topk
-from benchmarks.topk_lambdaopt import EXPANSIONS, is_expansion_row
+from benchmarks.topk_lambdaopt import EXPANSIONS, expand, is_expansion_row
 from components import base
 from components.search import searched_architecture
 from models.architecture import TOPK_MODELS
@@ -206,6 +206,12 @@ def _check_grid(datasets: list[str], models: list[str], config: PipelineConfig,
         # EXPANSIONS and their rows (e.g. mf+lambdaopt[fixed]): top-k rows.
         if model not in TOPK_MODELS and not is_expansion_row(model, config):
             parse_model(model, config)
+    rows = [name for model in models for name in (
+        [row for row, _ in expand(model, config)] if is_expansion_row(model, config) else [model])]
+    twice = sorted({row for row in rows if rows.count(row) > 1})
+    if twice:
+        raise ConfigError(f"--models: rows {twice} would be trained twice (an expansion such as "
+                          f"mf+lambdaopt already holds them). Received: {models}")
     if os.path.isdir(out):
         raise ConfigError(f"--out {out} is a directory; give the JSON file to write.")
     try:

@@ -147,6 +147,8 @@ def test_paired_differences_pair_seeds_and_skip_mirrored_baselines():
     (["--datasets", "synthetic", "--models", "lr,lr"], "--models needs one or more distinct"),
     (["--datasets", "synthetic", "--models", "lr", "--seeds", ","], "--seeds needs one or more"),
     (["--datasets", "synthetic", "--models", "lr", "--seeds", "1,1"], "--seeds needs"),
+    (["--datasets", "synthetic_topk", "--models", "mf+lambdaopt,mf+lambdaopt[fixed]"],
+     "rows ['mf+lambdaopt[fixed]'] would be trained twice"),
     (["--datasets", "synthetic", "--models", "lr,mf"], "models ['mf'] are top-k models"),
     (["--datasets", "synthetic,synthetic_topk", "--models", "lr"], "models ['lr'] are CTR"),
     (["--datasets", "synthetic", "--models", "lr", "--max-epochs", "0"], "train.max_epochs"),
