@@ -156,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 config = _run_config(args)
             config.validate()
+            # The data goes into output_dir/data: the last run's summary, naming that data, goes
+            # first, lest a run that fails from here on leave it beside data it does not describe.
+            summary_path = os.path.join(config.output_dir, "summary.json")
+            if os.path.isfile(summary_path):
+                os.remove(summary_path)
             dataset = prepare_run_dataset(config)  # bad input fails before TFX is imported
             config.check_task(dataset.name, dataset.spec.task)
             from pipeline.run import NotPushedError, run  # noqa: PLC0415

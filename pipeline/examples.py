@@ -85,7 +85,7 @@ def _convert_in_process(dataset: PreparedDataset, staging: str) -> dict[str, int
         count = 0
         with tf.io.TFRecordWriter(os.path.join(staging, split, "data.tfrecord")) as writer:
             for values in read_rows(dataset.split_path(split), dataset.spec):
-                writer.write(to_example(values, dataset.spec).SerializeToString())
+                writer.write(to_example(values, dataset.spec).SerializeToString(deterministic=True))
                 count += 1
         counts[split] = count
     return counts

@@ -63,7 +63,8 @@ def eval_config(label: str, slice_feature: str, min_auc: float) -> tfma.EvalConf
 
 
 def create_pipeline(config: PipelineConfig, spec: dict, paths: PipelinePaths,
-                    beam_pipeline_args: list[str], code_version: str) -> tfx.dsl.Pipeline:
+                    beam_pipeline_args: list[str], code_version: str,
+                    data_version: str = "") -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
     Args:
@@ -74,6 +75,9 @@ def create_pipeline(config: PipelineConfig, spec: dict, paths: PipelinePaths,
       beam_pipeline_args: flags for every Beam-based component.
       code_version: hash of ``components/`` and ``models/``; part of the cache key, since code
         behind dotted ``run_fn``/``preprocessing_fn`` paths is not.
+      data_version: hash of the prepared data, appended to the pipeline's name (its MLMD
+        context): the Evaluator's baseline, the latest blessed model, and the cache then come
+        from runs on the same data, never from another dataset run into the same output_dir.
 
     Returns:
       The TFX pipeline.
@@ -159,7 +163,7 @@ def create_pipeline(config: PipelineConfig, spec: dict, paths: PipelinePaths,
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=paths.serving_dir)))
     components += [search, trainer, *gates, pusher]
     return tfx.dsl.Pipeline(
-        pipeline_name=config.pipeline_name,
+        pipeline_name="-".join(filter(None, (config.pipeline_name, data_version))),
         pipeline_root=paths.pipeline_root,
         components=components,
         enable_cache=config.enable_cache,

@@ -82,7 +82,7 @@ class _ParseChunk(beam.DoFn):
             except (DatasetError, csv.Error) as e:
                 yield beam.pvalue.TaggedOutput("errors", (chunk.path, number, str(e)))
                 return
-            yield to_example(values, self.spec).SerializeToString()
+            yield to_example(values, self.spec).SerializeToString(deterministic=True)
 
 
 def convert_with_beam(dataset: PreparedDataset, staging: str, beam_args: list[str],

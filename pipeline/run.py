@@ -8,6 +8,8 @@ vectors its signature serves: test Recall@20 and NDCG@20, each user's train item
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +26,7 @@ from models.architecture import TOPK_MODELS
 from pipeline import metrics
 from pipeline.configs import PipelineConfig
 from pipeline.datasets import prepare_run_dataset
-from pipeline.datasets.base import PreparedDataset
+from pipeline.datasets.base import DatasetError, PreparedDataset
 from pipeline.examples import write_tfrecords
 from pipeline.pipeline import PipelinePaths, code_version, create_pipeline
 from pipeline.predict import score_csv, topk_test_metrics
@@ -60,19 +62,31 @@ def prepare(config: PipelineConfig, beam_args: list[str],
     return dataset
 
 
-def _latest_artifact(store: Any, type_name: str) -> Any | None:
-    """The newest artifact of ``type_name`` in this pipeline's MLMD store."""
-    artifacts = store.get_artifacts_by_type(type_name)
-    return max(artifacts, key=lambda a: (a.create_time_since_epoch, a.id), default=None)
+def _outputs_since(store: Any, type_name: str, since_ms: int) -> list[Any]:
+    """Artifacts of ``type_name`` output by executions created at or after ``since_ms``, the
+    newest execution's first. A cached execution is new but outputs the artifacts of the run it
+    reuses: these are this invocation's outputs, not merely the store's newest artifacts."""
+    artifacts = {a.id: a for a in store.get_artifacts_by_type(type_name)}
+    if not artifacts:
+        return []
+    events = [e for e in store.get_events_by_artifact_ids(list(artifacts))
+              if e.type == metadata_store_pb2.Event.OUTPUT]
+    executions = {e.id: e for e in store.get_executions_by_id({e.execution_id for e in events})
+                  if e.create_time_since_epoch >= since_ms}
+    found = [(executions[e.execution_id], artifacts[e.artifact_id]) for e in events
+             if e.execution_id in executions]
+    found.sort(key=lambda pair: (pair[0].create_time_since_epoch, pair[0].id), reverse=True)
+    return [artifact for _, artifact in found]
 
 
 def pushed_model_dir(metadata_path: str, since_ms: int) -> str:
-    """Where this run's Pusher put the model; raises NotPushedError if it did not push."""
+    """Where this run's Pusher put the model (a cached Pusher: where the run it reuses put it);
+    raises NotPushedError if it did not push."""
     config = metadata.sqlite_metadata_connection_config(metadata_path)
     with metadata.Metadata(config) as m:
-        pushed = _latest_artifact(m.store, "PushedModel")
-        blessing = _latest_artifact(m.store, "ModelBlessing")
-    if pushed is None or pushed.create_time_since_epoch < since_ms:
+        pushed = next(iter(_outputs_since(m.store, "PushedModel", since_ms)), None)
+        blessing = next(iter(_outputs_since(m.store, "ModelBlessing", since_ms)), None)
+    if pushed is None:
         raise NotPushedError("The Pusher did not run in this invocation.")
     props = pushed.custom_properties
     if not props.get("pushed", metadata_store_pb2.Value()).int_value:
@@ -83,16 +97,15 @@ def pushed_model_dir(metadata_path: str, since_ms: int) -> str:
     return props["pushed_destination"].string_value
 
 
-def collect_search_report(metadata_path: str, out_dir: str) -> list[str]:
-    """Copies the latest search report (ArchitectureSearch's ``search_report``, and the
+def collect_search_report(metadata_path: str, out_dir: str, since_ms: int) -> list[str]:
+    """Copies this run's search report (ArchitectureSearch's ``search_report``, and the
     pictures the Trainer drew of the retrained model) into ``out_dir``; returns the files."""
     config = metadata.sqlite_metadata_connection_config(metadata_path)
     with metadata.Metadata(config) as m:
-        runs = m.store.get_artifacts_by_type("ModelRun")
+        runs = _outputs_since(m.store, "ModelRun", since_ms)
     sources = []
     for component, sub in (("ArchitectureSearch", ""), ("Trainer", SEARCH_PICTURES)):
-        mine = [a for a in runs if f"{os.sep}{component}{os.sep}" in a.uri]
-        latest = max(mine, key=lambda a: (a.create_time_since_epoch, a.id), default=None)
+        latest = next((a for a in runs if f"{os.sep}{component}{os.sep}" in a.uri), None)
         if latest is not None:
             sources.append(os.path.join(latest.uri, sub))
     copied = []
@@ -127,6 +140,25 @@ def pipeline_spec(dataset: PreparedDataset, config: PipelineConfig) -> dict[str,
     return spec.component_spec()
 
 
+def check_both_labels(dataset: PreparedDataset) -> None:
+    """Raises DatasetError unless every split of a CTR dataset holds labels 0 and 1.
+
+    AUC, which blesses the model on eval and scores it on test, is undefined on one class (a
+    small ``synthetic`` draw can hold one). Checked before the pipeline runs, so that nothing is
+    pushed first; only the label column is read.
+    """
+    if dataset.spec.task == "topk":
+        return
+    for split in ("train", "eval", "test"):
+        path = dataset.split_path(split)
+        with open(path, newline="") as f:
+            labels = sorted({row[dataset.spec.label] for row in csv.DictReader(f)})
+        if len(labels) < 2:
+            held = f"only label {labels[0]} rows" if labels else "no rows"
+            raise DatasetError(f"{path}: the {split} split holds {held}; every split needs both "
+                               f"labels 0 and 1 (AUC ranks the models on eval and scores test).")
+
+
 def score_test_split(model_dir: str, dataset: PreparedDataset) -> dict[str, Any]:
     """The pushed model's test metrics: AUC and logloss (CTR) or Recall/NDCG@20 (top-k)."""
     if dataset.spec.task == "topk":
@@ -135,6 +167,26 @@ def score_test_split(model_dir: str, dataset: PreparedDataset) -> dict[str, Any]
     return {"test_auc": metrics.roc_auc(labels, scores),
             "test_logloss": metrics.log_loss(labels, scores),
             "test_examples": int(scores.size)}
+
+
+def data_version(dataset: PreparedDataset, spec: dict[str, Any]) -> str:
+    """SHA-256 over the dataset's name, feature spec and split CSVs (first 12 hex digits)."""
+    digest = hashlib.sha256(json.dumps([dataset.name, spec], sort_keys=True).encode())
+    for split in ("train", "eval", "test"):
+        with open(dataset.split_path(split), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def unpublish(output_dir: str) -> None:
+    """Removes the last run's report (``summary.json``, ``search/``) from ``output_dir`` as a
+    new run starts, so that a run that fails leaves none that would pass for its own."""
+    for name in (SUMMARY_FILE, SUMMARY_FILE + ".partial"):
+        path = os.path.join(output_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
+    shutil.rmtree(os.path.join(output_dir, SEARCH_REPORT_DIR), ignore_errors=True)
 
 
 def run(config: PipelineConfig, orchestrator: str = "local",
@@ -152,14 +204,16 @@ def run(config: PipelineConfig, orchestrator: str = "local",
     config.output_dir = os.path.abspath(config.output_dir)
     os.makedirs(config.output_dir, exist_ok=True)
     summary_path = os.path.join(config.output_dir, SUMMARY_FILE)
-    if os.path.exists(summary_path):
-        os.remove(summary_path)
+    search_dir = os.path.join(config.output_dir, SEARCH_REPORT_DIR)
+    unpublish(config.output_dir)
     beam_args = beam_pipeline_args(config.runner, config.beam_pipeline_args)
     dataset = prepare(config, beam_args, dataset)
     paths = run_paths(config.output_dir)
     spec = pipeline_spec(dataset, config)
+    check_both_labels(dataset)
     logging.info("Orchestrator %s; components' Beam args: %s", orchestrator, " ".join(beam_args))
-    pipeline = create_pipeline(config, spec, paths, beam_args, code_version(REPO_ROOT))
+    pipeline = create_pipeline(config, spec, paths, beam_args, code_version(REPO_ROOT),
+                               data_version(dataset, spec))
     started_ms = int(time.time() * 1000)
     start = time.perf_counter()
     if orchestrator == "beam":
@@ -170,19 +224,17 @@ def run(config: PipelineConfig, orchestrator: str = "local",
         tfx.orchestration.LocalDagRunner().run(pipeline)
     pipeline_seconds = time.perf_counter() - start
     model_dir = pushed_model_dir(paths.metadata_path, started_ms)
-    raw_test_file = dataset.split_path("test")
-    search_dir = os.path.join(config.output_dir, SEARCH_REPORT_DIR)
-    shutil.rmtree(search_dir, ignore_errors=True)
     summary = {
-        "search_report": collect_search_report(paths.metadata_path, search_dir),
         "dataset": dataset.name,
         "pushed_model_dir": model_dir,
-        "raw_test_file": raw_test_file,
+        "raw_test_file": dataset.split_path("test"),
         "metrics": score_test_split(model_dir, dataset),
         "architecture": architecture_of(model_dir),
         "pipeline_seconds": pipeline_seconds,
         "config": config.to_dict(),
         "dataset_metadata": dataset.metadata,
+        # last: search/ is written only once the rest of the summary could be
+        "search_report": collect_search_report(paths.metadata_path, search_dir, started_ms),
     }
     staging = summary_path + ".partial"
     with open(staging, "w") as f:

@@ -112,3 +112,15 @@ def test_output_dir_that_is_a_file_exits_2(tmp_path, capsys):
     path.write_text("")
     assert main(["demo", "--output-dir", str(path)]) == 2
     assert f"output_dir {path}: exists and is not a directory" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_after_replacing_the_data_leaves_no_old_summary(tmp_path, capsys):
+    # output_dir/data now holds this run's data: the last run's summary, naming it, must go.
+    (tmp_path / "summary.json").write_text('{"dataset": "synthetic"}')
+    config = tmp_path / "c.json"
+    config.write_text('{"dataset_options": {"n_rows": 100}}')
+    assert main(["demo", "--model", "mf", "--config", str(config),
+                 "--output-dir", str(tmp_path)]) == 2
+    assert "'mf' is a top-k model" in capsys.readouterr().err
+    assert (tmp_path / "data" / "test.csv").exists()
+    assert not (tmp_path / "summary.json").exists()

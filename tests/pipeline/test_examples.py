@@ -1,12 +1,15 @@
 """Bad input gets an error naming the file, row and field; nothing half-written is left."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import tensorflow as tf
 
 from pipeline.datasets.base import DatasetError, FeatureSpec, PreparedDataset
 from pipeline.examples import read_rows, to_example, write_tfrecords
+from tests.conftest import REPO_ROOT
 
 SPEC = FeatureSpec(label="y", categorical=("user", "item"), numerical=("price",))
 GOOD = "y,user,item,price\n1,u1,i1,2.5\n0,u2,i2,3\n"
@@ -109,6 +112,25 @@ def test_rewriting_identical_data_keeps_the_files(tmp_path):
         f.write("0,u9,i9,1\n")
     assert write_tfrecords(dataset, out)["train"] == 3
     assert os.stat(path).st_mtime != 1
+
+
+def test_identical_data_keeps_its_files_across_processes(tmp_path):
+    """Each CLI run is a new process with its own string-hash seed, which orders a tf.Example's
+    feature map: unless serialised deterministically, identical data was rewritten, and its
+    new mtimes missed ImportExampleGen's cache and every cached execution after it."""
+    _dataset(tmp_path, GOOD)
+    out = os.path.join(tmp_path, "examples")
+    script = ("import sys; from pipeline.datasets.base import PreparedDataset; "
+              "from pipeline.examples import write_tfrecords; "
+              "from tests.pipeline.test_examples import SPEC; "
+              "write_tfrecords(PreparedDataset('toy', sys.argv[1], SPEC), sys.argv[2])")
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed, TF_USE_LEGACY_KERAS="1")
+        subprocess.run([sys.executable, "-c", script, os.path.join(tmp_path, "data"), out],
+                       check=True, env=env, capture_output=True, cwd=REPO_ROOT)
+        if seed == "1":
+            os.utime(os.path.join(out, "train", "data.tfrecord"), (1, 1))
+    assert os.stat(os.path.join(out, "train", "data.tfrecord")).st_mtime == 1
 
 
 def test_an_optional_numerical_cell_may_be_empty_and_is_left_out(tmp_path):
