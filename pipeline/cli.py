@@ -156,11 +156,6 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 config = _run_config(args)
             config.validate()
-            # The data goes into output_dir/data: the last run's summary, naming that data, goes
-            # first, lest a run that fails from here on leave it beside data it does not describe.
-            summary_path = os.path.join(config.output_dir, "summary.json")
-            if os.path.isfile(summary_path):
-                os.remove(summary_path)
             dataset = prepare_run_dataset(config)  # bad input fails before TFX is imported
             config.check_task(dataset.name, dataset.spec.task)
             from pipeline.run import NotPushedError, run  # noqa: PLC0415
@@ -199,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ConfigError, FileNotFoundError) as e:
         print(f"autorecsys: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `autorecsys predict ... | head`: the reader has gone
+        # Python flushes stdout again at exit; pointing it at devnull keeps that quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

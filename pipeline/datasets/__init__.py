@@ -138,7 +138,14 @@ def prepare_dataset(
 def prepare_run_dataset(config: PipelineConfig) -> PreparedDataset:
     """A run's dataset, prepared and validated into ``output_dir/data``: what
     ``pipeline.run.run`` trains on. It needs no TensorFlow or TFX, so the CLI calls it before
-    importing them, and bad input is reported in about a second instead of half a minute."""
+    importing them, and bad input is reported in about a second instead of half a minute.
+
+    The last run's ``summary.json`` there, which names the data about to be replaced, is removed
+    first, so that a run failing from here on leaves none beside data it does not describe.
+    """
+    summary = os.path.join(config.output_dir, "summary.json")
+    if os.path.isfile(summary):
+        os.remove(summary)
     return prepare_dataset(config.dataset,
                            os.path.join(os.path.abspath(config.output_dir), "data"),
                            data_dir=config.data_dir, seed=config.seed,

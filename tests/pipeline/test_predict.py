@@ -4,6 +4,9 @@ stand-in SavedModel."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ import tensorflow as tf
 from components.base import ASSETS_EXTRA, RAW_FEATURES_ASSET
 from pipeline import predict
 from pipeline.datasets.base import DatasetError, FeatureSpec
+from tests.conftest import REPO_ROOT
 
 SPEC = FeatureSpec(label="y", categorical=("user",), numerical=("price",))
 
@@ -102,3 +106,17 @@ def test_topk_predict_never_returns_items_the_model_hides(topk_model, tmp_path):
     rows = tmp_path / "rows.csv"
     rows.write_text("user\nseen\nu1\n")
     assert predict.recommend_csv(topk_model, str(rows))[1] == [["a"], ["a", "b", "c"]]
+
+
+def test_predict_into_a_closed_pipe_exits_without_a_traceback(topk_model, tmp_path):
+    # `autorecsys predict ... | head -1`: the reader leaves before predict has written.
+    rows = tmp_path / "rows.csv"
+    rows.write_text("user\n" + "".join(f"u{i}\n" for i in range(5000)))
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "predict", "--model-dir",
+                             topk_model, "--input", str(rows)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=REPO_ROOT)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait() == 1, stderr[-2000:]
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr[-2000:]
