@@ -54,17 +54,23 @@ def test_run_on_bad_csv_exits_nonzero_naming_file_and_row_and_pushes_nothing(
     assert not (out_dir / "summary.json").exists()
 
 
+def _main_in_fresh_process(argv: list[str]) -> subprocess.CompletedProcess:
+    """``pipeline.cli.main(argv)`` in a new interpreter; stdout ends with ``RESULT <exit status>
+    <tensorflow imported> <tfx imported>``."""
+    code = ("import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
+            "print('RESULT', rc, 'tensorflow' in sys.modules, 'tfx' in sys.modules)")
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          check=False, cwd=REPO_ROOT,
+                          env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+
+
 def test_bad_input_is_reported_before_tensorflow_is_imported(tmp_path):
     # The CSV is validated before the pipeline (TFX, TensorFlow: ~25 s of imports) is loaded.
     data = tmp_path / "data.csv"
     data.write_text("y,a,x\n1,u,1\n0,v,nan\n")
-    code = ("import sys; from pipeline.cli import main; "
-            f"rc = main(['run', '--data', {str(data)!r}, '--label', 'y', '--categorical', 'a', "
-            f"'--numerical', 'x', '--output-dir', {str(tmp_path / 'run')!r}]); "
-            "print('RESULT', rc, 'tensorflow' in sys.modules, 'tfx' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=False, cwd=REPO_ROOT, env=dict(os.environ,
-                                                                 TF_USE_LEGACY_KERAS="1"))
+    result = _main_in_fresh_process(["run", "--data", str(data), "--label", "y",
+                                     "--categorical", "a", "--numerical", "x",
+                                     "--output-dir", str(tmp_path / "run")])
     assert "row 3: field 'x'" in result.stderr
     assert "RESULT 2 False False" in result.stdout, result.stdout + result.stderr
 
@@ -97,12 +103,8 @@ def test_beam_runner_bad_config_exits_2(tmp_path, capsys):
 
 
 def test_topk_model_on_a_ctr_dataset_fails_before_tensorflow_is_imported(tmp_path):
-    code = ("import sys; from pipeline.cli import main; "
-            f"rc = main(['demo', '--model', 'mf', '--output-dir', {str(tmp_path / 'run')!r}]); "
-            "print('RESULT', rc, 'tensorflow' in sys.modules, 'tfx' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=False, cwd=REPO_ROOT, env=dict(os.environ,
-                                                                 TF_USE_LEGACY_KERAS="1"))
+    result = _main_in_fresh_process(["demo", "--model", "mf",
+                                     "--output-dir", str(tmp_path / "run")])
     assert "train.model 'mf' is a top-k model; dataset 'synthetic'" in result.stderr
     assert "RESULT 2 False False" in result.stdout, result.stdout + result.stderr
 
