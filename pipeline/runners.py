@@ -1,9 +1,12 @@
 """Beam runner choice as data: ``--runner NAME`` -> the components' ``beam_pipeline_args``.
 
-The pipeline never branches on the runner. Remote runners need our code on the workers: build the
-wheel (``python -m build``) and pass ``--extra_package=dist/autorecsys-*.whl`` (Dataflow) or run
-the workers from an image with autorecsys installed (``--sdk_container_image``); their workers must
-also have ``TF_USE_LEGACY_KERAS=1`` in the environment.
+The pipeline never branches on the runner. ``flink`` and ``spark`` run the Python side of every Beam
+job in this process (``LOOPBACK``; the cluster's workers reach it at ``localhost``), so they need
+the cluster on this machine. Workers elsewhere (Dataflow, or a remote cluster through extra
+``--environment_type`` flags) import our code and TensorFlow themselves: they run from an image
+with the autorecsys wheel installed and ``TF_USE_LEGACY_KERAS=1`` set (``--sdk_container_image``;
+Dataflow has no flag that sets a worker's environment, and the Evaluator loads the Keras model on
+the workers).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ BEAM_ARGS_BY_RUNNER: dict[str, list[str]] = {
               "--environment_cache_millis=1000000", "--experiments=pre_optimize=all"],
     "dataflow": ["--runner=DataflowRunner", "--project={gcp_project}", "--region={gcp_region}",
                  "--temp_location={temp_location}", "--experiments=use_runner_v2",
-                 "--extra_package={extra_package}"],
+                 "--sdk_container_image={sdk_container_image}"],
 }
 
 RUNNER_NAMES = tuple(BEAM_ARGS_BY_RUNNER)
@@ -40,7 +43,7 @@ _PLACEHOLDER_ENV = {
     "gcp_project": ("AUTORECSYS_GCP_PROJECT", None),
     "gcp_region": ("AUTORECSYS_GCP_REGION", None),
     "temp_location": ("AUTORECSYS_TEMP_LOCATION", None),
-    "extra_package": ("AUTORECSYS_EXTRA_PACKAGE", None),
+    "sdk_container_image": ("AUTORECSYS_SDK_CONTAINER_IMAGE", None),
 }
 
 

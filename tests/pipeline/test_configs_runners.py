@@ -124,14 +124,30 @@ def test_remote_runner_needs_its_settings(monkeypatch):
     monkeypatch.delenv("AUTORECSYS_GCP_PROJECT", raising=False)
     with pytest.raises(ValueError, match="AUTORECSYS_GCP_PROJECT"):
         beam_pipeline_args("dataflow")
-    for key, value in (("PROJECT", "p"), ("REGION", "r"), ("TEMP_LOCATION", "gs://b/t"),
-                       ("EXTRA_PACKAGE", "dist/a.whl")):
-        monkeypatch.setenv(f"AUTORECSYS_{'GCP_' if key in ('PROJECT', 'REGION') else ''}{key}",
-                           value)
+    for key, value in (("GCP_PROJECT", "p"), ("GCP_REGION", "r"), ("TEMP_LOCATION", "gs://b/t"),
+                       ("SDK_CONTAINER_IMAGE", "img:1")):
+        monkeypatch.setenv(f"AUTORECSYS_{key}", value)
     args = beam_pipeline_args("dataflow", ["--machine_type=n1-standard-4"])
     assert "--project=p" in args and args[-1] == "--machine_type=n1-standard-4"
+    # Dataflow cannot set a worker's environment: TF_USE_LEGACY_KERAS comes from the image.
+    assert "--sdk_container_image=img:1" in args
     assert json.dumps(sorted(BEAM_ARGS_BY_RUNNER)) == json.dumps(
         ["dataflow", "direct", "direct-multiprocess", "flink", "spark"])
+
+
+def test_every_runner_flag_is_a_beam_option(monkeypatch):
+    from apache_beam.options.pipeline_options import PipelineOptions  # noqa: PLC0415
+
+    for key in ("GCP_PROJECT", "GCP_REGION", "TEMP_LOCATION", "SDK_CONTAINER_IMAGE"):
+        monkeypatch.setenv(f"AUTORECSYS_{key}", "gs://b/x")
+    for runner in BEAM_ARGS_BY_RUNNER:
+        options = PipelineOptions(beam_pipeline_args(runner))
+        unknown = set(options.get_all_options(retain_unknown_options=True)) - set(
+            options.get_all_options())
+        assert not unknown, (runner, unknown)
+    # A flag appended from the config overrides the runner's (a remote cluster's environment).
+    options = PipelineOptions(beam_pipeline_args("flink", ["--environment_type=EXTERNAL"]))
+    assert options.get_all_options()["environment_type"] == "EXTERNAL"
 
 
 def test_model_presets_fill_only_unset_regularisation():
