@@ -118,6 +118,20 @@ def require_bool(name: str, values: dict[str, Any], key: str) -> None:
         raise SearchError(f"{name}: {key} must be true or false. Received: {key}={values[key]!r}")
 
 
+def require_both_labels(name: str, labels: Any) -> None:
+    """Raises ``SearchError`` unless the eval ``labels`` hold both classes: method ``name``
+    scores candidates by their eval AUC, which one class leaves undefined (e.g. a rare positive
+    label that no eval example has)."""
+    import numpy as np  # noqa: PLC0415
+
+    values = np.asarray(labels).ravel()
+    if len(np.unique(values)) < 2:
+        held = f"all {values[0]:g}" if values.size else "none"
+        raise SearchError(f"{name}: the eval split needs positive and negative examples (the "
+                          f"search scores candidates by eval AUC). Received: {values.size} eval "
+                          f"labels, {held}")
+
+
 def eval_auc(model: Any, dataset: tf.data.Dataset) -> float:
     """ROC AUC (1000 thresholds) of ``model``'s inference-mode outputs over ``dataset``'s
     ``(features, label)`` batches: how the searches score a model on the eval split."""

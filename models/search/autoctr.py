@@ -62,7 +62,13 @@ import tf_keras as keras
 
 from models.architecture import Architecture
 from models.autoctr_dag import check_dag, describe
-from models.search import SearchContext, SearchError, merge_options, retrain_record
+from models.search import (
+    SearchContext,
+    SearchError,
+    merge_options,
+    require_both_labels,
+    retrain_record,
+)
 from models.search.autoctr_evolution import STATE_FILE, canonical, evolve, save_state
 from models.search.autoctr_plots import draw_best_so_far, draw_dag
 from models.zoo.ctr import build_ctr_model, model_input_names
@@ -130,6 +136,7 @@ def search(ctx: SearchContext) -> Architecture:
     names = model_input_names(ctx.arch)
     train = _arrays(ctx.dataset("train", names, False))
     evaluation = _arrays(ctx.dataset("eval", names, False))
+    require_both_labels(NAME, evaluation[1])
     rng = np.random.default_rng(ctx.seed)
     rows = len(train[1])
     keep = np.sort(rng.choice(rows, max(1, int(round(rows * options["sample_fraction"]))),

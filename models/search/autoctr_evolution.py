@@ -271,7 +271,8 @@ def evolve(score: Callable[[dict], tuple[float, float]], options: dict, raw: lis
 def _next_dag(trials: list[dict], seen: set[str], rng: np.random.Generator, raw: list[str],
               options: dict, seed: int, max_blocks: int, size: int,
               weights: tuple[float, float, float]) -> tuple[dict, str]:
-    """A random DAG while the population fills, then the ranker's pick among mutants."""
+    """A random DAG while the population fills, then the ranker's pick among mutants (the
+    first mutant while every trial has scored the same: no pair to rank)."""
     if len(trials) < size:
         for _ in range(100):
             dag = random_dag(rng, raw, max_blocks)
@@ -290,9 +291,11 @@ def _next_dag(trials: list[dict], seen: set[str], rng: np.random.Generator, raw:
     if not mutants:
         return random_dag(rng, raw, max_blocks), "random"
     children = list(mutants.values())
-    if len(trials) < int(options["ranker_min_trials"]) or len(children) == 1:
+    rewards = np.array([t["reward"] for t in trials])
+    if (len(trials) < int(options["ranker_min_trials"]) or len(children) == 1
+            or np.all(rewards == rewards[0])):  # no pair to learn a ranking from
         return children[0], "mutant"
     x = np.stack([features(t["dag"], max_blocks) for t in trials])
-    ranker = PairwiseRanker(seed + len(trials)).fit(x, np.array([t["reward"] for t in trials]))
+    ranker = PairwiseRanker(seed + len(trials)).fit(x, rewards)
     scores = ranker.score(np.stack([features(c, max_blocks) for c in children]), x)
     return children[int(np.argmax(scores))], "ranked"

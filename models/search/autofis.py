@@ -73,6 +73,9 @@ def settings(ctx: SearchContext) -> dict[str, Any]:
 def search(ctx: SearchContext) -> Architecture:
     """Trains the all-pairs gated model on the train split and keeps the pairs with a gate."""
     options = settings(ctx)
+    if len(ctx.arch.fields) < 2:
+        raise SearchError(f"autofis selects pairs of fields and needs at least two fields. "
+                          f"Received: fields={ctx.arch.fields}")
     searching = dataclasses.replace(
         ctx.arch, kept_interactions=None, gated_interactions=True,
         l2=ctx.arch.l2 if options["l2"] is None else float(options["l2"]),

@@ -86,6 +86,7 @@ from models.search import (
     merge_options,
     require_at_least,
     require_bool,
+    require_both_labels,
     retrain_val_auc,
 )
 from models.zoo.ctr import build_ctr_model, model_input_names
@@ -381,6 +382,7 @@ def search(ctx: SearchContext) -> Architecture:
         train_ds = train_ds.unbatch().batch(int(options["batch_size"]))
     eval_ds = ctx.dataset("eval", names, False)
     eval_labels = np.concatenate([y.numpy().ravel() for _, y in eval_ds])
+    require_both_labels(NAME, eval_labels)
     learning_rate = float(options["learning_rate"] or ctx.learning_rate)
 
     def validation_auc() -> float:

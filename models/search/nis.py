@@ -58,6 +58,7 @@ from models.search import (
     merge_options,
     require_at_least,
     require_bool,
+    require_both_labels,
 )
 from models.zoo import build_ctr_model, model_input_names
 
@@ -317,6 +318,7 @@ def _search_loop(ctx: SearchContext, model: keras.Model, layer: MultiSizeFieldEm
     reward_ds = ctx.dataset("eval", names, False).unbatch().take(int(values["reward_examples"]))
     x_val, y_val = next(iter(reward_ds.batch(int(values["reward_examples"]))))
     y_val = y_val.numpy().ravel()
+    require_both_labels(NAME, y_val)  # the reward's AUC
     model(x_val)  # builds every weight before the optimiser sees them
     optimizer = keras.optimizers.Adam(ctx.learning_rate)
     bce = keras.losses.BinaryCrossentropy()

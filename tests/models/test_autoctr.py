@@ -240,6 +240,15 @@ class EvolutionBudgetAndResumeTest(tf.test.TestCase):
                          list(np.maximum.accumulate([t["reward"] for t in state["trials"]])))
         self.assertLen({evolution.canonical(d) for d in calls}, 8)
 
+    def test_tied_rewards_evolve_by_mutation_without_the_ranker(self):
+        # Every trial scoring alike (e.g. a tiny eval split) gives the ranker no pair to learn.
+        calls: list[dict] = []
+        state = evolution.evolve(lambda dag: (calls.append(dag) or 0.5, 1.0),
+                                 {**OPTIONS, "max_trials": 6}, ["sparse"], seed=0,
+                                 fingerprint={})
+        self.assertLen(calls, 6)
+        self.assertEqual([t["how"] for t in state["trials"]][3:], ["mutant"] * 3)
+
     def test_seconds_budget_stops(self):
         calls: list[dict] = []
         state = evolution.evolve(_fake_score(calls, sleep=0.1),
@@ -305,6 +314,19 @@ class SearchTest(tf.test.TestCase):
         bad = {"blocks": [{"type": "mlp", "inputs": [3], "units": [8]}]}
         with self.assertRaisesRegex(SearchError, r"initial_dags\[0\]: AutoCTR block 0"):
             autoctr.search(_tiny_context({"initial_dags": [bad]}, None))
+
+    def test_refuses_an_eval_split_of_one_label(self):
+        ctx = _tiny_context({}, None)
+        both = ctx.dataset
+
+        def negatives_only(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
+            batches = both(split, names, shuffle)
+            return batches if split == "train" else batches.map(lambda x, y: (x, 0 * y))
+
+        ctx.dataset = negatives_only
+        with self.assertRaisesRegex(SearchError, "autoctr: the eval split needs positive and "
+                                                 "negative examples.*256 eval labels, all 0"):
+            autoctr.search(ctx)
 
     def test_small_samples_get_more_trial_epochs(self):
         options = {"epochs": 1, "batch_size": 512, "min_steps": 30}

@@ -226,6 +226,21 @@ class SearchOnTinyDataTest(tf.test.TestCase):
         self.assertTrue(os.path.exists(os.path.join(report_dir,
                                                     autofis.RETRAINED_GATES_PICTURE)))
 
+    def test_search_refuses_a_single_field(self):
+        ids = {"a_id": np.arange(64) % 4}
+        labels = (ids["a_id"] % 2).astype(np.float32)[:, None]
+
+        def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
+            return tf.data.Dataset.from_tensor_slices(
+                ({n: ids[n] for n in names}, labels)).batch(32)
+
+        arch = Architecture.uniform("fm", ["a"], [], {"a": 4}, embedding_dim=2)
+        ctx = SearchContext(arch=arch, dataset=dataset, learning_rate=1e-3, batch_size=32,
+                            max_epochs=1, patience=1, seed=0)
+        message = "autofis selects pairs of fields.*two fields. Received: fields=\\['a'\\]"
+        with self.assertRaisesRegex(SearchError, message):
+            autofis.search(ctx)
+
 
 @pytest.mark.slow
 def test_search_keeps_the_planted_pairs_of_synthetic(tmp_path):

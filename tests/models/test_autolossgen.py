@@ -408,6 +408,22 @@ class SearchOnTinyDataTest(tf.test.TestCase):
                                                         autolossgen.CURVES_PICTURE)))
         self.assertIsNone(arch.loss)
 
+    def test_search_refuses_an_eval_split_of_one_label(self):
+        ids = {"a_id": np.arange(64) % 4}
+        labels = {"train": (ids["a_id"] == 0).astype(np.float32), "eval": np.ones(64, np.float32)}
+
+        def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
+            return tf.data.Dataset.from_tensor_slices(
+                ({n: ids[n] for n in names}, labels[split])).batch(32)
+
+        arch = Architecture.uniform("lr", ["a"], [], {"a": 4}, embedding_dim=2)
+        ctx = SearchContext(arch=arch, dataset=dataset, learning_rate=0.05, batch_size=32,
+                            max_epochs=1, patience=1, seed=0,
+                            options={"search_epochs": 1, "samples_per_epoch": 2})
+        with self.assertRaisesRegex(SearchError, "autolossgen: the eval split needs positive "
+                                                 "and negative examples.*64 eval labels, all 1"):
+            autolossgen.search(ctx)
+
 
 def test_topk_search_scores_candidates_by_eval_recall_and_mf_retrains_with_the_loss(tmp_path):
     from components.topk import topk_data_from_interactions, train_bpr  # noqa: PLC0415

@@ -14,11 +14,12 @@ from absl.testing import parameterized
 
 from models.architecture import Architecture, ArchitectureError
 from models.layers.multisize import MultiSizeEmbedding, MultiSizeFieldEmbedding
-from models.search import SearchError
+from models.search import SearchContext, SearchError
 from models.search.nis import (
     ReinforceController,
     merge_blocks,
     most_probable_within,
+    search,
     settings,
     vocab_block_sizes,
 )
@@ -256,6 +257,27 @@ def test_blocks_helpers_and_settings():
     with pytest.raises(SearchError, match="projected_l2='no'"):
         settings({"projected_l2": "no"})
     assert settings({})["projected_l2"] is True
+
+
+def test_search_refuses_an_eval_split_of_one_label():
+    """The reward's AUC needs both labels; a rare positive can leave the eval split without
+    one (before, the policy became NaN and every block got size 0)."""
+    rng = np.random.default_rng(0)
+    ids = {"user_id": rng.integers(0, 6, 64), "item_id": rng.integers(0, 4, 64)}
+    labels = {"train": (ids["user_id"] == 0).astype(np.float32), "eval": np.zeros(64, np.float32)}
+
+    def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices(
+            ({n: ids[n] for n in names}, labels[split])).batch(32)
+
+    arch = Architecture.uniform("deepfm", ["user", "item"], [], {"user": 6, "item": 4},
+                                embedding_dim=4, hidden_units=[8])
+    ctx = SearchContext(arch=arch, dataset=dataset, learning_rate=1e-2, batch_size=32,
+                        max_epochs=1, patience=1, seed=0,
+                        options={"min_vocab": 2, "warmup_epochs": 0, "epochs": 1, "samples": 1})
+    with pytest.raises(SearchError, match="nis: the eval split needs positive and negative "
+                                          "examples.*64 eval labels, all 0"):
+        search(ctx)
 
 
 @pytest.mark.slow
