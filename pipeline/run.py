@@ -26,7 +26,8 @@ from models.architecture import TOPK_MODELS
 from pipeline import metrics
 from pipeline.configs import PipelineConfig
 from pipeline.datasets import prepare_run_dataset
-from pipeline.datasets.base import DatasetError, PreparedDataset
+from pipeline.datasets._common import require_both_labels
+from pipeline.datasets.base import PreparedDataset
 from pipeline.examples import write_tfrecords
 from pipeline.pipeline import PipelinePaths, code_version, create_pipeline
 from pipeline.predict import score_csv, topk_test_metrics
@@ -152,11 +153,8 @@ def check_both_labels(dataset: PreparedDataset) -> None:
     for split in ("train", "eval", "test"):
         path = dataset.split_path(split)
         with open(path, newline="") as f:
-            labels = sorted({row[dataset.spec.label] for row in csv.DictReader(f)})
-        if len(labels) < 2:
-            held = f"only label {labels[0]} rows" if labels else "no rows"
-            raise DatasetError(f"{path}: the {split} split holds {held}; every split needs both "
-                               f"labels 0 and 1 (AUC ranks the models on eval and scores test).")
+            require_both_labels(split, (row[dataset.spec.label] for row in csv.DictReader(f)),
+                                path)
 
 
 def score_test_split(model_dir: str, dataset: PreparedDataset) -> dict[str, Any]:

@@ -18,6 +18,20 @@ MISSING = "__missing__"
 MANIFEST = "feature_spec.json"
 
 
+def require_both_labels(split: str, labels: Iterable[object], where: str,
+                        rows: int | None = None, hint: str = "") -> None:
+    """Raises DatasetError unless a split's ``labels`` hold both 0 and 1: AUC, which ranks the
+    models on eval and scores test, is undefined on one class (and a train split of one class
+    teaches nothing). ``where`` names the split's source; ``rows``, when given, its size."""
+    held_labels = sorted(set(labels))
+    if len(held_labels) < 2:
+        held = f"only label {held_labels[0]} rows" if held_labels else "no rows"
+        size = "" if rows is None else f" ({rows} rows)"
+        raise DatasetError(f"{where}: the {split} split{size} holds {held}; every split needs "
+                           f"both labels 0 and 1 (AUC ranks the models on eval and scores "
+                           f"test){hint}.")
+
+
 def require_file(dataset: str, path: str) -> str:
     """Returns ``path`` if it is a file, else raises a DatasetError naming dataset and path.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from pipeline.datasets._common import publish_dataset, take_splits
+from pipeline.datasets._common import publish_dataset, require_both_labels, take_splits
 from pipeline.datasets.base import DatasetError, FeatureSpec, PreparedDataset
 from pipeline.datasets.rows import read_rows
 
@@ -30,18 +30,10 @@ def read_validated(path: str, spec: FeatureSpec) -> list[list[str]]:
 
 def _check_labels(splits: Mapping[str, Sequence[Sequence[str]]], where: Mapping[str, str],
                   hint: str = "") -> None:
-    """Raises DatasetError unless every split holds label 0 and label 1 rows.
-
-    Model selection (eval) and test scoring rank by AUC, which is undefined on one class; a
-    train split of one class teaches nothing. ``where`` names each split's source for the message.
-    """
+    """``require_both_labels`` for every split's rows (label first); ``where`` names each
+    split's source for the message."""
     for split, rows in splits.items():
-        labels = sorted({row[0] for row in rows})
-        if len(labels) < 2:
-            held = f"only label {labels[0]} rows" if labels else "no rows"
-            raise DatasetError(f"{where[split]}: the {split} split ({len(rows)} rows) holds "
-                               f"{held}; every split needs both labels 0 and 1 (AUC ranks the "
-                               f"models on eval and scores test){hint}.")
+        require_both_labels(split, (row[0] for row in rows), where[split], len(rows), hint)
 
 
 def prepare_csv(
