@@ -19,7 +19,7 @@ from tfx import v1 as tfx
 from components.search import ArchitectureSearch, is_topk
 from components.topk_eval import TopkBlessing
 from components.validation import AnomaliesGate
-from pipeline.configs import ConfigError, PipelineConfig
+from pipeline.configs import PipelineConfig
 
 SPLIT_PATTERNS = {"train": "train/*", "eval": "eval/*", "test": "test/*"}
 
@@ -83,12 +83,12 @@ def create_pipeline(config: PipelineConfig, spec: dict, paths: PipelinePaths,
       The TFX pipeline.
 
     Raises:
-      ConfigError: the Tuner is enabled on a top-k dataset (it tunes CTR models only).
+      ConfigError: the config cannot run on a top-k dataset (``PipelineConfig.check_task``: the
+        Tuner enabled, a CTR search).
     """
     topk = is_topk(spec)
-    if topk and config.tuner.enabled:
-        raise ConfigError("tuner.enabled: the Tuner tunes CTR models; top-k datasets train MF "
-                          "with the topk settings.")
+    if topk:
+        config.check_task(config.dataset, "topk")
     config_json = config.to_json()
     spec_json = json.dumps(spec, sort_keys=True)
     custom_config = {"config": config.to_dict(), "spec": spec, "code_version": code_version}
