@@ -22,6 +22,7 @@ from models.layers.autoctr import AutoCTRNet, DotBlock, FMBlock
 from models.search import SearchContext, SearchError, autoctr
 from models.search import autoctr_evolution as evolution
 from models.zoo import build_ctr_model, model_input_names
+from tests.models.in_memory import split_datasets
 from tests.models.synthetic_search import search_synthetic
 
 # [B=2, F=3, D=2] embeddings with hand-checkable products.
@@ -287,9 +288,7 @@ def _tiny_context(options: dict[str, Any], report_dir: str | None) -> SearchCont
     ids["p_z"] = rng.normal(size=256).astype(np.float32)
     labels = ((ids["a_id"] + ids["b_id"]) % 2).astype(np.float32)[:, None]
 
-    def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-        assert split in ("train", "eval")
-        return tf.data.Dataset.from_tensor_slices(({n: ids[n] for n in names}, labels)).batch(64)
+    dataset = split_datasets({"train": (ids, labels), "eval": (ids, labels)}, 64)
 
     arch = Architecture.uniform("autoctr", list("abc"), ["p"], dict.fromkeys("abc", 4),
                                 embedding_dim=3, hidden_units=[4])

@@ -18,6 +18,7 @@ from models.optimizers import GRDA
 from models.search import SearchContext, SearchError, autofis
 from models.zoo import build_ctr_model, model_input_names
 from models.zoo.ctr import FM_INTERACTION_LAYER
+from tests.models.in_memory import split_datasets
 from tests.models.synthetic_search import search_synthetic
 
 EPSILON = 1e-3
@@ -200,10 +201,7 @@ class SearchOnTinyDataTest(tf.test.TestCase):
         ids = {f"{f}_id": rng.integers(0, 4, 512) for f in "abc"}
         labels = ((ids["a_id"] + ids["b_id"]) % 2).astype(np.float32)[:, None]
 
-        def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-            self.assertIn(split, ("train", "eval"))
-            return tf.data.Dataset.from_tensor_slices(
-                ({n: ids[n] for n in names}, labels)).batch(128)
+        dataset = split_datasets({"train": (ids, labels), "eval": (ids, labels)}, 128)
 
         arch = Architecture.uniform("fm", list("abc"), [], dict.fromkeys("abc", 4),
                                     embedding_dim=3, search={"strategy": "none"})
@@ -230,9 +228,7 @@ class SearchOnTinyDataTest(tf.test.TestCase):
         ids = {"a_id": np.arange(64) % 4}
         labels = (ids["a_id"] % 2).astype(np.float32)[:, None]
 
-        def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-            return tf.data.Dataset.from_tensor_slices(
-                ({n: ids[n] for n in names}, labels)).batch(32)
+        dataset = split_datasets({"train": (ids, labels), "eval": (ids, labels)}, 32)
 
         arch = Architecture.uniform("fm", ["a"], [], {"a": 4}, embedding_dim=2)
         ctx = SearchContext(arch=arch, dataset=dataset, learning_rate=1e-3, batch_size=32,

@@ -19,6 +19,7 @@ from models.layers.autogroup import FeatureGroupInteraction
 from models.search import SearchContext, SearchError, autogroup
 from models.zoo import build_ctr_model, model_input_names
 from models.zoo.autogroup import order_layer_name
+from tests.models.in_memory import split_datasets
 from tests.models.synthetic_search import search_synthetic
 
 # [B=2, F=3, D=2] embeddings with hand-checkable products.
@@ -238,10 +239,7 @@ class SearchTest(tf.test.TestCase):
                     "age_z": rng.normal(size=256).astype(np.float32)}
         labels = ((features["user_id"] + features["item_id"]) % 2).astype(np.float32)[:, None]
 
-        def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-            self.assertIn(split, ("train", "eval"))
-            return tf.data.Dataset.from_tensor_slices(
-                ({n: features[n] for n in names}, labels)).batch(128)
+        dataset = split_datasets({"train": (features, labels), "eval": (features, labels)}, 128)
 
         report_dir = self.get_temp_dir()
         ctx = SearchContext(arch=_arch(), dataset=dataset, learning_rate=1e-2, batch_size=128,
@@ -277,9 +275,7 @@ class SearchTest(tf.test.TestCase):
                     "age_z": np.linspace(-1, 1, 64).astype(np.float32)}
         labels = (np.arange(64) % 2).astype(np.float32)[:, None]
 
-        def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-            return tf.data.Dataset.from_tensor_slices(
-                ({n: features[n] for n in names}, labels)).batch(32)
+        dataset = split_datasets({"train": (features, labels), "eval": (features, labels)}, 32)
 
         baseline = autogroup.baseline_groups(_arch().fields, ["1", "2", "3"])
         for searched_auc, baseline_auc, linear_auc, chosen in (

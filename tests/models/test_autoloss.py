@@ -17,6 +17,7 @@ from models.losses import autoloss, describe_loss, training_loss
 from models.search import METHODS, SearchContext, SearchError, check_applies
 from models.search import autoloss as autoloss_search
 from models.zoo import build_ctr_model, model_input_names
+from tests.models.in_memory import split_datasets
 
 LABELS = np.array([1.0, 0.0, 1.0, 0.0, 1.0], np.float32)
 PROBS = np.array([0.8, 0.8, 0.5, 0.1, 0.01], np.float32)
@@ -248,13 +249,7 @@ class RetrainAndServeTest(tf.test.TestCase):
 
 
 def _context(options: dict[str, Any], report_dir: str | None = None) -> SearchContext:
-    ids, labels = _ids(512, 0)
-    eval_ids, eval_labels = _ids(256, 1)
-
-    def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-        assert split in ("train", "eval")
-        x, y = (ids, labels) if split == "train" else (eval_ids, eval_labels)
-        return tf.data.Dataset.from_tensor_slices(({n: x[n] for n in names}, y)).batch(128)
+    dataset = split_datasets({"train": _ids(512, 0), "eval": _ids(256, 1)}, 128)
 
     return SearchContext(arch=_arch(), dataset=dataset, learning_rate=0.01, batch_size=128,
                          max_epochs=1, patience=1, seed=0, options=options,

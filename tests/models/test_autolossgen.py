@@ -18,6 +18,7 @@ from models.architecture import Architecture
 from models.losses import describe_loss, formula, training_loss
 from models.losses.formula import LossFormulaError
 from models.search import SearchContext, SearchError, autolossgen
+from tests.models.in_memory import split_datasets
 
 EPS = formula.EPSILON
 Y_PRED = np.array([0.2, 0.5, 0.9], np.float32)
@@ -377,10 +378,7 @@ class SearchOnTinyDataTest(tf.test.TestCase):
         ids = {f"{f}_id": rng.integers(0, 4, 256) for f in "ab"}
         labels = (ids["a_id"] == ids["b_id"]).astype(np.float32)[:, None]
 
-        def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-            self.assertIn(split, ("train", "eval"))
-            return tf.data.Dataset.from_tensor_slices(
-                ({n: ids[n] for n in names}, labels)).batch(64)
+        dataset = split_datasets({"train": (ids, labels), "eval": (ids, labels)}, 64)
 
         arch = Architecture.uniform("fm", ["a", "b"], [], {"a": 4, "b": 4}, embedding_dim=3,
                                     search={"strategy": "none"})
@@ -410,11 +408,8 @@ class SearchOnTinyDataTest(tf.test.TestCase):
 
     def test_search_refuses_an_eval_split_of_one_label(self):
         ids = {"a_id": np.arange(64) % 4}
-        labels = {"train": (ids["a_id"] == 0).astype(np.float32), "eval": np.ones(64, np.float32)}
-
-        def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-            return tf.data.Dataset.from_tensor_slices(
-                ({n: ids[n] for n in names}, labels[split])).batch(32)
+        dataset = split_datasets({"train": (ids, (ids["a_id"] == 0).astype(np.float32)),
+                                  "eval": (ids, np.ones(64, np.float32))}, 32)
 
         arch = Architecture.uniform("lr", ["a"], [], {"a": 4}, embedding_dim=2)
         ctx = SearchContext(arch=arch, dataset=dataset, learning_rate=0.05, batch_size=32,

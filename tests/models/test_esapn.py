@@ -17,6 +17,7 @@ from models.search import SearchContext, SearchError
 from models.search.esapn import DEFAULTS, GrowthController, search, search_topk, settings
 from models.zoo import build_ctr_model, model_input_names
 from models.zoo.mf import MatrixFactorization
+from tests.models.in_memory import split_datasets
 
 TABLE = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]
 
@@ -214,10 +215,7 @@ def test_ctr_search_writes_id_dims_that_retrain_alone(tmp_path):
     features = {"user_id": rng.integers(0, 30, 512), "item_id": rng.integers(0, 20, 512)}
     labels = ((features["user_id"] + features["item_id"]) % 3 == 0).astype(np.float32)
 
-    def dataset(split: str, input_names: list[str], shuffle: bool) -> tf.data.Dataset:
-        assert split in ("train", "eval")
-        return tf.data.Dataset.from_tensor_slices(
-            ({k: features[k] for k in input_names}, labels)).batch(128)
+    dataset = split_datasets({"train": (features, labels), "eval": (features, labels)}, 128)
 
     ctx = SearchContext(arch=arch, dataset=dataset, learning_rate=1e-2, batch_size=128,
                         max_epochs=2, patience=1, seed=0,

@@ -22,6 +22,7 @@ from models.search.lambdaopt import search, settings
 from models.search.lambdaopt_ctr import CTRLambdaOptTrainer, lookahead_val_loss
 from models.search.lambdaopt_lookahead import adam_update
 from models.zoo import LOGIT_LAYER, build_ctr_model, model_input_names
+from tests.models.in_memory import split_datasets
 from tests.models.test_lambdaopt import F64, _finite_difference
 
 VOCAB = {"u": 4, "i": 3}
@@ -213,11 +214,7 @@ def _context(arch: Architecture, options: dict[str, Any], report_dir: str | None
         features = _features(n, seed)
         return features, tf.cast(features["u_id"] % 2 == 0, tf.float32)[:, None]
 
-    splits = {"train": data(256, 0), "eval": data(128, 1)}
-
-    def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-        x, y = splits[split]
-        return tf.data.Dataset.from_tensor_slices(({n: x[n] for n in names}, y)).batch(64)
+    dataset = split_datasets({"train": data(256, 0), "eval": data(128, 1)}, 64)
 
     return SearchContext(arch=arch, dataset=dataset, learning_rate=0.05, batch_size=64,
                          max_epochs=3, patience=2, seed=0, options=options,

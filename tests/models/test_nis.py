@@ -24,6 +24,7 @@ from models.search.nis import (
     vocab_block_sizes,
 )
 from models.zoo import build_ctr_model, model_input_names
+from tests.models.in_memory import split_datasets
 
 BLOCKS = [[2, 4], [3, 2], [1, 0]]
 IDS = tf.constant([0, 1, 2, 4, 5], tf.int64)
@@ -264,11 +265,8 @@ def test_search_refuses_an_eval_split_of_one_label():
     one (before, the policy became NaN and every block got size 0)."""
     rng = np.random.default_rng(0)
     ids = {"user_id": rng.integers(0, 6, 64), "item_id": rng.integers(0, 4, 64)}
-    labels = {"train": (ids["user_id"] == 0).astype(np.float32), "eval": np.zeros(64, np.float32)}
-
-    def dataset(split: str, names: list[str], shuffle: bool) -> tf.data.Dataset:
-        return tf.data.Dataset.from_tensor_slices(
-            ({n: ids[n] for n in names}, labels[split])).batch(32)
+    dataset = split_datasets({"train": (ids, (ids["user_id"] == 0).astype(np.float32)),
+                              "eval": (ids, np.zeros(64, np.float32))}, 32)
 
     arch = Architecture.uniform("deepfm", ["user", "item"], [], {"user": 6, "item": 4},
                                 embedding_dim=4, hidden_units=[8])
