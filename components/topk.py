@@ -25,7 +25,7 @@ import csv
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,7 +240,46 @@ def evaluate_topk(user_emb: np.ndarray, item_emb: np.ndarray,
       ``{"recall@k": ..., "ndcg@k": ..., "users": n}`` averaged over the ``n`` users with targets
       (0 when there are none).
     """
-    exclude, target = _as_user_items(exclude_items_by_user), _as_user_items(target_items_by_user)
+    target = _as_user_items(target_items_by_user)
+    batches = _ranked_batches(user_emb, item_emb, exclude_items_by_user, target, k, batch_users)
+    cut = min(k, np.shape(item_emb)[0])
+    discounts = 1.0 / np.log2(np.arange(2, cut + 2))
+    ideal = np.concatenate([[1.0], np.cumsum(discounts)])  # ideal[0] only guards a 0/0.
+    users = np.flatnonzero(target.counts > 0)
+    recall_sum = ndcg_sum = 0.0
+    for batch, hits, _ in batches:
+        num_targets = target.counts[batch]
+        recall_sum += float((hits.sum(axis=1) / num_targets).sum())
+        ndcg_sum += float(((hits @ discounts) / ideal[np.minimum(num_targets, cut)]).sum())
+    n = max(len(users), 1)
+    return {f"recall@{k}": recall_sum / n, f"ndcg@{k}": ndcg_sum / n, "users": len(users)}
+
+
+def target_hits(user_emb: np.ndarray, item_emb: np.ndarray,
+                exclude_items_by_user: UserItems | Sequence[Sequence[int]],
+                target_items_by_user: UserItems | Sequence[Sequence[int]],
+                k: int = 20, batch_users: int = 1024) -> np.ndarray:
+    """Whether each held-out pair is ranked in its user's top ``k`` (the ranking of
+    :func:`evaluate_topk`): a bool per pair of ``target_items_by_user.pairs()``, in that order.
+    A user's Recall@k is the mean of their pairs' values."""
+    target = _as_user_items(target_items_by_user)
+    chunks = [np.zeros(0, bool)]
+    for batch, _, in_top in _ranked_batches(user_emb, item_emb, exclude_items_by_user, target,
+                                            k, batch_users):
+        rows, items = target.rows_of(batch)
+        chunks.append(in_top[rows, items])
+    return np.concatenate(chunks)
+
+
+def _ranked_batches(user_emb: np.ndarray, item_emb: np.ndarray,
+                    exclude_items_by_user: UserItems | Sequence[Sequence[int]],
+                    target: UserItems, k: int, batch_users: int
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Full ranking of the users with targets, ``batch_users`` at a time: yields ``(users,
+    hits, in_top)``: ``hits[b, r]`` whether the user's item at rank ``r < min(k, items)`` is one
+    of their targets, ``in_top[b, i]`` whether item ``i`` is in their top ``k`` (items scored
+    ``-inf``, the excluded ones, are never in it)."""
+    exclude = _as_user_items(exclude_items_by_user)
     user_emb = np.asarray(user_emb, np.float32)
     item_emb_t = np.ascontiguousarray(np.asarray(item_emb, np.float32).T)
     if not len(exclude) == len(target) == user_emb.shape[0]:
@@ -249,23 +288,23 @@ def evaluate_topk(user_emb: np.ndarray, item_emb: np.ndarray,
     if k < 1:
         raise ValueError(f"k must be positive. Received: k={k}")
     cut = min(k, item_emb_t.shape[1])
-    discounts = 1.0 / np.log2(np.arange(2, cut + 2))
-    ideal = np.concatenate([[1.0], np.cumsum(discounts)])  # ideal[0] only guards a 0/0.
     users = np.flatnonzero(target.counts > 0)
-    recall_sum = ndcg_sum = 0.0
-    for start in range(0, len(users), batch_users):
-        batch = users[start:start + batch_users]
-        scores = user_emb[batch] @ item_emb_t
-        scores[exclude.rows_of(batch)] = -np.inf
-        top_scores, top_items = (t.numpy() for t in tf.math.top_k(scores, cut, sorted=True))
-        relevant = np.zeros(scores.shape, bool)
-        relevant[target.rows_of(batch)] = True
-        hits = np.take_along_axis(relevant, top_items, axis=1) & np.isfinite(top_scores)
-        num_targets = target.counts[batch]
-        recall_sum += float((hits.sum(axis=1) / num_targets).sum())
-        ndcg_sum += float(((hits @ discounts) / ideal[np.minimum(num_targets, cut)]).sum())
-    n = max(len(users), 1)
-    return {f"recall@{k}": recall_sum / n, f"ndcg@{k}": ndcg_sum / n, "users": len(users)}
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for start in range(0, len(users), batch_users):
+            batch = users[start:start + batch_users]
+            scores = user_emb[batch] @ item_emb_t
+            scores[exclude.rows_of(batch)] = -np.inf
+            top_scores, top_items = (t.numpy() for t in tf.math.top_k(scores, cut, sorted=True))
+            relevant = np.zeros(scores.shape, bool)
+            relevant[target.rows_of(batch)] = True
+            ranked = np.isfinite(top_scores)
+            hits = np.take_along_axis(relevant, top_items, axis=1) & ranked
+            in_top = np.zeros(scores.shape, bool)
+            np.put_along_axis(in_top, top_items, ranked, axis=1)
+            yield batch, hits, in_top
+
+    return batches()
 
 
 def evaluate_split(data: TopkData, user_emb: np.ndarray, item_emb: np.ndarray, split: str, *,

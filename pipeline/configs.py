@@ -420,7 +420,7 @@ def search_option_names(method: str) -> set[str]:
     does not import TensorFlow. AutoDis's are ``models.architecture.AUTODIS_DEFAULTS``.
 
     >>> sorted(search_option_names("esapn"))[:2]
-    ['candidate_dims', 'epochs']
+    ['candidate_dims', 'episodes']
     """
     if method == "autodis":
         return set(AUTODIS_DEFAULTS)

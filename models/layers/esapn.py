@@ -38,9 +38,11 @@ class ESAPNEmbedding(keras.layers.Layer):
     official code adds batch norm and ``tanh`` after the chain for its MLP; this layer stops at
     the linear output so that it also serves dot-product models (MF). The maps start as
     zero-padding identities (``map_initializer="identity"``), so that a fresh id of size ``d``
-    is its ``d`` free coordinates; ``rescale_init`` multiplies those by ``sqrt(d_K / d)`` at
-    build time, so that every id starts with the norm of a ``d_K``-sized one (small ids
-    otherwise start with near-zero scores and learn slowly). It is mask-based (one dense
+    is its ``d`` free coordinates; with ``trainable_maps=False`` they stay so (a ragged table
+    zero-padded to ``d_K``, what MF uses, ``models.zoo.mf``), and store no parameters;
+    ``rescale_init`` multiplies those by ``sqrt(d_K / d)`` at build time, so that every id
+    starts with the norm of a ``d_K``-sized one (small ids otherwise start with near-zero
+    scores and learn slowly). It is mask-based (one dense
     table), so that training and XLA see fixed shapes; only the first ``d_{s_i}`` columns of
     row ``i`` are ever read, and ``stored_params`` counts those plus the maps.
 
@@ -59,6 +61,8 @@ class ESAPNEmbedding(keras.layers.Layer):
       embeddings_initializer: initializer of the table.
       map_initializer: initializer of the ``W_k`` (cloned per map).
       rescale_init: scale each id's initial coordinates by ``sqrt(d_K / d_{s_i})``.
+      trainable_maps: whether the maps train; frozen identity maps are zero-padding, which
+        ``stored_params`` does not count (a frozen map of another initializer is counted).
 
     Input shape: integer ids of any shape ``S``.
     Output shape: ``S + [d_K]``.
@@ -68,7 +72,7 @@ class ESAPNEmbedding(keras.layers.Layer):
                  id_dims: Sequence[int] | None = None, use_bias: bool = True, l2: float = 0.0,
                  embeddings_initializer: Any = "truncated_normal",
                  map_initializer: Any = "identity", rescale_init: bool = True,
-                 **kwargs: Any) -> None:
+                 trainable_maps: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(num_ids) < 1:
             raise ValueError(f"num_ids must be a positive integer. Received: num_ids={num_ids}")
@@ -94,8 +98,9 @@ class ESAPNEmbedding(keras.layers.Layer):
         self.l2 = float(l2)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.map_initializer = keras.initializers.get(map_initializer)
+        self.trainable_maps = bool(trainable_maps)
         self.maps = [keras.layers.Dense(
-            out, use_bias=self.use_bias, name=f"map_{d}_{out}",
+            out, use_bias=self.use_bias, name=f"map_{d}_{out}", trainable=self.trainable_maps,
             kernel_initializer=_clone_initializer(self.map_initializer))
             for d, out in pairwise(dims)]
 
@@ -141,7 +146,10 @@ class ESAPNEmbedding(keras.layers.Layer):
 
     def stored_params(self) -> int:
         """``sum_i d_{s_i}`` plus the maps the current sizes go through (what a ragged store
-        of this table holds)."""
+        of this table holds); frozen identity maps (zero-padding) add nothing."""
+        if not self.trainable_maps and isinstance(self.map_initializer,
+                                                  keras.initializers.Identity):
+            return int(sum(self.id_dims()))
         return id_dims_params(self.id_dims(), self.candidate_dims, self.use_bias)
 
     def grow(self, ids: np.ndarray) -> None:
@@ -174,6 +182,7 @@ class ESAPNEmbedding(keras.layers.Layer):
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
             "map_initializer": keras.initializers.serialize(self.map_initializer),
             "rescale_init": self.rescale_init,
+            "trainable_maps": self.trainable_maps,
         }
 
 

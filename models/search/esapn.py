@@ -6,10 +6,12 @@ is ``models.layers.esapn.ESAPNEmbedding`` (one per searched table); this module 
 
 Every id starts at the smallest candidate size. Per table (MF: users, items; CTR: each
 categorical field) a policy ``pi(a | state)`` sees the id's state, the official
-``Policy_Type 1``: its running frequency (as a ``log2`` bucket, one-hot) and its current size
+``Policy_Type 1``: its frequency (as a ``log2`` bucket, one-hot) and its current size
 (one-hot), through ``Dense(hidden, tanh) -> Dense(2)``, and picks ``a`` in {keep, enlarge};
 sizes only grow (enlarging writes ``E[i, :d_{k+1}] = W_k^T E[i, :d_k] + b_k``, see the layer).
-Streaming over the train batches, per batch and table:
+Two modes (option ``mode``; by default "stream" for CTR models, "episode" for MF on top-k data).
+
+**Stream mode** (the paper's). Streaming over the train batches, per batch and table:
 
 1. every id of the batch draws its action from ``pi`` (none at the largest size) and grows;
 2. the model takes one Adam step on the batch; the per-id mean loss ``l_now`` is kept;
@@ -27,11 +29,40 @@ rewards of a batch are divided by their standard deviation (variance reduction).
 search epoch the eval split is scored (top-k: Recall@20; CTR: logloss) and the sizes of the best
 epoch are the result. The retrain builds fresh tables of those sizes from ``arch.id_dims``.
 
+**Episode mode** (MF-BPR on top-k data; ours). On ml1m_topk the stream mode gives the large
+sizes to the most frequent users, while the users who gain Recall@20 from size are the light
+ones; and one epoch after a size step, its effect on the held-out loss is not measurable (the
+README's ESAPN section has the measurements). So here an action is scored by what the id's size
+does once the model has trained. Per episode:
+
+1. every user and item rolls out the policy's keep/enlarge decisions from the smallest size
+   (state: train-frequency bucket, size), until it keeps or reaches the largest size. A fixed
+   prior on the "enlarge" logit (``uniform_size_prior``) makes every final size equally likely
+   at the start;
+2. MF-BPR trains with those sizes to early stopping on the eval split (the retrain's settings);
+3. each eval pair ``(u, i)`` ranked in ``u``'s top 20 earns ``1 / |eval items of u|``, credited
+   to both ``u`` and ``i`` (``recall_credit``). A user's credit is its Recall@20, an item's is
+   its share of Recall@20 times the users; either table's credits sum to Recall@20 times the
+   users. An id's reward is its credit minus ``price * d / d_K``;
+4. fresh policies are trained by REINFORCE on every episode's decisions so far
+   (``policy_steps`` full-batch Adam steps). A decision's advantage is its reward minus the
+   mean reward of the decisions taken in the same state and episode (a per-state baseline),
+   scaled by the standard deviation;
+5. the price is the lowest (bisection) at which the policies' greedy sizes (enlarge while
+   ``P(enlarge) > 0.5``) hold at most ``max_params_fraction`` of MF's embedding parameters.
+
+The next episode samples from those policies; after the last, their greedy sizes are the
+result. The retrain zero-pads each id to ``d_K`` (``models.zoo.mf``), so an id stores ``d_i``
+parameters. Users and items share one price, so the budget goes where a parameter buys the most
+held-out recall. The test split is never read.
+
 Options (``PipelineConfig.search_options["esapn"]``): ``candidate_dims`` (None: the paper's
-``{2, 4, 8, 16, 64, 128}`` below the starting size, then the starting size), ``epochs``,
-``size_cost``, ``policy_hidden``, ``policy_learning_rate``, ``popularity_buckets``. The default
-``size_cost`` = 0.25 is the one of {0.1, 0.25, 0.5} that kept ml1m_topk's searched tables under
-60 % of MF's (0.1 gave 62 %); it was read off the search's own parameter count, not a test split.
+``{2, 4, 8, 16, 64, 128}`` below the starting size, then the starting size), ``mode``;
+stream: ``epochs``, ``size_cost``; episode: ``episodes``, ``max_params_fraction``,
+``policy_steps``; both: ``policy_hidden``, ``policy_learning_rate``, ``popularity_buckets``. The
+default ``size_cost`` = 0.25 is the one of {0.1, 0.25, 0.5} that kept ml1m_topk's searched tables
+under 60 % of MF's (0.1 gave 62 %); it was read off the search's own parameter count, not a test
+split.
 """
 
 from __future__ import annotations
@@ -53,10 +84,15 @@ from models.search import SearchContext, SearchError, merge_options, require_at_
 
 NAME = "esapn"
 PLOT_FILE = "esapn_sizes.png"
+MODES = ("stream", "episode")
 DEFAULTS: dict[str, Any] = {
     "candidate_dims": None,
-    "epochs": 5,
-    "size_cost": 0.25,
+    "mode": None,  # None: "episode" on top-k data (MF), "stream" on CTR data
+    "epochs": 5,  # stream
+    "size_cost": 0.25,  # stream
+    "episodes": 3,  # episode
+    "max_params_fraction": 0.6,  # episode
+    "policy_steps": 300,  # episode
     "policy_hidden": 512,  # the official policy's width
     "policy_learning_rate": 1e-3,
     "popularity_buckets": 24,
@@ -73,7 +109,14 @@ def settings(options: dict[str, Any], output_dim: int) -> dict[str, Any]:
     if values["candidate_dims"][-1] != output_dim:
         raise SearchError(f"esapn: the largest candidate size must be the model's embedding size "
                           f"{output_dim}. Received: candidate_dims={dims}")
-    require_at_least(NAME, values, ("epochs", "policy_hidden", "popularity_buckets"), 1)
+    require_at_least(NAME, values, ("epochs", "episodes", "policy_steps", "policy_hidden",
+                                    "popularity_buckets"), 1)
+    if values["mode"] not in (None, *MODES):
+        raise SearchError(f"esapn: mode must be one of {MODES} (or null for the data's default). "
+                          f"Received: mode={values['mode']!r}")
+    if not 0 < values["max_params_fraction"] <= 1:
+        raise SearchError(f"esapn: max_params_fraction must be in (0, 1]. "
+                          f"Received: max_params_fraction={values['max_params_fraction']}")
     if values["size_cost"] < 0 or values["policy_learning_rate"] <= 0:
         raise SearchError(f"esapn: size_cost must be >= 0 and policy_learning_rate > 0. "
                           f"Received: size_cost={values['size_cost']}, "
@@ -82,9 +125,14 @@ def settings(options: dict[str, Any], output_dim: int) -> dict[str, Any]:
 
 
 class SizePolicy:
-    """``pi(keep/enlarge | popularity bucket, size)`` with its REINFORCE step."""
+    """``pi(keep/enlarge | popularity bucket, size)`` with its REINFORCE step.
 
-    def __init__(self, num_sizes: int, values: dict[str, Any], seed: int) -> None:
+    ``prior`` (one value per size index, default 0) is added to the "enlarge" logit of a state
+    of that size: the episode mode starts from the prior under which every final size is
+    equally likely (:func:`uniform_size_prior`)."""
+
+    def __init__(self, num_sizes: int, values: dict[str, Any], seed: int,
+                 prior: np.ndarray | None = None) -> None:
         self.num_sizes = num_sizes
         self.buckets = int(values["popularity_buckets"])
         init = keras.initializers.GlorotUniform(seed=seed)
@@ -94,13 +142,18 @@ class SizePolicy:
         self.net.build((None, self.buckets + num_sizes))
         self.optimizer = keras.optimizers.Adam(float(values["policy_learning_rate"]))
         spec = tf.TensorSpec([None, self.buckets + num_sizes], tf.float32)
+        prior = tf.constant(np.zeros(num_sizes) if prior is None else prior, tf.float32)
+
+        def logits(states: tf.Tensor) -> tf.Tensor:
+            offset = tf.linalg.matvec(states[:, self.buckets:], prior)
+            return self.net(states) + tf.stack([tf.zeros_like(offset), offset], axis=1)
 
         @tf.function(input_signature=[spec, tf.TensorSpec([None], tf.int32),
                                       tf.TensorSpec([None], tf.float32)])
         def reinforce(states: tf.Tensor, actions: tf.Tensor, rewards: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:
-                logits = self.net(states)
-                cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(actions, logits)
+                cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(actions,
+                                                                               logits(states))
                 loss = tf.reduce_sum(cross_entropy * rewards)
             variables = self.net.trainable_variables
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables,
@@ -108,14 +161,21 @@ class SizePolicy:
             return loss
 
         self.reinforce = reinforce
-        self.probabilities = tf.function(lambda s: tf.nn.softmax(self.net(s)),
+        self.probabilities = tf.function(lambda s: tf.nn.softmax(logits(s)),
                                          input_signature=[spec])
 
     def states(self, counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        bucket = np.minimum(np.log2(1 + counts).astype(np.int64), self.buckets - 1)
-        state = np.zeros((len(counts), self.buckets + self.num_sizes), np.float32)
-        state[np.arange(len(counts)), bucket] = 1
-        state[np.arange(len(counts)), self.buckets + sizes] = 1
+        return self.one_hot(self.bucket(counts), sizes)
+
+    def bucket(self, counts: np.ndarray) -> np.ndarray:
+        """The popularity bucket ``min(floor(log2(1 + count)), buckets - 1)`` of each count."""
+        return np.minimum(np.log2(1 + np.asarray(counts)).astype(np.int64), self.buckets - 1)
+
+    def one_hot(self, buckets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """States: the bucket and the size index, one-hot, side by side."""
+        state = np.zeros((len(buckets), self.buckets + self.num_sizes), np.float32)
+        state[np.arange(len(buckets)), buckets] = 1
+        state[np.arange(len(buckets)), self.buckets + np.asarray(sizes)] = 1
         return state
 
 
@@ -169,17 +229,25 @@ class GrowthController:
 
 def search_topk(data: Any, *, dim: int, learning_rate: float, batch_size: int, l2: float,
                 init_std: float, seed: int, options: dict[str, Any] | None = None,
-                report_dir: str | None = None, k: int = 20) -> dict[str, Any]:
-    """ESAPN on MF-BPR over ``components.topk.TopkData`` (train pairs; eval split to pick the
-    epoch; never test). Returns ``{"id_dims": {"user": [...], "item": [...]}, "report": ...}``
-    where ``report`` is what ``arch.search["esapn"]`` records.
+                report_dir: str | None = None, k: int = 20, max_epochs: int = 400,
+                patience: int = 3, eval_every: int = 1) -> dict[str, Any]:
+    """ESAPN on MF-BPR over ``components.topk.TopkData`` (train pairs; eval split for the
+    rewards and to pick the epoch; never test). Returns ``{"id_dims": {"user": [...], "item":
+    [...]}, "report": ...}`` where ``report`` is what ``arch.search["esapn"]`` records.
+    ``max_epochs``, ``patience`` and ``eval_every`` are the episode mode's early stopping (the
+    retrain's).
 
-    A BPR triple ``(u, i, j)`` is an interaction of ``u`` and ``i``: its loss and its
-    frequency count go to ``u`` and ``i``; the sampled negative ``j`` only trains."""
+    Stream mode: a BPR triple ``(u, i, j)`` is an interaction of ``u`` and ``i``: its loss and
+    its frequency count go to ``u`` and ``i``; the sampled negative ``j`` only trains."""
+    values = settings(options or {}, dim)
+    if (values["mode"] or "episode") == "episode":
+        fit = {"max_epochs": max_epochs, "patience": patience, "eval_every": eval_every}
+        return _search_topk_episodes(
+            data, values, fit, dim=dim, learning_rate=learning_rate, batch_size=batch_size,
+            l2=l2, init_std=init_std, seed=seed, report_dir=report_dir, k=k)
     from components.topk import evaluate_topk, sample_negatives  # noqa: PLC0415
     from models.zoo.mf import MatrixFactorization  # noqa: PLC0415
 
-    values = settings(options or {}, dim)
     keras.utils.set_random_seed(seed)
     smallest = values["candidate_dims"][0]
     model = MatrixFactorization(
@@ -239,6 +307,173 @@ def search_topk(data: Any, *, dim: int, learning_rate: float, batch_size: int, l
     return {"id_dims": snapshots[best], "report": report}
 
 
+def uniform_size_prior(num_sizes: int) -> np.ndarray:
+    """The "enlarge" logit offset per size index under which, while the policy network outputs
+    zeros, every final size is equally likely: from index ``k`` ``P(enlarge) = (K-1-k)/(K-k)``,
+    i.e. odds ``K-1-k`` (the largest size has no decision)."""
+    return np.log(np.maximum(num_sizes - 1 - np.arange(num_sizes), 1)).astype(np.float32)
+
+
+def rollout(policy: SizePolicy, counts: np.ndarray, rng: np.random.Generator | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every id's keep/enlarge decisions from the smallest size until it keeps or reaches the
+    largest; sampled from ``policy``, or greedy (enlarge while ``P(enlarge) > 0.5``) without
+    ``rng``. Returns ``(size index per id, decision ids, decision states as bucket * num_sizes
+    + size index, decision actions)``."""
+    n, k_max = len(counts), policy.num_sizes - 1
+    size, active = np.zeros(n, np.int64), np.arange(n)
+    buckets = policy.bucket(counts)
+    ids, keys, actions = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, bool)]
+    for _ in range(k_max):
+        if not active.size:
+            break
+        enlarge = policy.probabilities(policy.one_hot(buckets[active], size[active])).numpy()[:, 1]
+        up = enlarge > 0.5 if rng is None else rng.random(active.size) < enlarge
+        ids.append(active)
+        keys.append(buckets[active] * policy.num_sizes + size[active])
+        actions.append(up)
+        size[active[up]] += 1
+        active = active[up]
+    return size, np.concatenate(ids), np.concatenate(keys), np.concatenate(actions)
+
+
+def recall_credit(data: Any, user_emb: np.ndarray, item_emb: np.ndarray,
+                  k: int) -> dict[str, np.ndarray]:
+    """Each eval pair's share of Recall@k, ``hit / (its user's eval items)``, summed per user
+    (the user's Recall@k) and per item; over users, either sum is Recall@k times the number of
+    users with eval items. Ids without eval pairs get 0."""
+    from components.topk import target_hits  # noqa: PLC0415
+
+    hits = target_hits(user_emb, item_emb, data.train_items_by_user, data.eval_items_by_user, k)
+    users, items = data.eval_items_by_user.pairs()
+    share = hits / data.eval_items_by_user.counts[users]
+    return {"user": np.bincount(users, share, data.num_users),
+            "item": np.bincount(items, share, data.num_items)}
+
+
+def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int], *, dim: int,
+                          learning_rate: float, batch_size: int, l2: float, init_std: float,
+                          seed: int, report_dir: str | None, k: int) -> dict[str, Any]:
+    """ESAPN's episode mode on MF-BPR (see the module docstring)."""
+    from components.topk import train_bpr  # noqa: PLC0415
+
+    dims = np.array(values["candidate_dims"])
+    counts = {"user": data.train_items_by_user.counts,
+              "item": np.bincount(data.train_pairs[:, 1], minlength=data.num_items)}
+    prior = uniform_size_prior(len(dims))
+    params_before = (data.num_users + data.num_items) * dim
+    budget = float(values["max_params_fraction"]) * params_before
+    rng = np.random.default_rng(seed)
+    policies = _episode_policies(values, len(dims), seed, prior)
+    records: dict[str, list] = {key: [] for key in counts}
+    history = []
+    start = time.perf_counter()
+    for episode in range(1, int(values["episodes"]) + 1):
+        drawn = {key: rollout(policies[key], counts[key], rng) for key in counts}
+        id_dims = {key: dims[size].tolist() for key, (size, *_) in drawn.items()}
+        result = train_bpr(data, dim=dim, learning_rate=learning_rate, batch_size=batch_size,
+                           l2=l2, init_std=init_std, seed=seed + episode, k=k, id_dims=id_dims,
+                           **fit)
+        credit = recall_credit(data, *(t.numpy() for t in result.model.embedding_tables()), k)
+        for key, (size, ids, keys, actions) in drawn.items():
+            reward_free = credit[key][ids]  # the id's share of Recall@k, before the price
+            records[key].append((np.full(len(ids), episode), keys, actions, reward_free,
+                                 dims[size[ids]]))
+        price, policies = _price_within_budget(records, values, dims, counts, budget, seed,
+                                               prior)
+        history.append({"episode": episode,
+                        f"eval_recall@{k}": result.best_eval.get(f"recall@{k}", 0.0),
+                        "embedding_params": result.embedding_params, "epochs": len(result.history),
+                        "price": price, "seconds": time.perf_counter() - start})
+        logging.info("esapn episode %d: %s", episode, history[-1])
+    sizes = {key: dims[rollout(policies[key], counts[key])[0]].tolist() for key in counts}
+    params_after = sum(int(np.sum(v)) for v in sizes.values())  # MF zero-pads: no maps
+    report = {
+        "settings": {**values, "mode": "episode"},
+        "history": history,
+        "price": history[-1]["price"],
+        "size_counts": {t: {str(d): int(np.sum(np.array(v) == d)) for d in dims}
+                        for t, v in sizes.items()},
+        "mean_size_by_frequency": {t: _mean_size_by_frequency(v, counts[t])
+                                   for t, v in sizes.items()},
+        "params_before": int(params_before),
+        "params_after": int(params_after),
+    }
+    if report_dir:
+        os.makedirs(report_dir, exist_ok=True)
+        plot_sizes(sizes, {t: c.astype(float) for t, c in counts.items()}, report,
+                   os.path.join(report_dir, PLOT_FILE))
+    return {"id_dims": sizes, "report": report}
+
+
+def _episode_policies(values: dict[str, Any], num_sizes: int, seed: int,
+                      prior: np.ndarray) -> dict[str, SizePolicy]:
+    return {key: SizePolicy(num_sizes, values, seed + i, prior=prior)
+            for i, key in enumerate(("user", "item"))}
+
+
+def _price_within_budget(records: dict[str, list], values: dict[str, Any], dims: np.ndarray,
+                         counts: dict[str, np.ndarray], budget: float, seed: int,
+                         prior: np.ndarray) -> tuple[float, dict[str, SizePolicy]]:
+    """The lowest price per unit of size (bisection) whose policies, trained by
+    :func:`_train_policies` on every episode's decisions, choose greedy sizes within
+    ``budget`` parameters; returns it and those policies.
+
+    Raises:
+      SearchError: not even every id at the smallest size fits the budget.
+    """
+    if sum(len(c) for c in counts.values()) * dims[0] > budget:
+        raise SearchError(f"esapn: max_params_fraction={values['max_params_fraction']} is below "
+                          f"every id at the smallest size {dims[0]}.")
+
+    def attempt(price: float) -> tuple[int, dict[str, SizePolicy]]:
+        policies = _train_policies(records, values, dims, price, seed, prior)
+        params = sum(int(dims[rollout(policies[key], counts[key])[0]].sum()) for key in counts)
+        return params, policies
+
+    low, high = 0.0, 1.0
+    params, fitting = attempt(high)
+    while params > budget:
+        low, high = high, high * 4
+        if high > 1e6:  # the smallest sizes fit (checked above): the policy never learnt "keep"
+            raise SearchError("esapn: no price per unit of size kept the sizes within "
+                              f"max_params_fraction={values['max_params_fraction']}.")
+        params, fitting = attempt(high)
+    for _ in range(10):
+        middle = (low + high) / 2
+        params, policies = attempt(middle)
+        if params <= budget:
+            high, fitting = middle, policies
+        else:
+            low = middle
+    return high, fitting
+
+
+def _train_policies(records: dict[str, list], values: dict[str, Any], dims: np.ndarray,
+                    price: float, seed: int, prior: np.ndarray) -> dict[str, SizePolicy]:
+    """Fresh policies trained by REINFORCE on every recorded decision: each decision's reward is
+    its id's share of Recall@k minus ``price * d / d_K`` (``d`` the id's size in that episode),
+    its advantage that reward minus the mean of the decisions taken in the same state in the
+    same episode, scaled by the standard deviation. The loss sums over decisions, so decisions
+    of one (state, action) are summed into one row (the same gradient)."""
+    policies = _episode_policies(values, len(dims), seed, prior)
+    for key, policy in policies.items():
+        episode, keys, actions, reward, size = (np.concatenate(x) for x in zip(*records[key],
+                                                                               strict=True))
+        reward = reward - price * size / dims[-1]
+        groups = np.unique(episode * (policy.buckets * policy.num_sizes) + keys,
+                           return_inverse=True)[1]
+        advantage = reward - (np.bincount(groups, reward) / np.bincount(groups))[groups]
+        advantage /= advantage.std() + 1e-8
+        rows, row_of = np.unique(keys * 2 + actions, return_inverse=True)
+        summed = np.bincount(row_of, advantage).astype(np.float32)
+        states = policy.one_hot(rows // 2 // policy.num_sizes, rows // 2 % policy.num_sizes)
+        row_actions = (rows % 2).astype(np.int32)
+        for _ in range(int(values["policy_steps"])):
+            policy.reinforce(states, row_actions, summed)
+    return policies
+
+
 def search(ctx: SearchContext) -> Architecture:
     """CTR models (``deepfm``): searches every categorical field's per-id sizes; returns
     ``ctx.arch`` with ``id_dims`` and ``search["esapn"]``."""
@@ -254,6 +489,9 @@ def search(ctx: SearchContext) -> Architecture:
         raise SearchError(f"esapn needs one embedding size for all categorical fields. "
                           f"Received: embedding_dims={arch.embedding_dims}")
     values = settings(ctx.options, dim)
+    if values["mode"] == "episode":
+        raise SearchError("esapn: mode 'episode' is implemented for MF on top-k data; CTR "
+                          "models search in mode 'stream'.")
     keras.utils.set_random_seed(ctx.seed)
     smallest = values["candidate_dims"][0]
     layer = ESAPNFieldEmbedding(

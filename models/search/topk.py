@@ -45,7 +45,7 @@ def search_topk(method: str, data: Any, *, settings: dict[str, Any], fit: dict[s
       data: a ``components.topk.TopkData``.
       settings: MF's ``dim``, ``learning_rate``, ``batch_size``, ``l2``, ``init_std``, ``seed``.
       fit: the retrain's early stopping (``max_epochs``, ``patience``, ``eval_every``);
-        AutoLossGen's finalists and λOpt's joint training use it (ESAPN has its own).
+        AutoLossGen's finalists, ESAPN's episodes and λOpt's joint training use it.
       options: ``search_options[method]``.
       report_dir: where pictures go, or None.
 
@@ -59,7 +59,7 @@ def search_topk(method: str, data: Any, *, settings: dict[str, Any], fit: dict[s
     if method == "esapn":
         from models.search.esapn import search_topk as esapn  # noqa: PLC0415
 
-        found = esapn(data, **common)
+        found = esapn(data, **common, **fit)
         return TopkFound(report=found["report"], id_dims={
             key: np.asarray(dims, np.int64) for key, dims in found["id_dims"].items()})
     if method == "autolossgen":

@@ -109,7 +109,9 @@ class MatrixFactorization(keras.Model):
       init_std: standard deviation of the normal initializer of both tables.
       seed: initializer seed; ``None`` draws one.
       id_dims: ESAPN per-id sizes under ``"user"`` and/or ``"item"`` (one size <= ``D`` per
-        id); such a table is an ``ESAPNEmbedding`` over the sizes it uses, mapped up to ``D``.
+        id); such a table is an ``ESAPNEmbedding`` over the sizes it uses, zero-padded to ``D``
+        (its maps frozen as identities: in MF a learned map shared by every id of a size cost
+        eval Recall@20, see the README's ESAPN section), storing ``sum_i d_i`` parameters.
       candidate_dims: the ESAPN tables' size chain (ending at ``D``); None: the sizes that
         ``id_dims`` uses, then ``D`` (a search passes its whole candidate set).
       id_l2: λOpt's fixed per-id L2 under ``"user"`` and/or ``"item"`` (one ``Λ >= 0`` per row);
@@ -174,9 +176,10 @@ class MatrixFactorization(keras.Model):
                                           embeddings_initializer=initializer)
         dims = self.id_dims[key]
         chain = self.candidate_dims or id_dims_chain(dims, self.embedding_dim)
-        # No bias in the maps: a bias shared by every small id adds one common vector to their
-        # scores, and MF-BPR then sits on the popularity-only solution for many epochs.
-        return ESAPNEmbedding(rows, chain, dims, use_bias=False,
+        # Zero-padding (frozen identity maps, no bias): a trained map shared by all the ids of a
+        # size rescales them all at once (see the README's ESAPN section), and a shared bias
+        # kept MF-BPR on the popularity-only solution for many epochs.
+        return ESAPNEmbedding(rows, chain, dims, use_bias=False, trainable_maps=False,
                               embeddings_initializer=initializer, name=f"{key}_embedding")
 
     def build(self, input_shape: Any = None) -> None:

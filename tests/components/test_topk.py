@@ -15,6 +15,7 @@ from components.topk import (
     ranked_test_metrics,
     refit_bpr,
     sample_negatives,
+    target_hits,
     topk_data_from_interactions,
     train_bpr,
     with_eval_in_train,
@@ -67,6 +68,21 @@ def test_evaluate_topk_is_independent_of_the_user_batch_and_clips_k():
     # k = 20 > 5 items: every non-excluded target is found, an excluded one never is.
     clipped = evaluate_topk(USER_EMB, ITEM_EMB, EXCLUDE, TARGET, k=20)
     np.testing.assert_allclose(clipped["recall@20"], (1.0 + 1.0 + 0.5) / 3, rtol=1e-6)
+
+
+def test_target_hits_golden_values_match_the_recall():
+    # The pairs of TARGET in order: (0, 2) (0, 4) (1, 0) (3, 0) (3, 1); the tops as above.
+    expected = [True, False, True, False, True]
+    for batch_users in (1, 1024):
+        hits = target_hits(USER_EMB, ITEM_EMB, EXCLUDE, TARGET, k=2, batch_users=batch_users)
+        assert hits.tolist() == expected
+    users, _ = UserItems.from_lists(TARGET).pairs()
+    per_user = np.bincount(users, hits) / np.maximum(np.bincount(users), 1)
+    recall = evaluate_topk(USER_EMB, ITEM_EMB, EXCLUDE, TARGET, k=2)["recall@2"]
+    np.testing.assert_allclose(per_user[[0, 1, 3]].mean(), recall, rtol=1e-6)
+    assert target_hits(USER_EMB, ITEM_EMB, EXCLUDE, [[], [], [], []], k=2).shape == (0,)
+    with pytest.raises(ValueError, match="k must be positive"):
+        target_hits(USER_EMB, ITEM_EMB, EXCLUDE, TARGET, k=0)
 
 
 def test_evaluate_topk_with_no_targets_and_bad_sizes():

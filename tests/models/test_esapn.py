@@ -14,7 +14,17 @@ from absl.testing import parameterized
 from models.architecture import Architecture, ArchitectureError, id_dims_params
 from models.layers.esapn import ESAPNEmbedding, ESAPNFieldEmbedding
 from models.search import SearchContext, SearchError
-from models.search.esapn import DEFAULTS, GrowthController, search, search_topk, settings
+from models.search.esapn import (
+    DEFAULTS,
+    GrowthController,
+    SizePolicy,
+    recall_credit,
+    rollout,
+    search,
+    search_topk,
+    settings,
+    uniform_size_prior,
+)
 from models.zoo import build_ctr_model, model_input_names
 from models.zoo.mf import MatrixFactorization
 from tests.models.in_memory import split_datasets
@@ -135,7 +145,10 @@ class RetrainFromArchitectureTest(tf.test.TestCase):
         model = MatrixFactorization(3, 2, embedding_dim=4, id_dims={"item": [2, 4]}, seed=1)
         users, items = model.embedding_tables()
         self.assertEqual((users.shape, items.shape), ((3, 4), (2, 4)))
-        self.assertEqual(model.embedding_params(), 3 * 4 + 6 + 2 * 4)  # MF maps have no bias
+        # MF zero-pads (frozen identity maps): the items store 2 + 4, the maps nothing.
+        self.assertEqual(model.embedding_params(), 3 * 4 + 6)
+        self.assertEqual(len(model.item_embedding.trainable_weights), 1)
+        self.assertAllClose(items[0, 2:], [0.0, 0.0])
         clone = MatrixFactorization.from_config(model.get_config())
         clone.build()
         clone.set_weights(model.get_weights())
@@ -172,6 +185,12 @@ def test_settings_reject_unknown_and_bad_options():
         settings({"epochs": 0}, 64)
     with pytest.raises(SearchError, match="candidate_dims=\\[2, 4\\]"):
         settings({"candidate_dims": [2, 4]}, 8)
+    with pytest.raises(SearchError, match="mode must be one of"):
+        settings({"mode": "online"}, 64)
+    with pytest.raises(SearchError, match="max_params_fraction=0"):
+        settings({"max_params_fraction": 0}, 64)
+    with pytest.raises(SearchError, match="episodes=0"):
+        settings({"episodes": 0}, 64)
     assert settings({}, 64)["candidate_dims"] == [2, 4, 8, 16, 64]  # the paper's, capped
     assert settings({}, 10)["candidate_dims"] == [2, 4, 8, 10]
     assert set(settings({}, 8)) == set(DEFAULTS)
@@ -191,12 +210,66 @@ def _tiny_topk_data():
                                        pick(split >= 0.9))
 
 
-def test_topk_search_then_retrain_from_the_sizes(tmp_path):
+def test_uniform_size_prior_makes_every_final_size_equally_likely():
+    policy = SizePolicy(5, settings({"policy_hidden": 8}, 64), seed=0,
+                        prior=uniform_size_prior(5))
+    counts = np.random.default_rng(1).integers(0, 500, 20_000)
+    size, ids, keys, actions = rollout(policy, counts, np.random.default_rng(2))
+    np.testing.assert_allclose(np.bincount(size, minlength=5) / 20_000, 0.2, atol=0.015)
+    # One decision per step taken: every id decides once per size below its own, plus a
+    # "keep" unless it reached the largest size.
+    assert len(ids) == size.sum() + np.sum(size < 4) and actions.sum() == size.sum()
+    # Decisions at size index j: every id that reached j (and is not at the largest size).
+    reached = [np.sum(size >= j) for j in range(4)] + [0]
+    assert np.bincount(keys % 5, minlength=5).tolist() == reached
+    assert np.array_equal(keys // 5, policy.bucket(counts[ids]))
+    greedy, *_ = rollout(policy, counts)  # P(enlarge) 0.8, 0.75, 0.67, then 0.5: not > 0.5
+    assert set(greedy) == {3}
+
+
+def test_recall_credit_splits_recall_between_users_and_items():
+    from components.topk import evaluate_topk  # noqa: PLC0415
+
+    data = _tiny_topk_data()
+    rng = np.random.default_rng(0)
+    users, items = rng.normal(size=(data.num_users, 4)), rng.normal(size=(data.num_items, 4))
+    credit = recall_credit(data, users, items, 5)
+    metrics = evaluate_topk(users, items, data.train_items_by_user, data.eval_items_by_user, 5)
+    for key in ("user", "item"):
+        np.testing.assert_allclose(credit[key].sum() / metrics["users"], metrics["recall@5"])
+    assert np.all(credit["user"] <= 1) and np.all(credit["user"] >= 0)
+    assert np.all(credit["user"][data.eval_items_by_user.counts == 0] == 0)
+
+
+def test_topk_episode_search_keeps_the_budget_and_retrains_from_the_sizes(tmp_path):
+    from components.topk import train_bpr  # noqa: PLC0415
+
+    data = _tiny_topk_data()
+    options = {"episodes": 2, "policy_hidden": 16, "policy_steps": 30,
+               "max_params_fraction": 0.5}
+    found = search_topk(data, dim=8, learning_rate=1e-2, batch_size=128, l2=1e-4, init_std=0.1,
+                        seed=3, options=options, report_dir=str(tmp_path), max_epochs=3,
+                        patience=1)
+    sizes, report = found["id_dims"], found["report"]
+    assert set(sizes["user"]) | set(sizes["item"]) <= {2, 4, 8}
+    assert report["settings"]["mode"] == "episode" and len(report["history"]) == 2
+    assert report["params_after"] <= 0.5 * report["params_before"]
+    assert report["params_before"] == (data.num_users + data.num_items) * 8
+    assert all(h["embedding_params"] > 0 and h["price"] >= 0 for h in report["history"])
+    assert (tmp_path / "esapn_sizes.png").stat().st_size > 1000
+    result = train_bpr(data, dim=8, max_epochs=2, seed=3, id_dims=sizes)
+    assert result.embedding_params == report["params_after"] == sum(map(sum, sizes.values()))
+    with pytest.raises(SearchError, match="below every id at the smallest size 2"):
+        search_topk(data, dim=8, learning_rate=1e-2, batch_size=128, l2=1e-4, init_std=0.1,
+                    seed=3, options={**options, "max_params_fraction": 0.2}, max_epochs=1)
+
+
+def test_topk_stream_search_then_retrain_from_the_sizes(tmp_path):
     from components.topk import train_bpr  # noqa: PLC0415
 
     data = _tiny_topk_data()
     found = search_topk(data, dim=8, learning_rate=1e-2, batch_size=128, l2=1e-4, init_std=0.1,
-                        seed=3, options={"epochs": 2, "policy_hidden": 16},
+                        seed=3, options={"mode": "stream", "epochs": 2, "policy_hidden": 16},
                         report_dir=str(tmp_path))
     sizes, report = found["id_dims"], found["report"]
     assert len(sizes["user"]) == data.num_users and len(sizes["item"]) == data.num_items
@@ -220,6 +293,8 @@ def test_ctr_search_writes_id_dims_that_retrain_alone(tmp_path):
     ctx = SearchContext(arch=arch, dataset=dataset, learning_rate=1e-2, batch_size=128,
                         max_epochs=2, patience=1, seed=0,
                         options={"epochs": 2, "policy_hidden": 16}, report_dir=str(tmp_path))
+    with pytest.raises(SearchError, match="mode 'episode' is implemented for MF"):
+        search(dataclass_copy(ctx, options={"mode": "episode"}))
     found = search(ctx)
     assert set(found.id_dims) == {"user", "item"}
     assert found.search["esapn"]["params_after"] == found.embedding_params()
