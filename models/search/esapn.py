@@ -381,12 +381,15 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
                                  dims[size[ids]]))
         price, policies = _price_within_budget(records, values, dims, counts, budget, seed,
                                                prior)
+        greedy = {key: dims[rollout(policies[key], counts[key])[0]] for key in counts}
         history.append({"episode": episode,
                         f"eval_recall@{k}": result.best_eval.get(f"recall@{k}", 0.0),
                         "embedding_params": result.embedding_params, "epochs": len(result.history),
-                        "price": price, "seconds": time.perf_counter() - start})
+                        "price": price, "seconds": time.perf_counter() - start,
+                        "greedy_size_counts": {key: {str(d): int(np.sum(v == d)) for d in dims}
+                                               for key, v in greedy.items()}})
         logging.info("esapn episode %d: %s", episode, history[-1])
-    sizes = {key: dims[rollout(policies[key], counts[key])[0]].tolist() for key in counts}
+    sizes = {key: v.tolist() for key, v in greedy.items()}
     params_after = sum(int(np.sum(v)) for v in sizes.values())  # MF zero-pads: no maps
     report = {
         "settings": {**values, "mode": "episode"},

@@ -256,6 +256,9 @@ def test_topk_episode_search_keeps_the_budget_and_retrains_from_the_sizes(tmp_pa
     assert report["params_after"] <= 0.5 * report["params_before"]
     assert report["params_before"] == (data.num_users + data.num_items) * 8
     assert all(h["embedding_params"] > 0 and h["price"] >= 0 for h in report["history"])
+    # The last episode's greedy sizes are the result.
+    last = report["history"][-1]["greedy_size_counts"]
+    assert last == {key: {str(d): sizes[key].count(d) for d in (2, 4, 8)} for key in sizes}
     assert (tmp_path / "esapn_sizes.png").stat().st_size > 1000
     result = train_bpr(data, dim=8, max_epochs=2, seed=3, id_dims=sizes)
     assert result.embedding_params == report["params_after"] == sum(map(sum, sizes.values()))
