@@ -51,18 +51,18 @@ does once the model has trained. Per episode:
 5. the price is the lowest (bisection) at which the policies' greedy sizes (enlarge while
    ``P(enlarge) > 0.5``) hold at most ``max_params_fraction`` of MF's embedding parameters.
 
-The next episode samples from those policies; after the last, their greedy sizes are the
-result. The retrain zero-pads each id to ``d_K`` (``models.zoo.mf``), so an id stores ``d_i``
-parameters. Users and items share one price, so the budget goes where a parameter buys the most
-held-out recall. The test split is never read.
+The next episode samples from those policies, except a random ``explore`` share of the ids (default
+half), which decide by the prior alone, so that no size stops being measured; after the last
+episode, the policies' greedy sizes are the result. The retrain zero-pads each id to ``d_K``
+(``models.zoo.mf``), so an id stores ``d_i`` parameters. Users and items share one price, so the
+budget goes where a parameter buys the most held-out recall. The test split is never read.
 
-Options (``PipelineConfig.search_options["esapn"]``): ``candidate_dims`` (None: the paper's
-``{2, 4, 8, 16, 64, 128}`` below the starting size, then the starting size), ``mode``;
-stream: ``epochs``, ``size_cost``; episode: ``episodes``, ``max_params_fraction``,
-``policy_steps``; both: ``policy_hidden``, ``policy_learning_rate``, ``popularity_buckets``. The
-default ``size_cost`` = 0.25 is the one of {0.1, 0.25, 0.5} that kept ml1m_topk's searched tables
-under 60 % of MF's (0.1 gave 62 %); it was read off the search's own parameter count, not a test
-split.
+Options (``PipelineConfig.search_options["esapn"]``): ``candidate_dims`` (None: the paper's ``{2, 4,
+8, 16, 64, 128}`` below the starting size, then the starting size), ``mode``; stream: ``epochs``,
+``size_cost``; episode: ``episodes``, ``max_params_fraction``, ``policy_steps``, ``explore``; both:
+``policy_hidden``, ``policy_learning_rate``, ``popularity_buckets``. The default ``size_cost`` =
+0.25 is the one of {0.1, 0.25, 0.5} that kept ml1m_topk's searched tables under 60 % of MF's (0.1
+gave 62 %); it was read off the search's own parameter count, not a test split.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
     "episodes": 3,  # episode
     "max_params_fraction": 0.6,  # episode
     "policy_steps": 300,  # episode
+    "explore": 0.5,  # episode
     "policy_hidden": 512,  # the official policy's width
     "policy_learning_rate": 1e-3,
     "popularity_buckets": 24,
@@ -114,6 +115,9 @@ def settings(options: dict[str, Any], output_dim: int) -> dict[str, Any]:
     if values["mode"] not in (None, *MODES):
         raise SearchError(f"esapn: mode must be one of {MODES} (or null for the data's default). "
                           f"Received: mode={values['mode']!r}")
+    if not 0 <= values["explore"] <= 1:
+        raise SearchError(f"esapn: explore must be in [0, 1]. "
+                          f"Received: explore={values['explore']}")
     if not 0 < values["max_params_fraction"] <= 1:
         raise SearchError(f"esapn: max_params_fraction must be in (0, 1]. "
                           f"Received: max_params_fraction={values['max_params_fraction']}")
@@ -368,8 +372,10 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
     records: dict[str, list] = {key: [] for key in counts}
     history = []
     start = time.perf_counter()
+    explorers = _episode_policies(values, len(dims), seed, prior)  # untrained: the prior
     for episode in range(1, int(values["episodes"]) + 1):
-        drawn = {key: rollout(policies[key], counts[key], rng) for key in counts}
+        drawn = {key: explored_rollout(policies[key], explorers[key], counts[key],
+                                        float(values["explore"]), rng) for key in counts}
         id_dims = {key: dims[size].tolist() for key, (size, *_) in drawn.items()}
         result = train_bpr(data, dim=dim, learning_rate=learning_rate, batch_size=batch_size,
                            l2=l2, init_std=init_std, seed=seed + episode, k=k, id_dims=id_dims,
@@ -407,6 +413,25 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
         plot_sizes(sizes, {t: c.astype(float) for t, c in counts.items()}, report,
                    os.path.join(report_dir, PLOT_FILE))
     return {"id_dims": sizes, "report": report}
+
+
+def explored_rollout(policy: SizePolicy, explorer: SizePolicy, counts: np.ndarray,
+                      explore: float, rng: np.random.Generator
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`rollout` in which a random ``explore`` share of the ids decide by ``explorer``
+    (the untrained policy: every final size equally likely), the rest by ``policy``. Without
+    it, a size the policy stops choosing is never measured again."""
+    size = np.zeros(len(counts), np.int64)
+    ids, keys, actions = [], [], []
+    by_prior = rng.random(len(counts)) < explore
+    for chooser, subset in ((explorer, np.flatnonzero(by_prior)),
+                            (policy, np.flatnonzero(~by_prior))):
+        sub_size, sub_ids, sub_keys, sub_actions = rollout(chooser, counts[subset], rng)
+        size[subset] = sub_size
+        ids.append(subset[sub_ids])
+        keys.append(sub_keys)
+        actions.append(sub_actions)
+    return size, np.concatenate(ids), np.concatenate(keys), np.concatenate(actions)
 
 
 def _episode_policies(values: dict[str, Any], num_sizes: int, seed: int,

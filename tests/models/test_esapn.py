@@ -18,6 +18,7 @@ from models.search.esapn import (
     DEFAULTS,
     GrowthController,
     SizePolicy,
+    explored_rollout,
     recall_credit,
     rollout,
     search,
@@ -225,6 +226,24 @@ def test_uniform_size_prior_makes_every_final_size_equally_likely():
     assert np.array_equal(keys // 5, policy.bucket(counts[ids]))
     greedy, *_ = rollout(policy, counts)  # P(enlarge) 0.8, 0.75, 0.67, then 0.5: not > 0.5
     assert set(greedy) == {3}
+
+
+def testexplored_rollout_mixes_the_prior_and_the_policy_by_the_explore_share():
+    values = settings({"policy_hidden": 8}, 64)
+    explorer = SizePolicy(5, values, seed=0, prior=uniform_size_prior(5))
+    policy = SizePolicy(5, values, seed=0)  # no prior: P(enlarge) = 0.5 at every size
+    counts = np.random.default_rng(1).integers(0, 500, 20_000)
+    halving = [0.5, 0.25, 0.125, 0.0625, 0.0625]
+    for explore, expected in ((1.0, [0.2] * 5), (0.0, halving),
+                              (0.5, (np.array(halving) + 0.2) / 2)):
+        size, ids, _, actions = explored_rollout(policy, explorer, counts, explore,
+                                                  np.random.default_rng(2))
+        np.testing.assert_allclose(np.bincount(size, minlength=5) / 20_000, expected, atol=0.015)
+        # Each id's decisions: one per size below its own, plus a keep below the largest.
+        assert np.array_equal(np.bincount(ids, minlength=20_000), size + (size < 4))
+        assert np.array_equal(np.bincount(ids, actions, minlength=20_000), size)
+    with pytest.raises(SearchError, match="explore=1.5"):
+        settings({"explore": 1.5}, 64)
 
 
 def test_recall_credit_splits_recall_between_users_and_items():
