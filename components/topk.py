@@ -264,10 +264,12 @@ def target_hits(user_emb: np.ndarray, item_emb: np.ndarray,
     A user's Recall@k is the mean of their pairs' values."""
     target = _as_user_items(target_items_by_user)
     chunks = [np.zeros(0, bool)]
-    for batch, _, in_top in _ranked_batches(user_emb, item_emb, exclude_items_by_user, target,
-                                            k, batch_users):
+    for batch, hits, top_items in _ranked_batches(user_emb, item_emb, exclude_items_by_user,
+                                                  target, k, batch_users):
+        found = np.zeros((len(batch), np.shape(item_emb)[0]), bool)
+        np.put_along_axis(found, top_items, hits, axis=1)  # the targets in the top k
         rows, items = target.rows_of(batch)
-        chunks.append(in_top[rows, items])
+        chunks.append(found[rows, items])
     return np.concatenate(chunks)
 
 
@@ -276,9 +278,8 @@ def _ranked_batches(user_emb: np.ndarray, item_emb: np.ndarray,
                     target: UserItems, k: int, batch_users: int
                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Full ranking of the users with targets, ``batch_users`` at a time: yields ``(users,
-    hits, in_top)``: ``hits[b, r]`` whether the user's item at rank ``r < min(k, items)`` is one
-    of their targets, ``in_top[b, i]`` whether item ``i`` is in their top ``k`` (items scored
-    ``-inf``, the excluded ones, are never in it)."""
+    hits, top_items)``, ``[b, min(k, items)]`` arrays: the top items in rank order and whether
+    each is one of the user's targets (items scored ``-inf``, the excluded ones, never hit)."""
     exclude = _as_user_items(exclude_items_by_user)
     user_emb = np.asarray(user_emb, np.float32)
     item_emb_t = np.ascontiguousarray(np.asarray(item_emb, np.float32).T)
@@ -298,11 +299,8 @@ def _ranked_batches(user_emb: np.ndarray, item_emb: np.ndarray,
             top_scores, top_items = (t.numpy() for t in tf.math.top_k(scores, cut, sorted=True))
             relevant = np.zeros(scores.shape, bool)
             relevant[target.rows_of(batch)] = True
-            ranked = np.isfinite(top_scores)
-            hits = np.take_along_axis(relevant, top_items, axis=1) & ranked
-            in_top = np.zeros(scores.shape, bool)
-            np.put_along_axis(in_top, top_items, ranked, axis=1)
-            yield batch, hits, in_top
+            hits = np.take_along_axis(relevant, top_items, axis=1) & np.isfinite(top_scores)
+            yield batch, hits, top_items
 
     return batches()
 

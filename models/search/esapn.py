@@ -300,8 +300,7 @@ def search_topk(data: Any, *, dim: int, learning_rate: float, batch_size: int, l
         snapshots.append({key: layer.id_dims() for key, layer in tables.items()})
         logging.info("esapn search epoch %d: %s", epoch, record)
     best = max(range(len(history)), key=lambda i: history[i][f"eval_recall@{k}"])
-    frequency = {"user": data.train_items_by_user.counts.astype(float),
-                 "item": np.bincount(data.train_pairs[:, 1], minlength=data.num_items)}
+    frequency = {key: c.astype(float) for key, c in _train_counts(data).items()}
     report = _report(values, history, best, snapshots[best], frequency, controllers,
                      params_before=(data.num_users + data.num_items) * dim,
                      params_after=history[best]["embedding_params"])
@@ -362,17 +361,16 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
     from components.topk import train_bpr  # noqa: PLC0415
 
     dims = np.array(values["candidate_dims"])
-    counts = {"user": data.train_items_by_user.counts,
-              "item": np.bincount(data.train_pairs[:, 1], minlength=data.num_items)}
+    counts = _train_counts(data)
     prior = uniform_size_prior(len(dims))
     params_before = (data.num_users + data.num_items) * dim
     budget = float(values["max_params_fraction"]) * params_before
     rng = np.random.default_rng(seed)
-    policies = _episode_policies(values, len(dims), seed, prior)
+    # Untrained policies decide by the prior alone: the first episode's, and the explorers'.
+    explorers = policies = _episode_policies(values, len(dims), seed, prior)
     records: dict[str, list] = {key: [] for key in counts}
     history = []
     start = time.perf_counter()
-    explorers = _episode_policies(values, len(dims), seed, prior)  # untrained: the prior
     for episode in range(1, int(values["episodes"]) + 1):
         drawn = {key: explored_rollout(policies[key], explorers[key], counts[key],
                                         float(values["explore"]), rng) for key in counts}
@@ -385,15 +383,13 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
             reward_free = credit[key][ids]  # the id's share of Recall@k, before the price
             records[key].append((np.full(len(ids), episode), keys, actions, reward_free,
                                  dims[size[ids]]))
-        price, policies = _price_within_budget(records, values, dims, counts, budget, seed,
-                                               prior)
-        greedy = {key: dims[rollout(policies[key], counts[key])[0]] for key in counts}
+        price, policies, greedy = _price_within_budget(records, values, dims, counts, budget,
+                                                       seed, prior)
         history.append({"episode": episode,
                         f"eval_recall@{k}": result.best_eval.get(f"recall@{k}", 0.0),
                         "embedding_params": result.embedding_params, "epochs": len(result.history),
                         "price": price, "seconds": time.perf_counter() - start,
-                        "greedy_size_counts": {key: {str(d): int(np.sum(v == d)) for d in dims}
-                                               for key, v in greedy.items()}})
+                        "greedy_size_counts": _size_counts(greedy, dims)})
         logging.info("esapn episode %d: %s", episode, history[-1])
     sizes = {key: v.tolist() for key, v in greedy.items()}
     params_after = sum(int(np.sum(v)) for v in sizes.values())  # MF zero-pads: no maps
@@ -401,8 +397,7 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
         "settings": {**values, "mode": "episode"},
         "history": history,
         "price": history[-1]["price"],
-        "size_counts": {t: {str(d): int(np.sum(np.array(v) == d)) for d in dims}
-                        for t, v in sizes.items()},
+        "size_counts": _size_counts(sizes, dims),
         "mean_size_by_frequency": {t: _mean_size_by_frequency(v, counts[t])
                                    for t, v in sizes.items()},
         "params_before": int(params_before),
@@ -442,10 +437,11 @@ def _episode_policies(values: dict[str, Any], num_sizes: int, seed: int,
 
 def _price_within_budget(records: dict[str, list], values: dict[str, Any], dims: np.ndarray,
                          counts: dict[str, np.ndarray], budget: float, seed: int,
-                         prior: np.ndarray) -> tuple[float, dict[str, SizePolicy]]:
+                         prior: np.ndarray
+                         ) -> tuple[float, dict[str, SizePolicy], dict[str, np.ndarray]]:
     """The lowest price per unit of size (bisection) whose policies, trained by
     :func:`_train_policies` on every episode's decisions, choose greedy sizes within
-    ``budget`` parameters; returns it and those policies.
+    ``budget`` parameters; returns it, those policies and their greedy sizes per table.
 
     Raises:
       SearchError: not even every id at the smallest size fits the budget.
@@ -454,27 +450,27 @@ def _price_within_budget(records: dict[str, list], values: dict[str, Any], dims:
         raise SearchError(f"esapn: max_params_fraction={values['max_params_fraction']} is below "
                           f"every id at the smallest size {dims[0]}.")
 
-    def attempt(price: float) -> tuple[int, dict[str, SizePolicy]]:
+    def attempt(price: float) -> tuple[int, dict[str, SizePolicy], dict[str, np.ndarray]]:
         policies = _train_policies(records, values, dims, price, seed, prior)
-        params = sum(int(dims[rollout(policies[key], counts[key])[0]].sum()) for key in counts)
-        return params, policies
+        sizes = {key: dims[rollout(policies[key], counts[key])[0]] for key in counts}
+        return sum(int(v.sum()) for v in sizes.values()), policies, sizes
 
     low, high = 0.0, 1.0
-    params, fitting = attempt(high)
+    params, *fitting = attempt(high)
     while params > budget:
         low, high = high, high * 4
         if high > 1e6:  # the smallest sizes fit (checked above): the policy never learnt "keep"
             raise SearchError("esapn: no price per unit of size kept the sizes within "
                               f"max_params_fraction={values['max_params_fraction']}.")
-        params, fitting = attempt(high)
+        params, *fitting = attempt(high)
     for _ in range(10):
         middle = (low + high) / 2
-        params, policies = attempt(middle)
+        params, *found = attempt(middle)
         if params <= budget:
-            high, fitting = middle, policies
+            high, fitting = middle, found
         else:
             low = middle
-    return high, fitting
+    return high, *fitting
 
 
 def _train_policies(records: dict[str, list], values: dict[str, Any], dims: np.ndarray,
@@ -591,8 +587,7 @@ def _report(values: dict[str, Any], history: list[dict], best: int,
         "settings": values,
         "history": history,
         "best_epoch": history[best]["epoch"],
-        "size_counts": {t: {str(d): int(np.sum(np.array(s) == d)) for d in dims}
-                        for t, s in sizes.items()},
+        "size_counts": _size_counts(sizes, dims),
         "mean_size_by_frequency": {t: _mean_size_by_frequency(sizes[t], frequency[t])
                                    for t in sizes},
         "mean_reward": {t: float(np.mean(c.rewards)) if c.rewards else 0.0
@@ -600,6 +595,18 @@ def _report(values: dict[str, Any], history: list[dict], best: int,
         "params_before": int(params_before),
         "params_after": int(params_after),
     }
+
+
+def _size_counts(sizes: dict[str, Any], dims: list[int] | np.ndarray) -> dict[str, dict]:
+    """Per table, how many ids have each candidate size (``{"64": n, ...}``)."""
+    return {table: {str(d): int(np.sum(np.asarray(v) == d)) for d in dims}
+            for table, v in sizes.items()}
+
+
+def _train_counts(data: Any) -> dict[str, np.ndarray]:
+    """Each user's and each item's number of train pairs (a ``TopkData``)."""
+    return {"user": data.train_items_by_user.counts,
+            "item": np.bincount(data.train_pairs[:, 1], minlength=data.num_items)}
 
 
 def _mean_size_by_frequency(sizes: list[int], frequency: np.ndarray) -> dict[str, float]:
