@@ -80,7 +80,7 @@ import tf_keras as keras
 from components.features import id_name
 from models.architecture import Architecture
 from models.layers.esapn import PAPER_CANDIDATE_DIMS, ESAPNEmbedding, ESAPNFieldEmbedding
-from models.search import SearchContext, SearchError, merge_options, require_at_least
+from models.search import SearchContext, SearchError, merge_options, require_at_least, require_bool
 
 NAME = "esapn"
 PLOT_FILE = "esapn_sizes.png"
@@ -94,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
     "max_params_fraction": 0.6,  # episode
     "policy_steps": 300,  # episode
     "explore": 0.5,  # episode
+    "id_baseline": True,  # episode
     "policy_hidden": 512,  # the official policy's width
     "policy_learning_rate": 1e-3,
     "popularity_buckets": 24,
@@ -115,6 +116,7 @@ def settings(options: dict[str, Any], output_dim: int) -> dict[str, Any]:
     if values["mode"] not in (None, *MODES):
         raise SearchError(f"esapn: mode must be one of {MODES} (or null for the data's default). "
                           f"Received: mode={values['mode']!r}")
+    require_bool(NAME, values, "id_baseline")
     if not 0 <= values["explore"] <= 1:
         raise SearchError(f"esapn: explore must be in [0, 1]. "
                           f"Received: explore={values['explore']}")
@@ -368,7 +370,9 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
     rng = np.random.default_rng(seed)
     # Untrained policies decide by the prior alone: the first episode's, and the explorers'.
     explorers = policies = _episode_policies(values, len(dims), seed, prior)
-    records: dict[str, list] = {key: [] for key in counts}
+    buckets = {key: policies[key].bucket(c) for key, c in counts.items()}
+    decisions: dict[str, list] = {key: [] for key in counts}
+    credits: dict[str, list[np.ndarray]] = {key: [] for key in counts}
     history = []
     start = time.perf_counter()
     for episode in range(1, int(values["episodes"]) + 1):
@@ -379,16 +383,25 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
                            l2=l2, init_std=init_std, seed=seed + episode, k=k, id_dims=id_dims,
                            **fit)
         credit = recall_credit(data, *(t.numpy() for t in result.model.embedding_tables()), k)
+        records, betas = {}, {}
         for key, (size, ids, keys, actions) in drawn.items():
-            reward_free = credit[key][ids]  # the id's share of Recall@k, before the price
-            records[key].append((np.full(len(ids), episode), keys, actions, reward_free,
-                                 dims[size[ids]]))
+            decisions[key].append((ids, keys, actions, dims[size[ids]]))
+            credits[key].append(credit[key])
+            # the ids' shares of Recall@k, before the price, less their own effect
+            effects, betas[key] = id_effects(credits[key], buckets[key])
+            if not values["id_baseline"]:
+                effects, betas[key] = [np.zeros_like(c) for c in credits[key]], 0.0
+            records[key] = [(np.full(len(ids_e), e), keys_e, actions_e,
+                             credits[key][e - 1][ids_e] - effects[e - 1][ids_e], size_e)
+                            for e, (ids_e, keys_e, actions_e, size_e)
+                            in enumerate(decisions[key], start=1)]
         price, policies, greedy = _price_within_budget(records, values, dims, counts, budget,
                                                        seed, prior)
         history.append({"episode": episode,
                         f"eval_recall@{k}": result.best_eval.get(f"recall@{k}", 0.0),
                         "embedding_params": result.embedding_params, "epochs": len(result.history),
-                        "price": price, "seconds": time.perf_counter() - start,
+                        "price": price, "id_baseline_coefficient": betas,
+                        "seconds": time.perf_counter() - start,
                         "greedy_size_counts": _size_counts(greedy, dims)})
         logging.info("esapn episode %d: %s", episode, history[-1])
     sizes = {key: v.tolist() for key, v in greedy.items()}
@@ -408,6 +421,25 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
         plot_sizes(sizes, {t: c.astype(float) for t, c in counts.items()}, report,
                    os.path.join(report_dir, PLOT_FILE))
     return {"id_dims": sizes, "report": report}
+
+
+def id_effects(credits: list[np.ndarray], buckets: np.ndarray) -> tuple[list[np.ndarray], float]:
+    """Per episode, each id's own effect on its credit, estimated from the *other* episodes: the
+    mean over them of its credit less its bucket's mean credit in that episode, times the
+    least-squares coefficient (clipped to [0, 1]) with which that estimate predicts the id's
+    bucket-relative credit. Subtracted from an id's credit, it removes what the id earns at
+    any size (a user's easy or hard held-out items, an item's number of eval pairs), the largest
+    part of the credit's variance. Since no other episode's decisions depend on this episode's,
+    it is a baseline: the policy gradient stays unbiased. Returns the effects per episode and
+    the coefficient; zeros (and 0) with a single episode."""
+    per_bucket = np.maximum(np.bincount(buckets), 1)
+    residual = np.stack([c - (np.bincount(buckets, c) / per_bucket)[buckets] for c in credits])
+    episodes = len(credits)
+    if episodes < 2:
+        return [np.zeros_like(c) for c in credits], 0.0
+    others = (residual.sum(axis=0) - residual) / (episodes - 1)
+    beta = float(np.clip(np.sum(residual * others) / max(np.sum(others * others), 1e-12), 0, 1))
+    return list(beta * others), beta
 
 
 def explored_rollout(policy: SizePolicy, explorer: SizePolicy, counts: np.ndarray,

@@ -19,6 +19,7 @@ from models.search.esapn import (
     GrowthController,
     SizePolicy,
     explored_rollout,
+    id_effects,
     recall_credit,
     rollout,
     search,
@@ -260,6 +261,31 @@ def test_recall_credit_splits_recall_between_users_and_items():
     assert np.all(credit["user"][data.eval_items_by_user.counts == 0] == 0)
 
 
+def test_id_effects_remove_what_an_id_earns_at_any_size():
+    rng = np.random.default_rng(0)
+    n, buckets = 4000, np.repeat([0, 1], 2000)
+    own = rng.gamma(1.0, 1.0, n) * (1 + 3 * buckets)  # e.g. an item's eval pairs
+    sizes = [rng.integers(0, 2, n) for _ in range(4)]
+    credits = [own + 0.3 * s + rng.normal(0, 0.1, n) for s in sizes]
+    effects, beta = id_effects(credits, buckets)
+    assert 0.9 < beta <= 1
+    for credit, effect, size in zip(credits, effects, sizes, strict=True):
+        adjusted = credit - effect
+        # Within a bucket, what is left is mostly the size's effect (and noise).
+        for b in (0, 1):
+            at = buckets == b
+            assert np.std(adjusted[at]) < 0.35 * np.std(credit[at])
+            assert np.corrcoef(adjusted[at], size[at])[0, 1] > 0.5
+    # Without an id effect (pure noise) the coefficient is about 0: nothing is subtracted.
+    _, beta = id_effects([rng.normal(size=n) for _ in range(3)], buckets)
+    assert beta < 0.05
+    # One episode: no other episode to learn from.
+    effects, beta = id_effects(credits[:1], buckets)
+    assert beta == 0 and not np.any(effects[0])
+    with pytest.raises(SearchError, match="id_baseline must be true or false"):
+        settings({"id_baseline": "yes"}, 64)
+
+
 def test_topk_episode_search_keeps_the_budget_and_retrains_from_the_sizes(tmp_path):
     from components.topk import train_bpr  # noqa: PLC0415
 
@@ -275,6 +301,9 @@ def test_topk_episode_search_keeps_the_budget_and_retrains_from_the_sizes(tmp_pa
     assert report["params_after"] <= 0.5 * report["params_before"]
     assert report["params_before"] == (data.num_users + data.num_items) * 8
     assert all(h["embedding_params"] > 0 and h["price"] >= 0 for h in report["history"])
+    # The first episode has no other episode to estimate the ids' own effects from.
+    assert report["history"][0]["id_baseline_coefficient"] == {"user": 0.0, "item": 0.0}
+    assert all(0 <= b <= 1 for b in report["history"][1]["id_baseline_coefficient"].values())
     # The last episode's greedy sizes are the result.
     last = report["history"][-1]["greedy_size_counts"]
     assert last == {key: {str(d): sizes[key].count(d) for d in (2, 4, 8)} for key in sizes}
