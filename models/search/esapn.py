@@ -47,19 +47,26 @@ does once the model has trained. Per episode:
 4. fresh policies are trained by REINFORCE on every episode's decisions so far
    (``policy_steps`` full-batch Adam steps). A decision's advantage is its reward minus the
    mean reward of the decisions taken in the same state and episode (a per-state baseline),
-   scaled by the standard deviation;
+   scaled by the standard deviation. With ``id_baseline`` (default) the reward first loses the
+   id's own effect, what it earns at any size, estimated from its credits in the other episodes
+   (``id_effects``): most of a credit's variance is the id's (a user's easy or hard held-out
+   items, an item's number of eval pairs), not its size's;
 5. the price is the lowest (bisection) at which the policies' greedy sizes (enlarge while
-   ``P(enlarge) > 0.5``) hold at most ``max_params_fraction`` of MF's embedding parameters.
+   ``P(enlarge) > 0.5``) hold at most ``max_params_fraction`` of MF's embedding parameters;
+   the budget that price leaves goes to a random share of the ids that a slightly lower price
+   would enlarge (``fill_budget``).
 
-The next episode samples from those policies, except a random ``explore`` share of the ids (default
-half), which decide by the prior alone, so that no size stops being measured; after the last
-episode, the policies' greedy sizes are the result. The retrain zero-pads each id to ``d_K``
-(``models.zoo.mf``), so an id stores ``d_i`` parameters. Users and items share one price, so the
-budget goes where a parameter buys the most held-out recall. The test split is never read.
+The next episode samples from those policies, except a random ``explore`` share of the ids
+(default half), which decide by the prior alone, so that no size stops being measured; after the
+last episode, the policies' greedy sizes (filled) are the result. The retrain zero-pads each id
+to ``d_K`` (``models.zoo.mf``), so an id stores ``d_i`` parameters. Users and items share one
+price, so the budget goes where a parameter buys the most held-out recall. The test split is
+never read.
 
 Options (``PipelineConfig.search_options["esapn"]``): ``candidate_dims`` (None: the paper's ``{2, 4,
 8, 16, 64, 128}`` below the starting size, then the starting size), ``mode``; stream: ``epochs``,
-``size_cost``; episode: ``episodes``, ``max_params_fraction``, ``policy_steps``, ``explore``; both:
+``size_cost``; episode: ``episodes``, ``max_params_fraction``, ``policy_steps``, ``explore``,
+``id_baseline``; both:
 ``policy_hidden``, ``policy_learning_rate``, ``popularity_buckets``. The default ``size_cost`` =
 0.25 is the one of {0.1, 0.25, 0.5} that kept ml1m_topk's searched tables under 60 % of MF's (0.1
 gave 62 %); it was read off the search's own parameter count, not a test split.
@@ -473,7 +480,8 @@ def _price_within_budget(records: dict[str, list], values: dict[str, Any], dims:
                          ) -> tuple[float, dict[str, SizePolicy], dict[str, np.ndarray]]:
     """The lowest price per unit of size (bisection) whose policies, trained by
     :func:`_train_policies` on every episode's decisions, choose greedy sizes within
-    ``budget`` parameters; returns it, those policies and their greedy sizes per table.
+    ``budget`` parameters; returns it, those policies and their greedy sizes per table, the
+    unspent budget filled by :func:`fill_budget`.
 
     Raises:
       SearchError: not even every id at the smallest size fits the budget.
@@ -489,8 +497,9 @@ def _price_within_budget(records: dict[str, list], values: dict[str, Any], dims:
 
     low, high = 0.0, 1.0
     params, *fitting = attempt(high)
+    over = None  # the greedy sizes at the highest price found over the budget
     while params > budget:
-        low, high = high, high * 4
+        low, high, over = high, high * 4, fitting[1]
         if high > 1e6:  # the smallest sizes fit (checked above): the policy never learnt "keep"
             raise SearchError("esapn: no price per unit of size kept the sizes within "
                               f"max_params_fraction={values['max_params_fraction']}.")
@@ -501,8 +510,31 @@ def _price_within_budget(records: dict[str, list], values: dict[str, Any], dims:
         if params <= budget:
             high, fitting = middle, found
         else:
-            low = middle
-    return high, *fitting
+            low, over = middle, found[1]
+    policies, sizes = fitting
+    if over is not None:
+        sizes = fill_budget(sizes, over, budget, np.random.default_rng(seed))
+    return high, policies, sizes
+
+
+def fill_budget(within: dict[str, np.ndarray], over: dict[str, np.ndarray], budget: float,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``within`` (sizes per table within ``budget``) with the larger size of ``over`` (the
+    sizes at a slightly lower price, over the budget) for as many ids as still fit, in random
+    order: the bisection's price moves whole states (a frequency bucket's ids) at once, which
+    can leave a tenth of the budget unspent. The ids that the lower price enlarges are equally
+    good to the policy, so a random share of them gets the larger size (the fractional solution
+    of the budget's linear relaxation)."""
+    filled = {key: v.copy() for key, v in within.items()}
+    candidates = [(key, i) for key in within for i in np.flatnonzero(over[key] > within[key])]
+    spare = budget - sum(int(v.sum()) for v in within.values())
+    for position in rng.permutation(len(candidates)):
+        key, i = candidates[position]
+        extra = int(over[key][i] - within[key][i])
+        if extra <= spare:
+            filled[key][i] = over[key][i]
+            spare -= extra
+    return filled
 
 
 def _train_policies(records: dict[str, list], values: dict[str, Any], dims: np.ndarray,

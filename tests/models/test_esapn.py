@@ -19,6 +19,7 @@ from models.search.esapn import (
     GrowthController,
     SizePolicy,
     explored_rollout,
+    fill_budget,
     id_effects,
     recall_credit,
     rollout,
@@ -284,6 +285,25 @@ def test_id_effects_remove_what_an_id_earns_at_any_size():
     assert beta == 0 and not np.any(effects[0])
     with pytest.raises(SearchError, match="id_baseline must be true or false"):
         settings({"id_baseline": "yes"}, 64)
+
+
+def test_fill_budget_spends_what_the_price_leaves_on_the_ids_a_lower_price_enlarges():
+    within = {"user": np.array([8, 8, 8, 8, 64]), "item": np.array([16, 16, 64])}
+    over = {"user": np.array([64, 64, 64, 8, 64]), "item": np.array([64, 16, 64])}
+    used = 4 * 8 + 64 + 2 * 16 + 64  # 192
+    # Candidates: users 0-2 (8 -> 64, 56 more each) and item 0 (16 -> 64, 48 more).
+    for spare, enlarged in ((0, 0), (47, 0), (48, 1), (103, 1), (104, 2), (1000, 4)):
+        filled = fill_budget(within, over, used + spare, np.random.default_rng(spare))
+        grew = {k: np.flatnonzero(filled[k] != within[k]) for k in within}
+        assert sum(len(v) for v in grew.values()) == enlarged
+        for key, ids in grew.items():  # only to the lower price's size, only where it is larger
+            assert np.all(filled[key][ids] == over[key][ids]) and np.all(over[key][ids] > 8)
+        assert sum(int(v.sum()) for v in filled.values()) <= used + spare
+    assert fill_budget(within, over, used + 1000, np.random.default_rng(0))["item"][0] == 64
+    # Which of the equally good ids grows is random.
+    chosen = {tuple(fill_budget(within, over, used + 56, np.random.default_rng(s))["user"])
+              for s in range(30)}
+    assert len(chosen) >= 3
 
 
 def test_topk_episode_search_keeps_the_budget_and_retrains_from_the_sizes(tmp_path):
