@@ -395,9 +395,8 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
             decisions[key].append((ids, keys, actions, dims[size[ids]]))
             credits[key].append(credit[key])
             # the ids' shares of Recall@k, before the price, less their own effect
-            effects, betas[key] = id_effects(credits[key], buckets[key])
-            if not values["id_baseline"]:
-                effects, betas[key] = [np.zeros_like(c) for c in credits[key]], 0.0
+            effects, betas[key] = (id_effects(credits[key], buckets[key]) if values["id_baseline"]
+                                   else ([np.zeros_like(c) for c in credits[key]], 0.0))
             records[key] = [(np.full(len(ids_e), e), keys_e, actions_e,
                              credits[key][e - 1][ids_e] - effects[e - 1][ids_e], size_e)
                             for e, (ids_e, keys_e, actions_e, size_e)
@@ -436,9 +435,10 @@ def id_effects(credits: list[np.ndarray], buckets: np.ndarray) -> tuple[list[np.
     least-squares coefficient (clipped to [0, 1]) with which that estimate predicts the id's
     bucket-relative credit. Subtracted from an id's credit, it removes what the id earns at
     any size (a user's easy or hard held-out items, an item's number of eval pairs), the largest
-    part of the credit's variance. Since no other episode's decisions depend on this episode's,
-    it is a baseline: the policy gradient stays unbiased. Returns the effects per episode and
-    the coefficient; zeros (and 0) with a single episode."""
+    part of the credit's variance. The estimate leaves out this episode's credits, so it does
+    not depend on the id's action in this episode (only weakly, through policies trained on
+    earlier episodes): a baseline, which leaves the policy gradient unbiased. Returns the
+    effects per episode and the coefficient; zeros (and 0) with a single episode."""
     per_bucket = np.maximum(np.bincount(buckets), 1)
     residual = np.stack([c - (np.bincount(buckets, c) / per_bucket)[buckets] for c in credits])
     episodes = len(credits)
