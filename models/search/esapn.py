@@ -54,7 +54,7 @@ does once the model has trained. Per episode:
 5. the price is the lowest (bisection) at which the policies' greedy sizes (enlarge while
    ``P(enlarge) > 0.5``) hold at most ``max_params_fraction`` of MF's embedding parameters;
    the budget that price leaves goes to a random share of the ids that a slightly lower price
-   would enlarge (``fill_budget``).
+   would enlarge (``fill_budget``; nothing to fill when no price tried was over the budget).
 
 The next episode samples from those policies, except a random ``explore`` share of the ids
 (default half), which decide by the prior alone, so that no size stops being measured; after the
@@ -435,10 +435,11 @@ def id_effects(credits: list[np.ndarray], buckets: np.ndarray) -> tuple[list[np.
     least-squares coefficient (clipped to [0, 1]) with which that estimate predicts the id's
     bucket-relative credit. Subtracted from an id's credit, it removes what the id earns at
     any size (a user's easy or hard held-out items, an item's number of eval pairs), the largest
-    part of the credit's variance. The estimate leaves out this episode's credits, so it does
-    not depend on the id's action in this episode (only weakly, through policies trained on
-    earlier episodes): a baseline, which leaves the policy gradient unbiased. Returns the
-    effects per episode and the coefficient; zeros (and 0) with a single episode."""
+    part of the credit's variance. The estimate leaves out this episode's credits, so it acts
+    as a baseline (the policy gradient stays unbiased) up to two weak dependences on the id's
+    action here: the later episodes sample from policies trained on this episode's decisions,
+    and the one coefficient is fitted over every episode. Returns the effects per episode and
+    the coefficient; zeros (and 0) with a single episode."""
     per_bucket = np.maximum(np.bincount(buckets), 1)
     residual = np.stack([c - (np.bincount(buckets, c) / per_bucket)[buckets] for c in credits])
     episodes = len(credits)
@@ -521,10 +522,10 @@ def fill_budget(within: dict[str, np.ndarray], over: dict[str, np.ndarray], budg
                 rng: np.random.Generator) -> dict[str, np.ndarray]:
     """``within`` (sizes per table within ``budget``) with the larger size of ``over`` (the
     sizes at a slightly lower price, over the budget) for as many ids as still fit, in random
-    order: the bisection's price moves whole states (a frequency bucket's ids) at once, which
-    can leave a tenth of the budget unspent. The ids that the lower price enlarges are equally
-    good to the policy, so a random share of them gets the larger size (the fractional solution
-    of the budget's linear relaxation)."""
+    order (first fit: an id whose extra parameters no longer fit is skipped, a later one may
+    fit): the bisection's price moves whole states (a frequency bucket's ids) at once, which
+    can leave a tenth of the budget unspent. Within a state the policy cannot tell ids apart,
+    so a random share of the ids that the lower price enlarges gets that larger size."""
     filled = {key: v.copy() for key, v in within.items()}
     candidates = [(key, i) for key in within for i in np.flatnonzero(over[key] > within[key])]
     spare = budget - sum(int(v.sum()) for v in within.values())
@@ -540,7 +541,8 @@ def fill_budget(within: dict[str, np.ndarray], over: dict[str, np.ndarray], budg
 def _train_policies(records: dict[str, list], values: dict[str, Any], dims: np.ndarray,
                     price: float, seed: int, prior: np.ndarray) -> dict[str, SizePolicy]:
     """Fresh policies trained by REINFORCE on every recorded decision: each decision's reward is
-    its id's share of Recall@k minus ``price * d / d_K`` (``d`` the id's size in that episode),
+    its id's share of Recall@k (less the id's own effect, with ``id_baseline``; the records
+    hold that difference) minus ``price * d / d_K`` (``d`` the id's size in that episode),
     its advantage that reward minus the mean of the decisions taken in the same state in the
     same episode, scaled by the standard deviation. The loss sums over decisions, so decisions
     of one (state, action) are summed into one row (the same gradient)."""
