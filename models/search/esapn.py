@@ -63,13 +63,13 @@ to ``d_K`` (``models.zoo.mf``), so an id stores ``d_i`` parameters. Users and it
 price, so the budget goes where a parameter buys the most held-out recall. The test split is
 never read.
 
-Options (``PipelineConfig.search_options["esapn"]``): ``candidate_dims`` (None: the paper's ``{2, 4,
-8, 16, 64, 128}`` below the starting size, then the starting size), ``mode``; stream: ``epochs``,
-``size_cost``; episode: ``episodes``, ``max_params_fraction``, ``policy_steps``, ``explore``,
-``id_baseline``; both:
-``policy_hidden``, ``policy_learning_rate``, ``popularity_buckets``. The default ``size_cost`` =
-0.25 is the one of {0.1, 0.25, 0.5} that kept ml1m_topk's searched tables under 60 % of MF's (0.1
-gave 62 %); it was read off the search's own parameter count, not a test split.
+Options (``PipelineConfig.search_options["esapn"]``): ``candidate_dims`` (None: the paper's
+``{2, 4, 8, 16, 64, 128}`` below the starting size, then the starting size), ``mode``; stream:
+``epochs``, ``size_cost``; episode: ``episodes``, ``max_params_fraction``, ``policy_steps``,
+``explore``, ``id_baseline``; both: ``policy_hidden``, ``policy_learning_rate``,
+``popularity_buckets``. The default ``size_cost`` = 0.25 is the one of {0.1, 0.25, 0.5} that kept
+ml1m_topk's searched tables under 60 % of MF's (0.1 gave 62 %); it was read off the search's own
+parameter count, not a test split.
 """
 
 from __future__ import annotations
@@ -440,11 +440,11 @@ def id_effects(credits: list[np.ndarray], buckets: np.ndarray) -> tuple[list[np.
     action here: the later episodes sample from policies trained on this episode's decisions,
     and the one coefficient is fitted over every episode. Returns the effects per episode and
     the coefficient; zeros (and 0) with a single episode."""
-    per_bucket = np.maximum(np.bincount(buckets), 1)
-    residual = np.stack([c - (np.bincount(buckets, c) / per_bucket)[buckets] for c in credits])
     episodes = len(credits)
     if episodes < 2:
         return [np.zeros_like(c) for c in credits], 0.0
+    per_bucket = np.maximum(np.bincount(buckets), 1)
+    residual = np.stack([c - (np.bincount(buckets, c) / per_bucket)[buckets] for c in credits])
     others = (residual.sum(axis=0) - residual) / (episodes - 1)
     beta = float(np.clip(np.sum(residual * others) / max(np.sum(others * others), 1e-12), 0, 1))
     return list(beta * others), beta

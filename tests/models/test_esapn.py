@@ -230,7 +230,7 @@ def test_uniform_size_prior_makes_every_final_size_equally_likely():
     assert set(greedy) == {3}
 
 
-def testexplored_rollout_mixes_the_prior_and_the_policy_by_the_explore_share():
+def test_explored_rollout_mixes_the_prior_and_the_policy_by_the_explore_share():
     values = settings({"policy_hidden": 8}, 64)
     explorer = SizePolicy(5, values, seed=0, prior=uniform_size_prior(5))
     policy = SizePolicy(5, values, seed=0)  # no prior: P(enlarge) = 0.5 at every size
