@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--output-dir", default="runs/beam")
     parser.add_argument("--runner", choices=RUNNER_NAMES, default=None)
+    parser.add_argument("--artifact-root", default=None, metavar="URI",
+                        help="examples, pipeline root and serving dir here (e.g. gs://b/run)")
     args = parser.parse_args(argv)
     from pipeline.datasets import prepare_run_dataset  # noqa: PLC0415
 
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             config.dataset = args.dataset
         if args.runner:
             config.runner = args.runner
+        if args.artifact_root:
+            config.artifact_root = args.artifact_root
         config.validate()
         dataset = prepare_run_dataset(config)  # bad input fails before TFX is imported
         config.check_task(dataset.name, dataset.spec.task)

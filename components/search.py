@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 
 from components import base
 from models.architecture import Architecture
 from models.search import SearchContext, parse_strategy, run_strategy
+from pipeline import storage
 from pipeline.configs import PipelineConfig
 
 ARCHITECTURE_FILE = "architecture.json"
@@ -131,26 +133,27 @@ def ArchitectureSearch(
         tuned = _read_tuned(hyperparameters.uri)
     tf_transform_output = tft.TFTransformOutput(transform_graph.uri)
     vocab = base.vocab_sizes(tf_transform_output, spec["categorical"])
-    if is_topk(spec):
-        arch = topk_architecture(config, spec, vocab)
-        if parse_strategy(config.search_strategy):
-            arch = _search_topk(arch, config, transformed_examples, tf_transform_output,
-                                search_report.uri)
-    else:
-        if transformed_examples is not None:
-            config.train.batch_size = base.train_batch_size(
-                config.train, os.path.join(transformed_examples.uri, "Split-train", "*"))
-        dataset = _split_reader(transformed_examples, tf_transform_output, spec["label"],
-                                config)
-        arch = searched_architecture(
-            config, spec, vocab, dataset, tuned=tuned,
-            counts=base.vocab_counts(tf_transform_output, spec["categorical"]),
-            report_dir=search_report.uri,
-            numeric_missing=base.numeric_missing(tf_transform_output, spec["numerical"]))
-    with open(os.path.join(search_report.uri, ARCHITECTURE_FILE), "w") as f:
-        f.write(arch.to_json())
-    with open(os.path.join(architecture.uri, ARCHITECTURE_FILE), "w") as f:
-        json.dump(search_payload(arch, config, tuned), f, indent=2, sort_keys=True)
+    with storage.local_dir_for(search_report.uri) as report_dir:
+        if is_topk(spec):
+            arch = topk_architecture(config, spec, vocab)
+            if parse_strategy(config.search_strategy):
+                arch = _search_topk(arch, config, transformed_examples, tf_transform_output,
+                                    report_dir)
+        else:
+            if transformed_examples is not None:
+                config.train.batch_size = base.train_batch_size(
+                    config.train, storage.join(transformed_examples.uri, "Split-train", "*"))
+            dataset = _split_reader(transformed_examples, tf_transform_output, spec["label"],
+                                    config)
+            arch = searched_architecture(
+                config, spec, vocab, dataset, tuned=tuned,
+                counts=base.vocab_counts(tf_transform_output, spec["categorical"]),
+                report_dir=report_dir,
+                numeric_missing=base.numeric_missing(tf_transform_output, spec["numerical"]))
+        with open(os.path.join(report_dir, ARCHITECTURE_FILE), "w") as f:
+            f.write(arch.to_json())
+    storage.write_text(storage.join(architecture.uri, ARCHITECTURE_FILE),
+                       json.dumps(search_payload(arch, config, tuned), indent=2, sort_keys=True))
     architecture.set_string_custom_property("strategy", config.search_strategy)
     architecture.set_int_custom_property("architecture_version", arch.version)
 
@@ -183,7 +186,7 @@ def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transf
         raise SearchError(f"{method} needs the transformed examples wired into "
                           f"ArchitectureSearch.")
     user, item = arch.categorical
-    train, eval_ = (read_id_pairs(os.path.join(examples.uri, f"Split-{split}", "*"),
+    train, eval_ = (read_id_pairs(storage.join(examples.uri, f"Split-{split}", "*"),
                                   tf_transform_output, user, item) for split in ("train", "eval"))
     empty = np.zeros(0, np.int64)
     data = topk_data_from_interactions(train, eval_, (empty, empty))
@@ -217,7 +220,7 @@ def _split_reader(examples, tf_transform_output, label: str, config: PipelineCon
         if examples is None:
             raise ValueError(f"Search strategy {config.search_strategy!r} needs the transformed "
                              f"examples wired into ArchitectureSearch.")
-        pattern = os.path.join(examples.uri, f"Split-{split}", "*")
+        pattern = storage.join(examples.uri, f"Split-{split}", "*")
         return base.make_dataset(pattern, tf_transform_output, label, config.train.batch_size,
                                  shuffle=shuffle, seed=config.train.seed,
                                  input_names=input_names)
@@ -227,7 +230,6 @@ def _split_reader(examples, tf_transform_output, label: str, config: PipelineCon
 
 def _read_tuned(uri: str) -> dict:
     """keras-tuner's best hyper-parameters (the Tuner writes ``get_config()`` of them)."""
-    files = os.listdir(uri)
-    with open(os.path.join(uri, files[0])) as f:
-        config = json.load(f)
+    files = sorted(f.rstrip("/") for f in tf.io.gfile.listdir(uri))
+    config = json.loads(storage.read_text(storage.join(uri, files[0])))
     return dict(config.get("values", config))

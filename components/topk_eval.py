@@ -9,11 +9,11 @@ properties ``blessed``, ``current_model_uri`` and ``current_model_id``), so the 
 
 import json
 import logging
-import os
 
 from tfx import v1 as tfx
 
 from components.topk_trainer import TRAINING_REPORT, K
+from pipeline import storage
 
 BLESSED_FILE = "BLESSED"
 NOT_BLESSED_FILE = "NOT_BLESSED"
@@ -22,9 +22,8 @@ RECALL_KEY = f"eval_recall@{K}"
 
 def eval_recall(model_run_uri: str) -> float:
     """The best eval Recall@20 recorded in the ModelRun's training report."""
-    path = os.path.join(model_run_uri, TRAINING_REPORT)
-    with open(path) as f:
-        report = json.load(f)
+    path = storage.join(model_run_uri, TRAINING_REPORT)
+    report = json.loads(storage.read_text(path))
     value = report.get(RECALL_KEY)
     if value is None:
         raise ValueError(f"{path} has no {RECALL_KEY}; was the model trained by the top-k "
@@ -46,8 +45,8 @@ def TopkBlessing(
     if model.id:
         blessing.set_int_custom_property("current_model_id", model.id)
     blessing.set_float_custom_property(RECALL_KEY, recall)
-    with open(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE), "w"):
-        pass
+    storage.write_text(storage.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE),
+                       "")
     blessing.set_int_custom_property("blessed", int(blessed))
     logging.info("TopkBlessing: eval %s = %.4f, threshold %.4f: %s.", RECALL_KEY, recall,
                  min_recall, "blessed" if blessed else "not blessed")

@@ -34,6 +34,7 @@ from tfx import v1 as tfx
 from components import base, features
 from components.topk import TopkResult, refit_bpr, topk_data_from_interactions, train_bpr
 from models.architecture import Architecture
+from pipeline import storage
 from pipeline.configs import PipelineConfig
 
 K = 20
@@ -148,11 +149,12 @@ def export_topk_model(export_dir: str, tf_transform_output: tft.TFTransformOutpu
 
 def load_topk_assets(model_dir: str) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
     """The exported user and item tables (by Transform id) and the raw ids by Transform id."""
-    assets = os.path.join(model_dir, base.ASSETS_EXTRA)
-    with np.load(os.path.join(assets, TABLES_ASSET)) as tables:
+    assets = storage.join(model_dir, base.ASSETS_EXTRA)
+    with tf.io.gfile.GFile(storage.join(assets, TABLES_ASSET), "rb") as f:
+        buffer = io.BytesIO(f.read())
+    with np.load(buffer) as tables:
         user_table, item_table = tables["user"], tables["item"]
-    with open(os.path.join(assets, VOCAB_ASSET)) as f:
-        vocab = json.load(f)
+    vocab = json.loads(storage.read_text(storage.join(assets, VOCAB_ASSET)))
     return user_table, item_table, vocab
 
 
@@ -204,8 +206,9 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
     if arch.lambdaopt is not None:  # λOpt: Λ learned jointly with the model (the paper's way)
         from models.search.lambdaopt import train_lambdaopt  # noqa: PLC0415
 
-        found = train_lambdaopt(data, **common, options=arch.lambdaopt,
-                                report_dir=fn_args.model_run_dir)
+        with storage.local_dir_for(fn_args.model_run_dir) as report_dir:
+            found = train_lambdaopt(data, **common, options=arch.lambdaopt,
+                                    report_dir=report_dir)
         result, lambdaopt_report = found.result, found.report
     else:
         result = train_bpr(data, **common, l2=arch.l2, id_dims=id_dims, loss=arch.loss,
@@ -231,6 +234,6 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
         report["refit"] = refit
     if lambdaopt_report is not None:
         report["lambdaopt"] = lambdaopt_report
-    with open(os.path.join(fn_args.model_run_dir, TRAINING_REPORT), "w") as f:
-        json.dump(report, f, indent=2)
+    storage.write_text(storage.join(fn_args.model_run_dir, TRAINING_REPORT),
+                       json.dumps(report, indent=2))
     return report

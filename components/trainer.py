@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import tensorflow_transform as tft
 import tf_keras as keras
@@ -20,6 +19,7 @@ from components import base
 from models.architecture import TOPK_MODELS, Architecture
 from models.search import report_trained
 from models.zoo import model_input_names
+from pipeline import storage
 from pipeline.configs import PipelineConfig
 
 TRAINING_REPORT = "training_report.json"
@@ -57,9 +57,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         max_epochs=config.train.max_epochs, patience=config.train.patience,
         lr_decay=config.train.lr_decay, lr_patience=config.train.lr_patience,
         deterministic=config.train.deterministic,
-        seed=config.train.seed, log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
+        seed=config.train.seed, log_dir=storage.join(fn_args.model_run_dir, "tensorboard"),
         strategy=strategy)
-    report_trained(arch, result.model, os.path.join(fn_args.model_run_dir, SEARCH_PICTURES))
+    with storage.local_dir_for(storage.join(fn_args.model_run_dir, SEARCH_PICTURES)) as pictures:
+        report_trained(arch, result.model, pictures)
     base.export_serving_model(
         result.model, tf_transform_output, arch, label, fn_args.serving_model_dir,
         optional_numerical=fn_args.custom_config["spec"].get("optional_numerical", ()))
@@ -73,5 +74,5 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "embedding_params": arch.embedding_params(),
         "total_params": int(result.model.count_params()),
     }
-    with open(os.path.join(fn_args.model_run_dir, TRAINING_REPORT), "w") as f:
-        json.dump(report, f, indent=2)
+    storage.write_text(storage.join(fn_args.model_run_dir, TRAINING_REPORT),
+                       json.dumps(report, indent=2))

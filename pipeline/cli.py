@@ -27,6 +27,9 @@ def _csv_list(text: str) -> list[str]:
 def _add_run_options(parser: argparse.ArgumentParser, default_dir: str) -> None:
     parser.add_argument("--config", help="JSON file with a PipelineConfig; flags override it")
     parser.add_argument("--output-dir", default=None, help=f"run directory (default {default_dir})")
+    parser.add_argument("--artifact-root", default=None, metavar="URI",
+                        help="examples, pipeline root and serving dir here instead of under "
+                        "--output-dir (e.g. gs://bucket/path for Dataflow's workers)")
     parser.add_argument("--data-dir", default=None,
                         help="public datasets root (default: $AUTORECSYS_DATA_DIR, "
                         "else ../shared/data)")
@@ -46,6 +49,8 @@ def _config_from_args(args: argparse.Namespace, default_dir: str) -> PipelineCon
     config.output_dir = args.output_dir or (config.output_dir if args.config else default_dir)
     if os.path.exists(config.output_dir) and not os.path.isdir(config.output_dir):
         raise ConfigError(f"output_dir {config.output_dir}: exists and is not a directory.")
+    if args.artifact_root:
+        config.artifact_root = args.artifact_root
     if args.data_dir:
         config.data_dir = args.data_dir
     if args.model:

@@ -213,7 +213,11 @@ class PipelineConfig:
 
     Attributes:
       pipeline_name: TFX pipeline name (MLMD context).
-      output_dir: run directory: prepared data, pipeline root, MLMD, serving dir, summary.
+      output_dir: run directory on this machine: prepared data, MLMD, summary; also the
+        examples, pipeline root and serving dir unless ``artifact_root`` is set.
+      artifact_root: where the examples, the pipeline root (every artifact) and the serving dir
+        go instead: a URI (``gs://bucket/path``) that remote Beam workers (Dataflow) can read, or
+        a local path; None: ``output_dir`` (see ``pipeline.storage``).
       dataset: registered dataset name, or ``csv`` for bring-your-own data.
       data_dir: where public datasets live (None: ``AUTORECSYS_DATA_DIR`` or ``../shared/data``).
       seed: data-split and training seed.
@@ -240,6 +244,7 @@ class PipelineConfig:
 
     pipeline_name: str = "autorecsys"
     output_dir: str = "runs/demo"
+    artifact_root: str | None = None
     dataset: str = "synthetic"
     data_dir: str | None = None
     seed: int = 2021
@@ -295,6 +300,8 @@ class PipelineConfig:
         if not 0.0 <= self.min_eval_recall <= 1.0:
             raise ConfigError(f"min_eval_recall must be in [0, 1]. "
                               f"Received: {self.min_eval_recall}")
+        if self.artifact_root is not None and not self.artifact_root.strip():
+            raise ConfigError("artifact_root must be a path or a URI (gs://bucket/path), or null.")
         if self.beam_prep_min_bytes < 0:
             raise ConfigError(f"beam_prep_min_bytes must be >= 0. "
                               f"Received: {self.beam_prep_min_bytes}")

@@ -24,10 +24,10 @@ BATCH_SIZE = 4096
 def load_raw_spec(model_dir: str) -> FeatureSpec:
     """The raw feature declaration saved with the model."""
     path = os.path.join(model_dir, ASSETS_EXTRA, RAW_FEATURES_ASSET)
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise DatasetError(f"{model_dir}: not an autorecsys SavedModel (no {path}).")
     try:
-        with open(path) as f:
+        with tf.io.gfile.GFile(path) as f:
             raw = json.load(f)
         return FeatureSpec(label=raw["label"], categorical=raw["categorical"],
                            numerical=raw["numerical"],

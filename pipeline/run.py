@@ -9,6 +9,7 @@ vectors its signature serves: test Recall@20 and NDCG@20, each user's train item
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -17,14 +18,15 @@ import shutil
 import time
 from typing import Any
 
+import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
 
 from components.trainer import SEARCH_PICTURES
 from models.architecture import TOPK_MODELS
-from pipeline import metrics
-from pipeline.configs import PipelineConfig
+from pipeline import metrics, storage
+from pipeline.configs import ConfigError, PipelineConfig
 from pipeline.datasets import prepare_run_dataset
 from pipeline.datasets._common import require_both_labels
 from pipeline.datasets.base import PreparedDataset
@@ -42,25 +44,44 @@ class NotPushedError(RuntimeError):
     """The Evaluator did not bless the model, so nothing was pushed."""
 
 
-def run_paths(output_dir: str) -> PipelinePaths:
+def run_paths(output_dir: str, artifact_root: str | None = None) -> PipelinePaths:
+    """A run's locations: MLMD under ``output_dir``; the examples, pipeline root and serving dir
+    under ``artifact_root`` when set (a URI for remote workers), else under ``output_dir``. With
+    a remote ``artifact_root``, ``examples_dir`` is the folder that ``prepare`` publishes into
+    (``storage.publish_examples``)."""
+    root = artifact_root or output_dir
     return PipelinePaths(
-        examples_dir=os.path.join(output_dir, "examples"),
-        pipeline_root=os.path.join(output_dir, "pipeline"),
+        examples_dir=storage.join(root, "examples"),
+        pipeline_root=storage.join(root, "pipeline"),
         metadata_path=os.path.join(output_dir, "metadata.sqlite"),
-        serving_dir=os.path.join(output_dir, "serving"),
+        serving_dir=storage.join(root, "serving"),
     )
 
 
 def prepare(config: PipelineConfig, beam_args: list[str],
-            dataset: PreparedDataset | None = None) -> PreparedDataset:
+            dataset: PreparedDataset | None = None) -> tuple[PreparedDataset, str]:
     """Runs the dataset adapter (unless ``dataset`` is already prepared) and the validated CSV ->
-    TFRecord conversion (a Beam job on the configured runner for large inputs)."""
+    TFRecord conversion (a Beam job on the configured runner for large inputs).
+
+    Returns:
+      The dataset and the folder ImportExampleGen reads: ``output_dir/examples``, or with a
+      remote ``artifact_root`` the content-named copy of it there. The conversion reads the
+      local CSVs, so with a remote ``artifact_root`` a large input is converted by the local
+      multi-process runner, then copied.
+    """
     if dataset is None:
         dataset = prepare_run_dataset(config)
-    counts = write_tfrecords(dataset, run_paths(config.output_dir).examples_dir, beam_args,
-                             config.beam_prep_min_bytes)
+    local_examples = run_paths(config.output_dir).examples_dir
+    remote = config.artifact_root is not None and not storage.is_local(config.artifact_root)
+    convert_args = beam_pipeline_args("direct-multiprocess") if remote else beam_args
+    counts = write_tfrecords(dataset, local_examples, convert_args, config.beam_prep_min_bytes)
     logging.info("Prepared %s: %s examples per split.", dataset.name, counts)
-    return dataset
+    examples_dir = run_paths(config.output_dir, config.artifact_root).examples_dir
+    if remote:
+        examples_dir = storage.publish_examples(local_examples, examples_dir)
+    elif config.artifact_root is not None:  # a local artifact root: the examples stay put
+        examples_dir = local_examples
+    return dataset, examples_dir
 
 
 def _outputs_since(store: Any, type_name: str, since_ms: int) -> list[Any]:
@@ -94,7 +115,7 @@ def pushed_model_dir(metadata_path: str, since_ms: int) -> str:
         blessed = blessing.custom_properties if blessing else {}
         detail = "not blessed" if blessed and not blessed["blessed"].int_value else "not pushed"
         raise NotPushedError(f"The model was {detail} by the Evaluator (or TopkBlessing; see "
-                             f"its output under {os.path.dirname(metadata_path)}/pipeline).")
+                             f"its output: {blessing.uri if blessing else 'none recorded'}).")
     return props["pushed_destination"].string_value
 
 
@@ -106,25 +127,25 @@ def collect_search_report(metadata_path: str, out_dir: str, since_ms: int) -> li
         runs = _outputs_since(m.store, "ModelRun", since_ms)
     sources = []
     for component, sub in (("ArchitectureSearch", ""), ("Trainer", SEARCH_PICTURES)):
-        latest = next((a for a in runs if f"{os.sep}{component}{os.sep}" in a.uri), None)
+        latest = next((a for a in runs if f"/{component}/" in a.uri), None)
         if latest is not None:
-            sources.append(os.path.join(latest.uri, sub))
+            sources.append(storage.join(latest.uri, sub) if sub else latest.uri)
     copied = []
     for source in sources:
-        if not os.path.isdir(source):
+        if not tf.io.gfile.isdir(source):
             continue
-        for name in sorted(os.listdir(source)):
-            path = os.path.join(source, name)
-            if os.path.isfile(path) and name.endswith((".png", ".json")):
+        for name in sorted(tf.io.gfile.listdir(source)):
+            path = storage.join(source, name)
+            if name.endswith((".png", ".json")) and not tf.io.gfile.isdir(path):
                 os.makedirs(out_dir, exist_ok=True)
-                shutil.copyfile(path, os.path.join(out_dir, name))
+                tf.io.gfile.copy(path, os.path.join(out_dir, name), overwrite=True)
                 copied.append(os.path.join(out_dir, name))
     return copied
 
 
 def architecture_of(model_dir: str) -> dict[str, Any]:
-    with open(os.path.join(model_dir, "assets.extra", "architecture.json")) as f:
-        return json.load(f)
+    return json.loads(storage.read_text(storage.join(model_dir, "assets.extra",
+                                                     "architecture.json")))
 
 
 def pipeline_spec(dataset: PreparedDataset, config: PipelineConfig) -> dict[str, Any]:
@@ -200,13 +221,21 @@ def run(config: PipelineConfig, orchestrator: str = "local",
     """
     config.validate()
     config.output_dir = os.path.abspath(config.output_dir)
+    if config.artifact_root is not None:
+        if "://" not in config.artifact_root:
+            config.artifact_root = os.path.abspath(config.artifact_root)
+        try:
+            storage.check_root(config.artifact_root)
+        except ValueError as e:
+            raise ConfigError(f"artifact_root: {e}") from None
     os.makedirs(config.output_dir, exist_ok=True)
     summary_path = os.path.join(config.output_dir, SUMMARY_FILE)
     search_dir = os.path.join(config.output_dir, SEARCH_REPORT_DIR)
     unpublish(config.output_dir)
     beam_args = beam_pipeline_args(config.runner, config.beam_pipeline_args)
-    dataset = prepare(config, beam_args, dataset)
-    paths = run_paths(config.output_dir)
+    dataset, examples_dir = prepare(config, beam_args, dataset)
+    paths = dataclasses.replace(run_paths(config.output_dir, config.artifact_root),
+                                examples_dir=examples_dir)
     spec = pipeline_spec(dataset, config)
     check_both_labels(dataset)
     logging.info("Orchestrator %s; components' Beam args: %s", orchestrator, " ".join(beam_args))
