@@ -302,6 +302,10 @@ class PipelineConfig:
                               f"Received: {self.min_eval_recall}")
         if self.artifact_root is not None and not self.artifact_root.strip():
             raise ConfigError("artifact_root must be a path or a URI (gs://bucket/path), or null.")
+        if self.runner == "dataflow" and not (self.artifact_root or "").startswith("gs://"):
+            raise ConfigError(f"runner dataflow: its workers read and write the run's examples "
+                              f"and artifacts, so artifact_root must be on Cloud Storage "
+                              f"(gs://bucket/path). Received: {self.artifact_root!r}")
         if self.beam_prep_min_bytes < 0:
             raise ConfigError(f"beam_prep_min_bytes must be >= 0. "
                               f"Received: {self.beam_prep_min_bytes}")

@@ -95,6 +95,11 @@ def test_artifact_root_is_checked():
     with pytest.raises(ConfigError, match="artifact_root"):
         PipelineConfig.from_dict({"artifact_root": 3}).validate()
     PipelineConfig.from_dict({"artifact_root": "gs://bucket/run"}).validate()
+    with pytest.raises(ConfigError, match=r"runner dataflow: .* \(gs://bucket/path\)"):
+        PipelineConfig.from_dict({"runner": "dataflow"}).validate()
+    with pytest.raises(ConfigError, match="runner dataflow"):
+        PipelineConfig.from_dict({"runner": "dataflow", "artifact_root": "/tmp/run"}).validate()
+    PipelineConfig.from_dict({"runner": "dataflow", "artifact_root": "gs://b/run"}).validate()
 
 
 def test_a_root_that_cannot_be_written_fails_before_the_run(tmp_path):
