@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
             config.dataset = args.dataset
         if args.runner:
             config.runner = args.runner
-        if args.artifact_root:
+        if args.artifact_root is not None:
             config.artifact_root = args.artifact_root
         config.validate()
+        config.check_storage()  # a bad artifact_root fails before anything is prepared
         dataset = prepare_run_dataset(config)  # bad input fails before TFX is imported
         config.check_task(dataset.name, dataset.spec.task)
     except (DatasetError, ConfigError) as e:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = run(config, orchestrator="beam", dataset=dataset)
-    except DatasetError as e:
+    except (DatasetError, ConfigError) as e:
         print(f"beam_runner: error: {e}", file=sys.stderr)
         return 2
     except NotPushedError as e:

@@ -49,7 +49,7 @@ def _config_from_args(args: argparse.Namespace, default_dir: str) -> PipelineCon
     config.output_dir = args.output_dir or (config.output_dir if args.config else default_dir)
     if os.path.exists(config.output_dir) and not os.path.isdir(config.output_dir):
         raise ConfigError(f"output_dir {config.output_dir}: exists and is not a directory.")
-    if args.artifact_root:
+    if args.artifact_root is not None:
         config.artifact_root = args.artifact_root
     if args.data_dir:
         config.data_dir = args.data_dir
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 config = _run_config(args)
             config.validate()
+            config.check_storage()  # a bad artifact_root fails before anything is prepared
             dataset = prepare_run_dataset(config)  # bad input fails before TFX is imported
             config.check_task(dataset.name, dataset.spec.task)
             from pipeline.run import NotPushedError, run  # noqa: PLC0415

@@ -302,15 +302,25 @@ class PipelineConfig:
                               f"Received: {self.min_eval_recall}")
         if self.artifact_root is not None and not self.artifact_root.strip():
             raise ConfigError("artifact_root must be a path or a URI (gs://bucket/path), or null.")
-        if self.runner == "dataflow" and not (self.artifact_root or "").startswith("gs://"):
-            raise ConfigError(f"runner dataflow: its workers read and write the run's examples "
-                              f"and artifacts, so artifact_root must be on Cloud Storage "
-                              f"(gs://bucket/path). Received: {self.artifact_root!r}")
         if self.beam_prep_min_bytes < 0:
             raise ConfigError(f"beam_prep_min_bytes must be >= 0. "
                               f"Received: {self.beam_prep_min_bytes}")
         if self.loss_from is not None:
             self.fixed_loss()
+
+    def check_storage(self) -> None:
+        """Raises ``ConfigError`` unless the run's storage suits its runner and can be written;
+        with an ``artifact_root``, normalises it and claims it for ``output_dir``
+        (``pipeline.storage.check_storage``, which imports TensorFlow; without one nothing is
+        imported). Entry points call it after their overrides, before preparing anything."""
+        if self.runner == "dataflow" and not (self.artifact_root or "").startswith("gs://"):
+            raise ConfigError(f"runner dataflow: its workers read and write the run's examples "
+                              f"and artifacts, so artifact_root must be on Cloud Storage "
+                              f"(gs://bucket/path). Received: {self.artifact_root!r}")
+        if self.artifact_root is not None:
+            from pipeline import storage  # noqa: PLC0415
+
+            storage.check_storage(self)
 
     def check_task(self, dataset: str, task: str) -> None:
         """Raises ``ConfigError`` when this config cannot train on ``dataset``, whose task is

@@ -26,7 +26,7 @@ from tfx.orchestration import metadata
 from components.trainer import SEARCH_PICTURES
 from models.architecture import TOPK_MODELS
 from pipeline import metrics, storage
-from pipeline.configs import ConfigError, PipelineConfig
+from pipeline.configs import PipelineConfig
 from pipeline.datasets import prepare_run_dataset
 from pipeline.datasets._common import require_both_labels
 from pipeline.datasets.base import PreparedDataset
@@ -47,7 +47,7 @@ class NotPushedError(RuntimeError):
 def run_paths(output_dir: str, artifact_root: str | None = None) -> PipelinePaths:
     """A run's locations: MLMD under ``output_dir``; the examples, pipeline root and serving dir
     under ``artifact_root`` when set (a URI for remote workers), else under ``output_dir``. With
-    a remote ``artifact_root``, ``examples_dir`` is the folder that ``prepare`` publishes into
+    an ``artifact_root``, ``examples_dir`` is the folder that ``prepare`` publishes into
     (``storage.publish_examples``)."""
     root = artifact_root or output_dir
     return PipelinePaths(
@@ -64,23 +64,23 @@ def prepare(config: PipelineConfig, beam_args: list[str],
     TFRecord conversion (a Beam job on the configured runner for large inputs).
 
     Returns:
-      The dataset and the folder ImportExampleGen reads: ``output_dir/examples``, or with a
-      remote ``artifact_root`` the content-named copy of it there. The conversion reads the
-      local CSVs, so with a remote ``artifact_root`` a large input is converted by the local
-      multi-process runner, then copied.
+      The dataset and the folder ImportExampleGen reads: ``output_dir/examples``, or with an
+      ``artifact_root`` the content-named copy of it there (``storage.publish_examples``). The
+      conversion reads the local CSVs, so with an ``artifact_root`` and a remote runner a large
+      input is converted by the local multi-process runner, then copied.
     """
     if dataset is None:
         dataset = prepare_run_dataset(config)
     local_examples = run_paths(config.output_dir).examples_dir
-    remote = config.artifact_root is not None and not storage.is_local(config.artifact_root)
-    convert_args = beam_pipeline_args("direct-multiprocess") if remote else beam_args
+    convert_args = beam_args
+    if config.artifact_root is not None and not config.runner.startswith("direct"):
+        convert_args = beam_pipeline_args("direct-multiprocess")  # it reads the local CSVs
     counts = write_tfrecords(dataset, local_examples, convert_args, config.beam_prep_min_bytes)
     logging.info("Prepared %s: %s examples per split.", dataset.name, counts)
-    examples_dir = run_paths(config.output_dir, config.artifact_root).examples_dir
-    if remote:
-        examples_dir = storage.publish_examples(local_examples, examples_dir)
-    elif config.artifact_root is not None:  # a local artifact root: the examples stay put
-        examples_dir = local_examples
+    examples_dir = local_examples
+    if config.artifact_root is not None:
+        examples_dir = storage.publish_examples(
+            local_examples, run_paths(config.output_dir, config.artifact_root).examples_dir)
     return dataset, examples_dir
 
 
@@ -221,13 +221,7 @@ def run(config: PipelineConfig, orchestrator: str = "local",
     """
     config.validate()
     config.output_dir = os.path.abspath(config.output_dir)
-    if config.artifact_root is not None:
-        if "://" not in config.artifact_root:
-            config.artifact_root = os.path.abspath(config.artifact_root)
-        try:
-            storage.check_root(config.artifact_root)
-        except ValueError as e:
-            raise ConfigError(f"artifact_root: {e}") from None
+    config.check_storage()  # the CLI checked it before preparing; idempotent
     os.makedirs(config.output_dir, exist_ok=True)
     summary_path = os.path.join(config.output_dir, SUMMARY_FILE)
     search_dir = os.path.join(config.output_dir, SEARCH_REPORT_DIR)

@@ -17,10 +17,51 @@ import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import tensorflow as tf
 
 COMPLETE_MARKER = "_COMPLETE"
+OWNER_FILE = "_AUTORECSYS_OUTPUT_DIR"  # under artifact_root: the output_dir whose MLMD indexes it
+
+
+def normalise_root(root: str) -> str:
+    """An absolute local path (``file://`` dropped), or the URI unchanged."""
+    if root.startswith("file://"):
+        root = root[len("file://"):]
+    return root if "://" in root else os.path.abspath(root)
+
+
+def check_storage(config: Any) -> None:
+    """Checks and prepares ``config.artifact_root`` (not None) before a run prepares anything:
+    normalises it, checks that TensorFlow can create it and that Beam has a filesystem for its
+    scheme, and claims it for ``config.output_dir``. Called by
+    ``PipelineConfig.check_storage``, which also holds the runner's requirements.
+
+    The claim: TFX names an artifact's folder by its MLMD execution id, and MLMD (SQLite) lives
+    in ``output_dir``, so a second ``output_dir`` writing to the same root would restart the ids
+    and write into folders that hold another run's files. The root records the ``output_dir``
+    that owns it (``_AUTORECSYS_OUTPUT_DIR``) and refuses others.
+
+    Raises:
+      ConfigError: naming ``artifact_root`` and what is wrong.
+    """
+    from pipeline.configs import ConfigError  # noqa: PLC0415
+
+    root = config.artifact_root = normalise_root(config.artifact_root)
+    try:
+        check_root(root)
+    except ValueError as e:
+        raise ConfigError(f"artifact_root: {e}") from None
+    owner_file, owner = join(root, OWNER_FILE), os.path.abspath(config.output_dir)
+    if tf.io.gfile.exists(owner_file):
+        claimed = read_text(owner_file).strip()
+        if claimed != owner:
+            raise ConfigError(f"artifact_root {root} holds the artifacts of the run in "
+                              f"{claimed}, whose MLMD indexes them: run with that output_dir, "
+                              f"or give this one its own artifact_root.")
+    else:
+        write_text(owner_file, owner + "\n")
 
 
 def is_local(path: str) -> bool:
@@ -73,7 +114,9 @@ def tree_digest(local_dir: str) -> str:
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(root, name)
-            digest.update(os.path.relpath(path, local_dir).encode())
+            name_bytes = os.path.relpath(path, local_dir).encode()
+            digest.update(len(name_bytes).to_bytes(8, "big") + name_bytes)
+            digest.update(os.path.getsize(path).to_bytes(8, "big"))
             with open(path, "rb") as f:
                 for block in iter(lambda f=f: f.read(1 << 20), b""):
                     digest.update(block)
@@ -87,7 +130,9 @@ def publish_examples(local_dir: str, examples_root: str) -> str:
     Remote storage has no atomic folder rename, so the folder is named by its content and marked
     complete (``_COMPLETE``, beside the split folders) only after every file is copied: a run
     reuses a folder that carries the marker, and replaces one that does not (an earlier copy that
-    was cut off). The same data keeps its folder and with it ExampleGen's cache.
+    was cut off). One run at a time per ``artifact_root`` (``check_storage``'s claim): two runs
+    publishing the same data at once could remove each other's copy. The same data keeps its
+    folder and with it ExampleGen's cache.
     """
     dest = join(examples_root, tree_digest(local_dir))
     marker = join(dest, COMPLETE_MARKER)

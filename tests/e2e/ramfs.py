@@ -60,9 +60,11 @@ def _get_children(path: bytes) -> list[str]:
     ``gs://`` lists by ``folder/`` and has no such entries. Keeps the children that exist.
     """
     children = _GET_CHILDREN(path)
-    text = path.decode() if isinstance(path, bytes) else str(path)
-    if not text.startswith(f"{SCHEME}://"):
+    prefix = f"{SCHEME}://"
+    if not (path.startswith(prefix.encode()) if isinstance(path, bytes)
+            else str(path).startswith(prefix)):
         return children
+    text = path.decode() if isinstance(path, bytes) else str(path)
     return [c for c in children if _TF_EXISTS(posixpath.join(text, c))]
 
 

@@ -13,11 +13,13 @@ import os
 
 import pytest
 import tensorflow as tf
+from ml_metadata.proto import metadata_store_pb2
 
 import tests.e2e.ramfs  # noqa: F401 (registers ram:// with Beam)
 from pipeline import storage
 from pipeline.configs import PipelineConfig
 from pipeline.run import run
+from tests.e2e.test_pipeline_e2e import executions_by_node
 
 pytestmark = pytest.mark.e2e
 
@@ -28,14 +30,18 @@ def _assert_nothing_but_local_files(output_dir: str) -> None:
         "data", "examples", "metadata.sqlite", "search", "summary.json"], os.listdir(output_dir)
 
 
+def _config(output_dir: str, root: str, search: str) -> PipelineConfig:
+    return PipelineConfig.from_dict({
+        "output_dir": output_dir, "artifact_root": root, "dataset": "synthetic",
+        "dataset_options": {"n_rows": 3000}, "min_eval_auc": 0.5, "search_strategy": search,
+        "train": {"model": "deepfm", "max_epochs": 2, "batch_size": 256,
+                  "hidden_units": [32, 32]}})
+
+
 def test_ctr_pipeline_with_a_search_runs_on_remote_storage(tmp_path):
     output_dir = str(tmp_path / "run")
-    root = "ram://remote-ctr/run"
-    summary = run(PipelineConfig.from_dict({
-        "output_dir": output_dir, "artifact_root": root, "dataset": "synthetic",
-        "dataset_options": {"n_rows": 3000}, "min_eval_auc": 0.5, "search_strategy": "autofis",
-        "train": {"model": "deepfm", "max_epochs": 2, "batch_size": 256,
-                  "hidden_units": [32, 32]}}))
+    root = f"ram://remote-ctr-{tmp_path.name}/run"
+    summary = run(_config(output_dir, root, "autofis"))
 
     pushed = summary["pushed_model_dir"]
     assert pushed.startswith(root + "/serving/")
@@ -61,10 +67,24 @@ def test_ctr_pipeline_with_a_search_runs_on_remote_storage(tmp_path):
     with open(os.path.join(output_dir, "summary.json")) as f:
         assert json.load(f)["pushed_model_dir"] == pushed
 
+    # Run again without the search: the same data keeps its examples folder, so ExampleGen and
+    # the data checks are reused from the remote artifacts; Transform (whose custom_config holds
+    # the whole config), the search and the rest run anew.
+    again = run(_config(output_dir, root, "none"))
+    assert [d.rstrip("/") for d in tf.io.gfile.listdir(root + "/examples")] == [
+        digest.rstrip("/")]
+    states = executions_by_node(os.path.join(output_dir, "metadata.sqlite"))
+    cached = metadata_store_pb2.Execution.CACHED
+    for node in ("ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator"):
+        assert states[node] == [metadata_store_pb2.Execution.COMPLETE, cached], node
+    assert states["ArchitectureSearch"][-1] != cached
+    assert again["pushed_model_dir"].startswith(root + "/serving/")
+    assert again["architecture"]["search"]["strategy"] == "none"
+
 
 def test_topk_pipeline_runs_on_remote_storage(tmp_path):
     output_dir = str(tmp_path / "run")
-    root = "ram://remote-topk/run"
+    root = f"ram://remote-topk-{tmp_path.name}/run"
     summary = run(PipelineConfig.from_dict({
         "output_dir": output_dir, "artifact_root": root, "dataset": "synthetic_topk",
         "min_eval_recall": 0.05, "train": {"max_epochs": 10},

@@ -6,6 +6,7 @@ import os
 import pytest
 import tensorflow as tf
 
+import tests.e2e.ramfs  # noqa: F401 (ram:// for Beam: check_storage asks Beam for the scheme)
 from pipeline import storage
 from pipeline.configs import ConfigError, PipelineConfig
 from pipeline.run import run_paths
@@ -38,7 +39,7 @@ def test_run_paths_put_artifacts_under_the_root_and_mlmd_locally():
 
 
 def test_publish_examples_names_the_folder_by_content_and_marks_it_complete(tmp_path):
-    root = "ram://storage-publish/examples"
+    root = f"ram://storage-publish-{tmp_path.name}/examples"
     first = storage.publish_examples(_examples(tmp_path), root)
     assert first.startswith(root + "/")
     assert tf.io.gfile.exists(storage.join(first, storage.COMPLETE_MARKER))
@@ -54,7 +55,7 @@ def test_publish_examples_names_the_folder_by_content_and_marks_it_complete(tmp_
 
 
 def test_publish_examples_copies_again_into_a_folder_without_the_marker(tmp_path):
-    root = "ram://storage-cutoff/examples"
+    root = f"ram://storage-cutoff-{tmp_path.name}/examples"
     local = _examples(tmp_path)
     cut_off = storage.join(root, storage.tree_digest(local))
     storage.write_text(storage.join(cut_off, "train", "data.tfrecord"), "half")
@@ -65,7 +66,7 @@ def test_publish_examples_copies_again_into_a_folder_without_the_marker(tmp_path
 
 
 def test_local_dir_for_copies_to_a_uri_only_when_the_block_completes(tmp_path):
-    uri = "ram://storage-local-dir/report"
+    uri = f"ram://storage-local-dir-{tmp_path.name}/report"
     with storage.local_dir_for(uri) as local:
         assert os.path.isdir(local)
         with open(os.path.join(local, "a.json"), "w") as f:
@@ -77,7 +78,7 @@ def test_local_dir_for_copies_to_a_uri_only_when_the_block_completes(tmp_path):
     assert storage.read_text(uri + "/sub/b.png") == "png"
     assert not os.path.exists(local)  # the staging folder is gone
 
-    failed = "ram://storage-local-dir/failed"
+    failed = f"ram://storage-local-dir-{tmp_path.name}/failed"
     with pytest.raises(RuntimeError), storage.local_dir_for(failed) as local:
         with open(os.path.join(local, "a.json"), "w") as f:
             f.write("{}")
@@ -89,20 +90,36 @@ def test_local_dir_for_copies_to_a_uri_only_when_the_block_completes(tmp_path):
         assert local == on_disk and os.path.isdir(on_disk)
 
 
-def test_artifact_root_is_checked():
+def test_artifact_root_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="artifact_root"):
         PipelineConfig.from_dict({"artifact_root": " "}).validate()
     with pytest.raises(ConfigError, match="artifact_root"):
         PipelineConfig.from_dict({"artifact_root": 3}).validate()
-    PipelineConfig.from_dict({"artifact_root": "gs://bucket/run"}).validate()
+    out = str(tmp_path / "run")
     with pytest.raises(ConfigError, match=r"runner dataflow: .* \(gs://bucket/path\)"):
-        PipelineConfig.from_dict({"runner": "dataflow"}).validate()
+        PipelineConfig.from_dict({"runner": "dataflow", "output_dir": out}).check_storage()
     with pytest.raises(ConfigError, match="runner dataflow"):
-        PipelineConfig.from_dict({"runner": "dataflow", "artifact_root": "/tmp/run"}).validate()
-    PipelineConfig.from_dict({"runner": "dataflow", "artifact_root": "gs://b/run"}).validate()
+        PipelineConfig.from_dict(
+            {"runner": "dataflow", "artifact_root": "/tmp/run", "output_dir": out}).check_storage()
+    config = PipelineConfig.from_dict({"artifact_root": f"file://{tmp_path}/root",
+                                       "output_dir": out})
+    config.check_storage()
+    assert config.artifact_root == f"{tmp_path}/root"  # file:// dropped, a plain local path
+    assert (tmp_path / "root" / storage.OWNER_FILE).read_text().strip() == out
 
 
-def test_a_root_that_cannot_be_written_fails_before_the_run(tmp_path):
+def test_an_artifact_root_belongs_to_one_output_dir(tmp_path):
+    root = f"ram://storage-owner-{tmp_path.name}/run"
+    first = PipelineConfig.from_dict({"artifact_root": root, "output_dir": str(tmp_path / "a")})
+    first.check_storage()
+    first.check_storage()  # the same run again: fine
+    other = PipelineConfig.from_dict({"artifact_root": root, "output_dir": str(tmp_path / "b")})
+    with pytest.raises(ConfigError, match=f"holds the artifacts of the run in {tmp_path}/a"):
+        other.check_storage()
+
+
+def test_a_root_that_cannot_be_written_fails_before_anything_is_prepared(tmp_path):
+    from pipeline.cli import main  # noqa: PLC0415
     from pipeline.run import run  # noqa: PLC0415
 
     config = PipelineConfig.from_dict({"output_dir": str(tmp_path / "run"),
@@ -110,5 +127,8 @@ def test_a_root_that_cannot_be_written_fails_before_the_run(tmp_path):
     with pytest.raises(ConfigError, match="artifact_root: Beam cannot write to nosuchscheme"):
         run(config)
     assert not (tmp_path / "run" / "data").exists()  # nothing prepared
+    assert main(["demo", "--output-dir", str(tmp_path / "cli"),
+                 "--artifact-root", "nosuchscheme://bucket/run"]) == 2
+    assert not (tmp_path / "cli").exists()
     with pytest.raises(ValueError, match="TensorFlow cannot write to s3://"):
         storage.check_root("s3://bucket/run")  # Beam knows s3, this TensorFlow does not
