@@ -142,7 +142,7 @@ def ArchitectureSearch(
         else:
             if transformed_examples is not None:
                 config.train.batch_size = base.train_batch_size(
-                    config.train, storage.join(transformed_examples.uri, "Split-train", "*"))
+                    config.train, os.path.join(transformed_examples.uri, "Split-train", "*"))
             dataset = _split_reader(transformed_examples, tf_transform_output, spec["label"],
                                     config)
             arch = searched_architecture(
@@ -152,7 +152,7 @@ def ArchitectureSearch(
                 numeric_missing=base.numeric_missing(tf_transform_output, spec["numerical"]))
         with open(os.path.join(report_dir, ARCHITECTURE_FILE), "w") as f:
             f.write(arch.to_json())
-    storage.write_text(storage.join(architecture.uri, ARCHITECTURE_FILE),
+    storage.write_text(os.path.join(architecture.uri, ARCHITECTURE_FILE),
                        json.dumps(search_payload(arch, config, tuned), indent=2, sort_keys=True))
     architecture.set_string_custom_property("strategy", config.search_strategy)
     architecture.set_int_custom_property("architecture_version", arch.version)
@@ -186,7 +186,7 @@ def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transf
         raise SearchError(f"{method} needs the transformed examples wired into "
                           f"ArchitectureSearch.")
     user, item = arch.categorical
-    train, eval_ = (read_id_pairs(storage.join(examples.uri, f"Split-{split}", "*"),
+    train, eval_ = (read_id_pairs(os.path.join(examples.uri, f"Split-{split}", "*"),
                                   tf_transform_output, user, item) for split in ("train", "eval"))
     empty = np.zeros(0, np.int64)
     data = topk_data_from_interactions(train, eval_, (empty, empty))
@@ -220,7 +220,7 @@ def _split_reader(examples, tf_transform_output, label: str, config: PipelineCon
         if examples is None:
             raise ValueError(f"Search strategy {config.search_strategy!r} needs the transformed "
                              f"examples wired into ArchitectureSearch.")
-        pattern = storage.join(examples.uri, f"Split-{split}", "*")
+        pattern = os.path.join(examples.uri, f"Split-{split}", "*")
         return base.make_dataset(pattern, tf_transform_output, label, config.train.batch_size,
                                  shuffle=shuffle, seed=config.train.seed,
                                  input_names=input_names)
@@ -231,5 +231,5 @@ def _split_reader(examples, tf_transform_output, label: str, config: PipelineCon
 def _read_tuned(uri: str) -> dict:
     """keras-tuner's best hyper-parameters (the Tuner writes ``get_config()`` of them)."""
     files = sorted(f.rstrip("/") for f in tf.io.gfile.listdir(uri))
-    config = json.loads(storage.read_text(storage.join(uri, files[0])))
+    config = json.loads(storage.read_text(os.path.join(uri, files[0])))
     return dict(config.get("values", config))

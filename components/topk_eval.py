@@ -9,6 +9,7 @@ properties ``blessed``, ``current_model_uri`` and ``current_model_id``), so the 
 
 import json
 import logging
+import os
 
 from tfx import v1 as tfx
 
@@ -22,7 +23,7 @@ RECALL_KEY = f"eval_recall@{K}"
 
 def eval_recall(model_run_uri: str) -> float:
     """The best eval Recall@20 recorded in the ModelRun's training report."""
-    path = storage.join(model_run_uri, TRAINING_REPORT)
+    path = os.path.join(model_run_uri, TRAINING_REPORT)
     report = json.loads(storage.read_text(path))
     value = report.get(RECALL_KEY)
     if value is None:
@@ -45,7 +46,7 @@ def TopkBlessing(
     if model.id:
         blessing.set_int_custom_property("current_model_id", model.id)
     blessing.set_float_custom_property(RECALL_KEY, recall)
-    storage.write_text(storage.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE),
+    storage.write_text(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE),
                        "")
     blessing.set_int_custom_property("blessed", int(blessed))
     logging.info("TopkBlessing: eval %s = %.4f, threshold %.4f: %s.", RECALL_KEY, recall,

@@ -149,12 +149,12 @@ def export_topk_model(export_dir: str, tf_transform_output: tft.TFTransformOutpu
 
 def load_topk_assets(model_dir: str) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
     """The exported user and item tables (by Transform id) and the raw ids by Transform id."""
-    assets = storage.join(model_dir, base.ASSETS_EXTRA)
-    with tf.io.gfile.GFile(storage.join(assets, TABLES_ASSET), "rb") as f:
+    assets = os.path.join(model_dir, base.ASSETS_EXTRA)
+    with tf.io.gfile.GFile(os.path.join(assets, TABLES_ASSET), "rb") as f:
         buffer = io.BytesIO(f.read())
     with np.load(buffer) as tables:
         user_table, item_table = tables["user"], tables["item"]
-    vocab = json.loads(storage.read_text(storage.join(assets, VOCAB_ASSET)))
+    vocab = json.loads(storage.read_text(os.path.join(assets, VOCAB_ASSET)))
     return user_table, item_table, vocab
 
 
@@ -234,6 +234,6 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
         report["refit"] = refit
     if lambdaopt_report is not None:
         report["lambdaopt"] = lambdaopt_report
-    storage.write_text(storage.join(fn_args.model_run_dir, TRAINING_REPORT),
+    storage.write_text(os.path.join(fn_args.model_run_dir, TRAINING_REPORT),
                        json.dumps(report, indent=2))
     return report

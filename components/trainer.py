@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import tensorflow_transform as tft
 import tf_keras as keras
@@ -57,9 +58,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         max_epochs=config.train.max_epochs, patience=config.train.patience,
         lr_decay=config.train.lr_decay, lr_patience=config.train.lr_patience,
         deterministic=config.train.deterministic,
-        seed=config.train.seed, log_dir=storage.join(fn_args.model_run_dir, "tensorboard"),
+        seed=config.train.seed, log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
         strategy=strategy)
-    with storage.local_dir_for(storage.join(fn_args.model_run_dir, SEARCH_PICTURES)) as pictures:
+    with storage.local_dir_for(os.path.join(fn_args.model_run_dir, SEARCH_PICTURES)) as pictures:
         report_trained(arch, result.model, pictures)
     base.export_serving_model(
         result.model, tf_transform_output, arch, label, fn_args.serving_model_dir,
@@ -74,5 +75,5 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "embedding_params": arch.embedding_params(),
         "total_params": int(result.model.count_params()),
     }
-    storage.write_text(storage.join(fn_args.model_run_dir, TRAINING_REPORT),
+    storage.write_text(os.path.join(fn_args.model_run_dir, TRAINING_REPORT),
                        json.dumps(report, indent=2))

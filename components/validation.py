@@ -7,11 +7,11 @@ and the Trainer read the gate's copy of the schema, so they cannot run before it
 """
 
 
+import os
+
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
-
-from pipeline import storage
 
 SCHEMA_FILE = "schema.pbtxt"
 TOLERATED = {"ENUM_TYPE_UNEXPECTED_STRING_VALUES"}
@@ -25,7 +25,7 @@ def anomaly_messages(anomalies_uri: str) -> list[str]:
     """Human-readable anomalies per split, tolerated kinds left out."""
     messages = []
     for split_dir in sorted(d.rstrip("/") for d in tf.io.gfile.listdir(anomalies_uri)):
-        path = storage.join(anomalies_uri, split_dir, "SchemaDiff.pb")
+        path = os.path.join(anomalies_uri, split_dir, "SchemaDiff.pb")
         if not tf.io.gfile.exists(path):
             continue
         anomalies = anomalies_pb2.Anomalies()
@@ -56,5 +56,5 @@ def AnomaliesGate(
     if messages:
         raise DataAnomaliesError("ExampleValidator found anomalies; stopping before training:\n  "
                                  + "\n  ".join(messages))
-    tf.io.gfile.copy(storage.join(schema.uri, SCHEMA_FILE),
-                     storage.join(validated_schema.uri, SCHEMA_FILE), overwrite=True)
+    tf.io.gfile.copy(os.path.join(schema.uri, SCHEMA_FILE),
+                     os.path.join(validated_schema.uri, SCHEMA_FILE), overwrite=True)

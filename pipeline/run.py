@@ -51,10 +51,10 @@ def run_paths(output_dir: str, artifact_root: str | None = None) -> PipelinePath
     (``storage.publish_examples``)."""
     root = artifact_root or output_dir
     return PipelinePaths(
-        examples_dir=storage.join(root, "examples"),
-        pipeline_root=storage.join(root, "pipeline"),
+        examples_dir=os.path.join(root, "examples"),
+        pipeline_root=os.path.join(root, "pipeline"),
         metadata_path=os.path.join(output_dir, "metadata.sqlite"),
-        serving_dir=storage.join(root, "serving"),
+        serving_dir=os.path.join(root, "serving"),
     )
 
 
@@ -129,13 +129,13 @@ def collect_search_report(metadata_path: str, out_dir: str, since_ms: int) -> li
     for component, sub in (("ArchitectureSearch", ""), ("Trainer", SEARCH_PICTURES)):
         latest = next((a for a in runs if f"/{component}/" in a.uri), None)
         if latest is not None:
-            sources.append(storage.join(latest.uri, sub) if sub else latest.uri)
+            sources.append(os.path.join(latest.uri, sub) if sub else latest.uri)
     copied = []
     for source in sources:
         if not tf.io.gfile.isdir(source):
             continue
         for name in sorted(tf.io.gfile.listdir(source)):
-            path = storage.join(source, name)
+            path = os.path.join(source, name)
             if name.endswith((".png", ".json")) and not tf.io.gfile.isdir(path):
                 os.makedirs(out_dir, exist_ok=True)
                 tf.io.gfile.copy(path, os.path.join(out_dir, name), overwrite=True)
@@ -144,7 +144,7 @@ def collect_search_report(metadata_path: str, out_dir: str, since_ms: int) -> li
 
 
 def architecture_of(model_dir: str) -> dict[str, Any]:
-    return json.loads(storage.read_text(storage.join(model_dir, "assets.extra",
+    return json.loads(storage.read_text(os.path.join(model_dir, "assets.extra",
                                                      "architecture.json")))
 
 

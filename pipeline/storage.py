@@ -5,7 +5,8 @@ A run keeps its prepared CSVs, MLMD (SQLite) and ``summary.json`` under the loca
 ``artifact_root`` when one is set: a URI such as ``gs://bucket/path`` (any scheme that both
 TensorFlow's ``tf.io.gfile`` and Beam's ``FileSystems`` know), which a runner whose workers do not
 share this disk (Dataflow) needs. Everything here goes through ``tf.io.gfile``, so a local path
-and a URI take the same code.
+and a URI take the same code (joined with ``os.path.join``, as the rest of the project does for
+``tf.io.gfile`` paths: POSIX joins are ``/``-joins, right for URIs).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -53,7 +53,7 @@ def check_storage(config: Any) -> None:
         check_root(root)
     except ValueError as e:
         raise ConfigError(f"artifact_root: {e}") from None
-    owner_file, owner = join(root, OWNER_FILE), os.path.abspath(config.output_dir)
+    owner_file, owner = os.path.join(root, OWNER_FILE), os.path.abspath(config.output_dir)
     if tf.io.gfile.exists(owner_file):
         claimed = read_text(owner_file).strip()
         if claimed != owner:
@@ -86,23 +86,17 @@ def check_root(root: str) -> None:
         raise ValueError(f"TensorFlow cannot write to {root}: {e.message}") from None
 
 
-def join(base: str, *parts: str) -> str:
-    """``os.path.join`` for local paths, ``/``-joined for URIs."""
-    return os.path.join(base, *parts) if is_local(base) else posixpath.join(base, *parts)
-
-
 def copy_tree(source_dir: str, dest_dir: str) -> list[str]:
     """Copies every file under ``source_dir`` to the same relative path under ``dest_dir``
     (either may be a URI), overwriting; returns the destination files."""
     copied = []
     for root, _, files in tf.io.gfile.walk(source_dir):
-        relative = os.path.relpath(root, source_dir) if is_local(source_dir) else \
-            posixpath.relpath(root, source_dir)
-        target_dir = dest_dir if relative in (".", "") else join(dest_dir, relative)
+        relative = os.path.relpath(root, source_dir)
+        target_dir = dest_dir if relative == "." else os.path.join(dest_dir, relative)
         tf.io.gfile.makedirs(target_dir)
         for name in sorted(files):
-            target = join(target_dir, name)
-            tf.io.gfile.copy(join(root, name), target, overwrite=True)
+            target = os.path.join(target_dir, name)
+            tf.io.gfile.copy(os.path.join(root, name), target, overwrite=True)
             copied.append(target)
     return copied
 
@@ -134,20 +128,19 @@ def publish_examples(local_dir: str, examples_root: str) -> str:
     publishing the same data at once could remove each other's copy. The same data keeps its
     folder and with it ExampleGen's cache.
     """
-    dest = join(examples_root, tree_digest(local_dir))
-    marker = join(dest, COMPLETE_MARKER)
+    dest = os.path.join(examples_root, tree_digest(local_dir))
+    marker = os.path.join(dest, COMPLETE_MARKER)
     if not tf.io.gfile.exists(marker):
         if tf.io.gfile.exists(dest):  # an earlier copy, cut off: start afresh
             tf.io.gfile.rmtree(dest)
         copy_tree(local_dir, dest)
-        with tf.io.gfile.GFile(marker, "w") as f:
-            f.write("")
+        write_text(marker, "")
     return dest
 
 
 def write_text(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` (a local path or a URI), creating its folder."""
-    parent = os.path.dirname(path) if is_local(path) else posixpath.dirname(path)
+    parent = os.path.dirname(path)
     if parent:
         tf.io.gfile.makedirs(parent)
     with tf.io.gfile.GFile(path, "w") as f:

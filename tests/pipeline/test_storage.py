@@ -20,11 +20,10 @@ def _examples(tmp_path, text: str = "rows") -> str:
     return str(local)
 
 
-def test_is_local_and_join():
+def test_is_local():
     assert storage.is_local("/tmp/x") and storage.is_local("runs/x")
     assert storage.is_local("file:///tmp/x")
     assert not storage.is_local("gs://bucket/x") and not storage.is_local("ram://b/x")
-    assert storage.join("gs://bucket/run", "pipeline", "x") == "gs://bucket/run/pipeline/x"
 
 
 def test_run_paths_put_artifacts_under_the_root_and_mlmd_locally():
@@ -42,27 +41,27 @@ def test_publish_examples_names_the_folder_by_content_and_marks_it_complete(tmp_
     root = f"ram://storage-publish-{tmp_path.name}/examples"
     first = storage.publish_examples(_examples(tmp_path), root)
     assert first.startswith(root + "/")
-    assert tf.io.gfile.exists(storage.join(first, storage.COMPLETE_MARKER))
-    assert storage.read_text(storage.join(first, "train", "data.tfrecord")) == "train rows"
+    assert tf.io.gfile.exists(os.path.join(first, storage.COMPLETE_MARKER))
+    assert storage.read_text(os.path.join(first, "train", "data.tfrecord")) == "train rows"
     # the same content: the same folder, not copied again
-    tf.io.gfile.remove(storage.join(first, "eval", "data.tfrecord"))
+    tf.io.gfile.remove(os.path.join(first, "eval", "data.tfrecord"))
     assert storage.publish_examples(_examples(tmp_path), root) == first
-    assert not tf.io.gfile.exists(storage.join(first, "eval", "data.tfrecord"))
+    assert not tf.io.gfile.exists(os.path.join(first, "eval", "data.tfrecord"))
     # new content: a new folder; the old one is left to the runs that used it
     second = storage.publish_examples(_examples(tmp_path, "changed"), root)
     assert second != first
-    assert storage.read_text(storage.join(second, "test", "data.tfrecord")) == "test changed"
+    assert storage.read_text(os.path.join(second, "test", "data.tfrecord")) == "test changed"
 
 
 def test_publish_examples_copies_again_into_a_folder_without_the_marker(tmp_path):
     root = f"ram://storage-cutoff-{tmp_path.name}/examples"
     local = _examples(tmp_path)
-    cut_off = storage.join(root, storage.tree_digest(local))
-    storage.write_text(storage.join(cut_off, "train", "data.tfrecord"), "half")
+    cut_off = os.path.join(root, storage.tree_digest(local))
+    storage.write_text(os.path.join(cut_off, "train", "data.tfrecord"), "half")
     assert storage.publish_examples(local, root) == cut_off
-    assert storage.read_text(storage.join(cut_off, "train", "data.tfrecord")) == "train rows"
-    assert storage.read_text(storage.join(cut_off, "test", "data.tfrecord")) == "test rows"
-    assert tf.io.gfile.exists(storage.join(cut_off, storage.COMPLETE_MARKER))
+    assert storage.read_text(os.path.join(cut_off, "train", "data.tfrecord")) == "train rows"
+    assert storage.read_text(os.path.join(cut_off, "test", "data.tfrecord")) == "test rows"
+    assert tf.io.gfile.exists(os.path.join(cut_off, storage.COMPLETE_MARKER))
 
 
 def test_local_dir_for_copies_to_a_uri_only_when_the_block_completes(tmp_path):
