@@ -58,7 +58,12 @@ does once the model has trained. Per episode:
 
 The next episode samples from those policies, except a random ``explore`` share of the ids
 (default half), which decide by the prior alone, so that no size stops being measured; after the
-last episode, the policies' greedy sizes (filled) are the result. The retrain zero-pads each id
+last episode, the policies' greedy sizes (filled) are the searched allocation. With
+``uniform_finalist`` (default) it is then judged against the simplest allocation within the
+budget, every id at the largest candidate size that fits (16 at 60 % of 64): both train once
+more (one seed) and the better eval Recall@20 is the result (``judge_finalists``; the report's
+``finalists`` and ``chosen``). On gowalla the searched allocation was far below the uniform one
+(the README's ESAPN section). The retrain zero-pads each id
 to ``d_K`` (``models.zoo.mf``), so an id stores ``d_i`` parameters. Users and items share one
 price, so the budget goes where a parameter buys the most held-out recall. The test split is
 never read.
@@ -66,7 +71,7 @@ never read.
 Options (``PipelineConfig.search_options["esapn"]``): ``candidate_dims`` (None: the paper's
 ``{2, 4, 8, 16, 64, 128}`` below the starting size, then the starting size), ``mode``; stream:
 ``epochs``, ``size_cost``; episode: ``episodes``, ``max_params_fraction``, ``policy_steps``,
-``explore``, ``id_baseline``; both: ``policy_hidden``, ``policy_learning_rate``,
+``explore``, ``id_baseline``, ``uniform_finalist``; both: ``policy_hidden``, ``policy_learning_rate``,
 ``popularity_buckets``. The default ``size_cost`` = 0.25 is the one of {0.1, 0.25, 0.5} that kept
 ml1m_topk's searched tables under 60 % of MF's (0.1 gave 62 %); it was read off the search's own
 parameter count, not a test split.
@@ -102,6 +107,7 @@ DEFAULTS: dict[str, Any] = {
     "policy_steps": 300,  # episode
     "explore": 0.5,  # episode
     "id_baseline": True,  # episode
+    "uniform_finalist": True,  # episode
     "policy_hidden": 512,  # the official policy's width
     "policy_learning_rate": 1e-3,
     "popularity_buckets": 24,
@@ -124,6 +130,7 @@ def settings(options: dict[str, Any], output_dim: int) -> dict[str, Any]:
         raise SearchError(f"esapn: mode must be one of {MODES} (or null for the data's default). "
                           f"Received: mode={values['mode']!r}")
     require_bool(NAME, values, "id_baseline")
+    require_bool(NAME, values, "uniform_finalist")
     if not 0 <= values["explore"] <= 1:
         raise SearchError(f"esapn: explore must be in [0, 1]. "
                           f"Received: explore={values['explore']}")
@@ -411,10 +418,18 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
                         "greedy_size_counts": _size_counts(greedy, dims)})
         logging.info("esapn episode %d: %s", episode, history[-1])
     sizes = {key: v.tolist() for key, v in greedy.items()}
+    finalists, chosen = [], "searched"
+    if values["uniform_finalist"]:
+        train = {"dim": dim, "learning_rate": learning_rate, "batch_size": batch_size, "l2": l2,
+                 "init_std": init_std, "seed": seed + int(values["episodes"]) + 1, "k": k, **fit}
+        sizes, chosen, finalists = judge_finalists(
+            data, {"searched": sizes, **uniform_allocation(dims, counts, budget)}, train)
     params_after = sum(int(np.sum(v)) for v in sizes.values())  # MF zero-pads: no maps
     report = {
         "settings": {**values, "mode": "episode"},
         "history": history,
+        "finalists": finalists,
+        "chosen": chosen,
         "price": history[-1]["price"],
         "size_counts": _size_counts(sizes, dims),
         "mean_size_by_frequency": {t: _mean_size_by_frequency(v, counts[t])
@@ -427,6 +442,38 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
         plot_sizes(sizes, {t: c.astype(float) for t, c in counts.items()}, report,
                    os.path.join(report_dir, PLOT_FILE))
     return {"id_dims": sizes, "report": report}
+
+
+def uniform_allocation(dims: np.ndarray, counts: dict[str, np.ndarray], budget: float
+                       ) -> dict[str, dict[str, list[int]]]:
+    """The simplest allocation within ``budget``: every id at the largest candidate size that
+    fits, as ``{"uniform <size>": {table: sizes}}``."""
+    ids = sum(len(c) for c in counts.values())
+    size = int(max(d for d in dims if d * ids <= budget))
+    return {f"uniform {size}": {key: [size] * len(c) for key, c in counts.items()}}
+
+
+def judge_finalists(data: Any, allocations: dict[str, dict[str, list[int]]],
+                    train: dict[str, Any]) -> tuple[dict[str, list[int]], str, list[dict]]:
+    """Trains MF-BPR once per allocation (``train``: :func:`components.topk.train_bpr`'s
+    settings, one seed for all) and returns the sizes and name of the one with the best eval
+    Recall@k (the first on a tie), with every finalist's record. As AutoLossGen's and AutoCTR's
+    defaults are finalists of theirs, the search then never returns an allocation that the
+    eval split ranks below the simplest one within the same budget. The test split is not
+    read."""
+    from components.topk import train_bpr  # noqa: PLC0415
+
+    metric = f"eval_recall@{train['k']}"
+    finalists = []
+    for name, id_dims in allocations.items():
+        result = train_bpr(data, id_dims=id_dims, **train)
+        finalists.append({"allocation": name,
+                          metric: result.best_eval.get(f"recall@{train['k']}", 0.0),
+                          "embedding_params": result.embedding_params,
+                          "epochs": len(result.history)})
+        logging.info("esapn finalist: %s", finalists[-1])
+    best = max(finalists, key=lambda f: f[metric])["allocation"]
+    return allocations[best], best, finalists
 
 
 def id_effects(credits: list[np.ndarray], buckets: np.ndarray) -> tuple[list[np.ndarray], float]:

@@ -324,12 +324,32 @@ def test_topk_episode_search_keeps_the_budget_and_retrains_from_the_sizes(tmp_pa
     # The first episode has no other episode to estimate the ids' own effects from.
     assert report["history"][0]["id_baseline_coefficient"] == {"user": 0.0, "item": 0.0}
     assert all(0 <= b <= 1 for b in report["history"][1]["id_baseline_coefficient"].values())
-    # The last episode's greedy sizes are the result.
+    # The last episode's greedy sizes and the uniform allocation within the budget (every id
+    # at 4, the largest candidate that fits half of 8) are the finalists; the better on eval
+    # is the result.
     last = report["history"][-1]["greedy_size_counts"]
-    assert last == {key: {str(d): sizes[key].count(d) for d in (2, 4, 8)} for key in sizes}
+    finalists = {f["allocation"]: f for f in report["finalists"]}
+    assert set(finalists) == {"searched", "uniform 4"}
+    assert finalists["uniform 4"]["embedding_params"] == 4 * (data.num_users + data.num_items)
+    assert finalists[report["chosen"]]["eval_recall@20"] == max(
+        f["eval_recall@20"] for f in report["finalists"])
+    if report["chosen"] == "searched":
+        assert last == {key: {str(d): sizes[key].count(d) for d in (2, 4, 8)} for key in sizes}
+    else:
+        assert set(sizes["user"]) | set(sizes["item"]) == {4}
+    assert report["size_counts"] == {
+        key: {str(d): sizes[key].count(d) for d in (2, 4, 8)} for key in sizes}
     assert (tmp_path / "esapn_sizes.png").stat().st_size > 1000
     result = train_bpr(data, dim=8, max_epochs=2, seed=3, id_dims=sizes)
     assert result.embedding_params == report["params_after"] == sum(map(sum, sizes.values()))
+    # Without the finalists the searched sizes are the result.
+    alone = search_topk(data, dim=8, learning_rate=1e-2, batch_size=128, l2=1e-4, init_std=0.1,
+                        seed=3, options={**options, "uniform_finalist": False}, max_epochs=3,
+                        patience=1)
+    assert alone["report"]["finalists"] == [] and alone["report"]["chosen"] == "searched"
+    assert alone["report"]["history"][-1]["greedy_size_counts"] == alone["report"]["size_counts"]
+    with pytest.raises(SearchError, match="uniform_finalist must be true or false"):
+        settings({"uniform_finalist": 1}, 64)
     with pytest.raises(SearchError, match="below every id at the smallest size 2"):
         search_topk(data, dim=8, learning_rate=1e-2, batch_size=128, l2=1e-4, init_std=0.1,
                     seed=3, options={**options, "max_params_fraction": 0.2}, max_epochs=1)
