@@ -273,7 +273,7 @@ def search_topk(data: Any, *, dim: int, learning_rate: float, batch_size: int, l
     model = MatrixFactorization(
         data.num_users, data.num_items, dim, l2=l2, init_std=init_std, seed=seed,
         id_dims={"user": [smallest] * data.num_users, "item": [smallest] * data.num_items},
-        candidate_dims=values["candidate_dims"])
+        candidate_dims=values["candidate_dims"], rescale_init=True)
     model.build()
     tables = {"user": model.user_embedding, "item": model.item_embedding}
     controllers = {key: GrowthController(layer, values, seed + i)

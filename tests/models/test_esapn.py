@@ -156,6 +156,18 @@ class RetrainFromArchitectureTest(tf.test.TestCase):
         clone.build()
         clone.set_weights(model.get_weights())
         self.assertAllClose(clone.embedding_tables()[1], items)
+        self.assertFalse(clone.get_config()["rescale_init"])
+
+    def test_mf_tables_start_like_a_plain_mf_unless_rescaled(self):
+        # Every id at 16: each coordinate ~ N(0, 0.1^2), as in a plain MF of size 16; with
+        # rescale_init (the stream search's growing tables) 0.1 * sqrt(64 / 16) = 0.2.
+        for rescale, std in ((False, 0.1), (True, 0.2)):
+            model = MatrixFactorization(400, 300, embedding_dim=64, seed=0, rescale_init=rescale,
+                                        id_dims={"user": [16] * 400, "item": [16] * 300})
+            for table in model.embedding_tables():
+                table = table.numpy()
+                self.assertAllClose(table[:, 16:], np.zeros_like(table[:, 16:]))
+                self.assertAlmostEqual(float(table[:, :16].std()), std, delta=0.1 * std)
 
 
 def dataclass_copy(arch: Architecture, **changes) -> Architecture:
