@@ -72,9 +72,9 @@ Options (``PipelineConfig.search_options["esapn"]``): ``candidate_dims`` (None: 
 ``{2, 4, 8, 16, 64, 128}`` below the starting size, then the starting size), ``mode``; stream:
 ``epochs``, ``size_cost``; episode: ``episodes``, ``max_params_fraction``, ``policy_steps``,
 ``explore``, ``id_baseline``, ``uniform_finalist``; both: ``policy_hidden``,
-``policy_learning_rate``, ``popularity_buckets``. The default ``size_cost`` = 0.25 is the one of {0.1, 0.25, 0.5} that kept
-ml1m_topk's searched tables under 60 % of MF's (0.1 gave 62 %); it was read off the search's own
-parameter count, not a test split.
+``policy_learning_rate``, ``popularity_buckets``. The default ``size_cost`` = 0.25 is the one of
+{0.1, 0.25, 0.5} that kept ml1m_topk's searched tables under 60 % of MF's (0.1 gave 62 %); it was
+read off the search's own parameter count, not a test split.
 """
 
 from __future__ import annotations
