@@ -388,14 +388,15 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
     decisions: dict[str, list] = {key: [] for key in counts}
     credits: dict[str, list[np.ndarray]] = {key: [] for key in counts}
     history = []
+    # the retrain's settings: every episode's and finalist's MF trains with them
+    train = {"dim": dim, "learning_rate": learning_rate, "batch_size": batch_size, "l2": l2,
+             "init_std": init_std, "k": k, **fit}
     start = time.perf_counter()
     for episode in range(1, int(values["episodes"]) + 1):
         drawn = {key: explored_rollout(policies[key], explorers[key], counts[key],
                                         float(values["explore"]), rng) for key in counts}
         id_dims = {key: dims[size].tolist() for key, (size, *_) in drawn.items()}
-        result = train_bpr(data, dim=dim, learning_rate=learning_rate, batch_size=batch_size,
-                           l2=l2, init_std=init_std, seed=seed + episode, k=k, id_dims=id_dims,
-                           **fit)
+        result = train_bpr(data, **train, seed=seed + episode, id_dims=id_dims)
         credit = recall_credit(data, *(t.numpy() for t in result.model.embedding_tables()), k)
         records, betas = {}, {}
         for key, (size, ids, keys, actions) in drawn.items():
@@ -420,10 +421,9 @@ def _search_topk_episodes(data: Any, values: dict[str, Any], fit: dict[str, int]
     sizes = {key: v.tolist() for key, v in greedy.items()}
     finalists, chosen = [], "searched"
     if values["uniform_finalist"]:
-        train = {"dim": dim, "learning_rate": learning_rate, "batch_size": batch_size, "l2": l2,
-                 "init_std": init_std, "seed": seed + int(values["episodes"]) + 1, "k": k, **fit}
         sizes, chosen, finalists = judge_finalists(
-            data, {"searched": sizes, **uniform_allocation(dims, counts, budget)}, train)
+            data, {"searched": sizes, **uniform_allocation(dims, counts, budget)},
+            {**train, "seed": seed + int(values["episodes"]) + 1})
     params_after = sum(int(np.sum(v)) for v in sizes.values())  # MF zero-pads: no maps
     report = {
         "settings": {**values, "mode": "episode"},
