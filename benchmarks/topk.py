@@ -74,7 +74,7 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
     # The pipeline's top-k settings (``PipelineConfig.topk``), so a bench row is a pipeline number.
     mf = config.topk
     settings = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,
-                "batch_size": mf.batch_size, "l2": mf.l2}
+                "batch_size": mf.batch_size_for(len(data.train_pairs)), "l2": mf.l2}
     # The retrain's early stopping; AutoLossGen's finalists train with the same.
     fit = early_stopping(config, data.num_users, data.num_items)
     rows = []
@@ -104,6 +104,7 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
                 "embedding_params": result.embedding_params,
                 "total_params": result.embedding_params,
                 "search_seconds": search_seconds, "train_seconds": result.train_seconds,
+                "batch_size": settings["batch_size"],
                 "train_examples_per_second": result.examples_per_second,
                 "loss": describe_loss(loss) if loss else "bpr",
                 "architecture": {"model": "mf", "embedding_dim": settings["dim"],

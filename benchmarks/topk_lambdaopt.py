@@ -76,7 +76,7 @@ def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: 
     data = load_topk(_prepare(dataset, work_dir, data_dir))
     mf = config.topk
     common = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,
-              "batch_size": mf.batch_size, "seed": seed,
+              "batch_size": mf.batch_size_for(len(data.train_pairs)), "seed": seed,
               **early_stopping(config, data.num_users, data.num_items)}
     before = _rss_mb()
     search: dict[str, Any] = {"strategy": "none"}
@@ -114,6 +114,7 @@ def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: 
         "embedding_params": result.embedding_params, "total_params": result.embedding_params,
         "search_seconds": search_seconds, "train_seconds": result.train_seconds,
         "seconds_per_epoch": result.train_seconds / max(epochs, 1),
+        "batch_size": common["batch_size"],
         "train_examples_per_second": result.examples_per_second,
         "peak_rss_mb": peak, "train_rss_mb": peak - before,
         "architecture": {"model": "mf", "embedding_dim": mf.embedding_dim,

@@ -192,7 +192,8 @@ def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transf
     data = topk_data_from_interactions(train, eval_, (empty, empty))
     start = time.perf_counter()
     settings = {"dim": arch.embedding_dims[user], "l2": arch.l2,
-                "learning_rate": config.topk.learning_rate, "batch_size": config.topk.batch_size,
+                "learning_rate": config.topk.learning_rate,
+                "batch_size": config.topk.batch_size_for(len(data.train_pairs)),
                 "init_std": arch.embedding_init_std, "seed": config.train.seed}
     fit = early_stopping(config, data.num_users, data.num_items)
     found = search_topk(method, data, settings=settings, fit=fit,

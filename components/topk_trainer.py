@@ -187,7 +187,8 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
     data = topk_data_from_interactions(train_ids, eval_ids, (empty, empty))
     training = {"learning_rate": float(training.get("learning_rate",
                                                     config.topk.learning_rate)),
-                "batch_size": int(training.get("batch_size", config.topk.batch_size)),
+                "batch_size": config.topk.batch_size_for(
+                    len(data.train_pairs), int(training.get("batch_size", config.topk.batch_size))),
                 **early_stopping(config, data.num_users, data.num_items)}
     logging.info("Training MF-BPR on %d users x %d items (%d train pairs; eval pairs with a "
                  "user or item unseen in train: %d); %s.", data.num_users, data.num_items,

@@ -83,6 +83,26 @@ def test_bench_topk_rows_carry_recall_and_ndcg(tmp_path):
     assert "| ml1m_topk | mf | 1 |" in out.with_suffix(".md").read_text()
 
 
+def test_bench_synthetic_topk_mf_with_shipped_settings_beats_popularity(tmp_path):
+    """The embedded top-k data (about 6,500 train pairs) gets a batch lowered so that an epoch
+    takes ``topk.min_steps_per_epoch`` steps; at 2,048 (4 steps an epoch) MF-BPR stopped near
+    random ranking."""
+    from benchmarks.topk import _prepare  # noqa: PLC0415
+    from components.topk import load_topk  # noqa: PLC0415
+    from pipeline.configs import TopkConfig  # noqa: PLC0415
+
+    out, work = tmp_path / "syn.json", tmp_path / "work"
+    assert main(["bench", "--datasets", "synthetic_topk", "--models", "mf", "--seeds", "2021",
+                 "--work-dir", str(work), "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    num_train = len(load_topk(_prepare("synthetic_topk", str(work), None)).train_pairs)
+    assert row["batch_size"] == TopkConfig().batch_size_for(num_train) == -(-num_train // 100)
+    with open(work / "synthetic_topk" / "data" / "ground_truth.json") as f:
+        truth = json.load(f)
+    assert row["recall@20"] > truth["popularity_test_recall@20"] + 0.1
+    assert row["val_recall@20"] > truth["popularity_test_recall@20"]
+
+
 @pytest.mark.slow
 def test_bench_mf_autolossgen_row_and_a_transferred_loss(tmp_path):
     config = tmp_path / "config.json"

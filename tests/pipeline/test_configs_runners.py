@@ -31,6 +31,7 @@ def test_config_round_trip(tmp_path):
     ({"topk": {"learning_rate": 0}}, "topk.learning_rate must be > 0"),
     ({"topk": {"patience": -1}}, "topk.patience must be >= 0"),
     ({"topk": {"max_epochs": -2}}, "topk.max_epochs must be >= 0"),
+    ({"topk": {"min_steps_per_epoch": -1}}, "topk.min_steps_per_epoch must be >= 0"),
     ({"topk": {"dim": 8}}, "topk.dim"),
     ({"topk": {"refit": True}, "search_strategy": "lambdaopt", "train": {"model": "mf"}},
      "topk.refit does not apply to lambdaopt"),
@@ -176,3 +177,15 @@ def test_batch_size_lowered_for_small_train_splits(batch, min_steps, num_train, 
     got = train.batch_size_for(num_train)
     assert got == expected
     assert -(-num_train // got) >= min(min_steps, num_train) or got == batch
+
+
+@pytest.mark.parametrize("topk, num_train, expected", [
+    ({}, 6_445, 65),                                   # synthetic_topk: 4 steps at 2,048
+    ({}, 810_128, 2048),                               # gowalla: about 400 steps already
+    ({}, 204_800, 2048),                               # exactly 100 steps
+    ({"min_steps_per_epoch": 0}, 6_445, 2048),         # disabled
+    ({"batch_size": 32}, 6_445, 32),                   # already small enough
+])
+def test_topk_batch_size_lowered_for_small_train_splits(topk, num_train, expected):
+    config = PipelineConfig.from_dict({"topk": topk}).topk
+    assert config.batch_size_for(num_train) == expected
