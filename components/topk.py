@@ -386,24 +386,24 @@ class TopkResult:
 def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
               batch_size: int = 2048, l2: float = 1e-4, init_std: float = 0.1,
               max_epochs: int = 400, patience: int = 10, max_seconds: float | None = None,
-              seed: int = 0, eval_every: int = 1, k: int = 20,
+              seed: int = 0, eval_every: int = 1, k: int = 20, min_epochs: int = 0,
               jit_compile: bool = True, id_dims: dict[str, list[int]] | None = None,
               loss: dict | None = None,
               id_l2: dict[str, list[float]] | None = None) -> TopkResult:
     """Trains :class:`MatrixFactorization` with BPR and Adam, early-stopping on eval Recall@k.
 
-    Each epoch visits every train pair once in a seeded random order, each with one fresh
-    uniform negative (:func:`sample_negatives`). Every ``eval_every`` epochs the eval split is
-    ranked; training stops after ``patience`` evaluations without a better eval Recall@k, after
-    ``max_epochs``, or once ``max_seconds`` of wall time (training and evaluation) have passed.
-    The best evaluated weights are restored. Adam updates every row of both tables each step
-    (as PyTorch's Adam in LightGCN does); ``jit_compile`` lets XLA fuse that dense update (about
-    2.7x faster steps on Gowalla's 71k x 64 tables on CPU). ``id_dims`` (``"user"``/``"item"``:
-    one size per id) trains ESAPN's per-id sizes instead of ``dim`` for every row. ``loss`` (an
-    ``Architecture.loss`` spec, e.g. an AutoLossGen formula) trains with that pointwise loss on
-    each triple's observed and sampled item instead of BPR (``models.zoo.mf.pointwise_loss``).
-    ``id_l2`` (``"user"``/``"item"``: one fixed ``Λ`` per id, λOpt's) replaces ``l2`` on those
-    tables by each looked-up row's own strength.
+    Each epoch visits every train pair once in a seeded random order, each with one fresh uniform
+    negative (:func:`sample_negatives`). Every ``eval_every`` epochs the eval split is ranked;
+    training stops after ``patience`` evaluations without a better eval Recall@k (not before epoch
+    ``min_epochs``), after ``max_epochs``, or once ``max_seconds`` of wall time (training and
+    evaluation) have passed. The best evaluated weights are restored. Adam updates every row of both
+    tables each step (as PyTorch's Adam in LightGCN does); ``jit_compile`` lets XLA fuse that dense
+    update (about 2.7x faster steps on Gowalla's 71k x 64 tables on CPU). ``id_dims``
+    (``"user"``/``"item"``: one size per id) trains ESAPN's per-id sizes instead of ``dim`` for
+    every row. ``loss`` (an ``Architecture.loss`` spec, e.g. an AutoLossGen formula) trains with
+    that pointwise loss on each triple's observed and sampled item instead of BPR
+    (``models.zoo.mf.pointwise_loss``). ``id_l2`` (``"user"``/``"item"``: one fixed ``Λ`` per id,
+    λOpt's) replaces ``l2`` on those tables by each looked-up row's own strength.
 
     Raises:
       ValueError: the eval split has no usable interaction, or a setting is out of range.
@@ -420,7 +420,8 @@ def train_bpr(data: TopkData, *, dim: int = 64, learning_rate: float = 1e-3,
                                       id_l2=id_l2)
     result, _ = fit_with_early_stopping(
         data, model, run_epoch, max_epochs=max_epochs, patience=patience,
-        eval_every=eval_every, max_seconds=max_seconds, k=k, log_name="train_bpr")
+        eval_every=eval_every, max_seconds=max_seconds, k=k, log_name="train_bpr",
+        min_epochs=min_epochs)
     return result
 
 
@@ -505,13 +506,16 @@ def epoch_runner(data: TopkData, model: MatrixFactorization, optimizer: keras.op
 def fit_with_early_stopping(data: TopkData, model: MatrixFactorization,
                             run_epoch: Callable[[int], dict[str, float]], *, max_epochs: int,
                             patience: int, eval_every: int, max_seconds: float | None, k: int,
-                            log_name: str, snapshot: Callable[[], Any] | None = None
-                            ) -> tuple[TopkResult, Any]:
+                            log_name: str, snapshot: Callable[[], Any] | None = None,
+                            min_epochs: int = 0) -> tuple[TopkResult, Any]:
     """The epoch loop of :func:`train_bpr` and λOpt: ``run_epoch(epoch)`` trains one epoch and
     returns its history record (timed here as ``seconds``); every ``eval_every`` epochs the eval
     split is ranked, and training stops after ``patience`` evaluations without a better eval
-    Recall@k, after ``max_epochs`` or once ``max_seconds`` have passed. The best evaluated
-    weights are restored into ``model``.
+    Recall@k, after ``max_epochs`` or once ``max_seconds`` have passed. Patience does not end
+    training before epoch ``min_epochs``: from a random start, eval Recall@k can stay flat for
+    a few epochs while an epoch holds few updates per id (the embedded ``synthetic_topk``, about
+    20 pairs per user), and a chance high in that stretch would otherwise stop the run. The best
+    evaluated weights are restored into ``model``.
 
     Returns the result and ``snapshot()`` (default: the model's weights) taken at the best
     evaluated epoch, for state a trainer keeps beside the model (λOpt's Λ).
@@ -540,7 +544,7 @@ def fit_with_early_stopping(data: TopkData, model: MatrixFactorization,
                 waited += 1
         history.append(record)
         logging.info("%s epoch %d: %s", log_name, epoch, record)
-        if waited >= patience or out_of_time:
+        if (waited >= patience and epoch >= min_epochs) or out_of_time:
             stop_reason = "patience" if waited >= patience else "max_seconds"
             break
     model.set_weights(best_weights)

@@ -46,13 +46,15 @@ LARGE_RANKING = 5e8
 
 
 def early_stopping(config: PipelineConfig, num_users: int, num_items: int) -> dict[str, int]:
-    """MF training's ``max_epochs``, ``patience`` and ``eval_every``: ``config.topk``'s, else
-    ``config.train``'s epochs and patience (the patience at least 3 evaluations) and an eval
-    ranking every epoch, or every 5 when users x items exceeds ``LARGE_RANKING``."""
+    """MF training's ``max_epochs``, ``patience``, ``eval_every`` and ``min_epochs``:
+    ``config.topk``'s, else ``config.train``'s epochs and patience (the patience at least 3
+    evaluations) and an eval ranking every epoch, or every 5 when users x items exceeds
+    ``LARGE_RANKING``."""
     large = num_users * num_items > LARGE_RANKING
     return {"max_epochs": config.topk.max_epochs or config.train.max_epochs,
             "patience": config.topk.patience or max(config.train.patience, 3),
-            "eval_every": config.topk.eval_every or (5 if large else 1)}
+            "eval_every": config.topk.eval_every or (5 if large else 1),
+            "min_epochs": config.topk.min_epochs}
 
 
 def read_id_pairs(file_patterns: list[str] | str, tf_transform_output: tft.TFTransformOutput,
@@ -202,7 +204,8 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
     common = {"dim": arch.embedding_dims[user], "learning_rate": training["learning_rate"],
               "batch_size": training["batch_size"], "init_std": arch.embedding_init_std,
               "max_epochs": training["max_epochs"], "patience": training["patience"],
-              "seed": config.train.seed, "eval_every": training["eval_every"], "k": K}
+              "seed": config.train.seed, "eval_every": training["eval_every"], "k": K,
+              "min_epochs": training["min_epochs"]}
     lambdaopt_report = None
     if arch.lambdaopt is not None:  # λOpt: Λ learned jointly with the model (the paper's way)
         from models.search.lambdaopt import train_lambdaopt  # noqa: PLC0415

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--numerical", type=_csv_list, default=None)
     run.add_argument("--optional-numerical", type=_csv_list, default=None,
                      help="numerical columns whose cells may be empty (missing values)")
+    run.add_argument("--user", help="top-k data: the user id column of an interaction log "
+                     "(with --item; --label then optional, its 0 rows dropped)")
+    run.add_argument("--item", help="top-k data: the item id column")
     _add_run_options(run, "runs/csv")
 
     predict = commands.add_parser("predict", help="score a CSV with an exported model (top-k "
@@ -133,16 +136,26 @@ def _run_config(args: argparse.Namespace) -> PipelineConfig:
     config.dataset = "csv"
     options = dict(config.dataset_options)
     for key in ("data", "train", "eval", "test", "label", "categorical", "numerical",
-                "optional_numerical"):
+                "optional_numerical", "user", "item"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
-    if "label" not in options:
-        raise ConfigError("run: --label is required.")
     if not options.get("data") and not all(options.get(k) for k in ("train", "eval", "test")):
         raise ConfigError("run: give --data FILE, or all of --train, --eval and --test.")
-    if not options.get("categorical") and not options.get("numerical"):
-        raise ConfigError("run: give --categorical and/or --numerical columns.")
+    if "user" in options or "item" in options:  # an interaction log: top-k
+        if not (options.get("user") and options.get("item")):
+            raise ConfigError("run: top-k data needs both --user and --item columns.")
+        features = [k for k in ("categorical", "numerical", "optional_numerical")
+                    if options.get(k)]
+        if features:
+            raise ConfigError(f"run: top-k data (--user/--item) takes no other feature "
+                              f"columns; drop {['--' + k.replace('_', '-') for k in features]}.")
+    else:
+        if "label" not in options:
+            raise ConfigError("run: --label is required (or --user and --item for an "
+                              "interaction log).")
+        if not options.get("categorical") and not options.get("numerical"):
+            raise ConfigError("run: give --categorical and/or --numerical columns.")
     config.dataset_options = options
     return config
 

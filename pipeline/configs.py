@@ -192,6 +192,10 @@ class TopkConfig:
         0 picks 1, or 5 when users x items exceeds 5e8.
       patience: evaluations in a row without a better eval Recall@20 before stopping; 0 takes
         ``train.patience`` (at least 3).
+      min_epochs: patience does not stop training before this epoch (the best evaluated epoch
+        is still the one kept). From a random start eval Recall@20 can stay flat for a few
+        epochs on small data (``synthetic_topk``: the first 6), and a chance high there
+        would otherwise end the run; ml1m_topk and gowalla stop after epoch 30.
       max_epochs: upper bound on epochs; 0 takes ``train.max_epochs``.
       exclude_seen: the served top-k never holds items the user interacted with in train
         (with ``refit``, in train or eval).
@@ -208,6 +212,7 @@ class TopkConfig:
     l2: float = 1e-4
     eval_every: int = 0
     patience: int = 0
+    min_epochs: int = 10
     max_epochs: int = 0
     exclude_seen: bool = True
     refit: bool = False
@@ -220,7 +225,7 @@ class TopkConfig:
             raise ConfigError(f"topk.learning_rate must be > 0. Received: {self.learning_rate}")
         if self.l2 < 0:
             raise ConfigError(f"topk.l2 must be >= 0. Received: {self.l2}")
-        for key in ("eval_every", "patience", "max_epochs", "min_steps_per_epoch"):
+        for key in ("eval_every", "patience", "max_epochs", "min_steps_per_epoch", "min_epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"topk.{key} must be >= 0. Received: {getattr(self, key)}")
 

@@ -407,16 +407,16 @@ def search(ctx: SearchContext) -> Architecture:
 def search_topk(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
                 batch_size: int = 2048, l2: float = 1e-4, init_std: float = 0.1, seed: int = 0,
                 options: dict[str, Any] | None = None, k: int = 20, max_epochs: int = 400,
-                patience: int = 10, eval_every: int = 1,
+                patience: int = 10, eval_every: int = 1, min_epochs: int = 0,
                 report_dir: str | None = None) -> tuple[dict | None, dict[str, Any]]:
     """AutoLossGen for top-k MF (bench ``mf+autolossgen``) on ``components.topk.TopkData``.
 
-    ``M`` is plain MF trained with each candidate as a pointwise loss on the train split's
-    observed items (label 1) and one uniform sampled item each (label 0)
-    (``models.zoo.mf.pointwise_loss``); the reward is the eval split's full-ranking Recall@k
-    (the top-k path's validation metric, train items excluded). The finalists train with
-    ``train_bpr`` (``max_epochs``, ``patience``, ``eval_every``: the retrain's). Returns the found
-    loss (None: none passed the validity check; MF keeps BPR) and the report.
+    ``M`` is plain MF trained with each candidate as a pointwise loss on the train split's observed
+    items (label 1) and one uniform sampled item each (label 0) (``models.zoo.mf.pointwise_loss``);
+    the reward is the eval split's full-ranking Recall@k (the top-k path's validation metric, train
+    items excluded). The finalists train with ``train_bpr`` (``max_epochs``, ``patience``,
+    ``eval_every``, ``min_epochs``: the retrain's). Returns the found loss (None: none passed the
+    validity check; MF keeps BPR) and the report.
     """
     from components.topk import epoch_runner, evaluate_topk, train_bpr  # noqa: PLC0415
     from models.zoo.mf import MatrixFactorization  # noqa: PLC0415
@@ -444,7 +444,8 @@ def search_topk(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
     def retrain(spec: dict | None, seed_offset: int) -> float:
         result = train_bpr(data, dim=dim, learning_rate=learning_rate, batch_size=batch_size,
                            l2=l2, init_std=init_std, max_epochs=max_epochs, patience=patience,
-                           seed=seed + seed_offset, eval_every=eval_every, k=k, loss=spec)
+                           seed=seed + seed_offset, eval_every=eval_every, k=k, loss=spec,
+                           min_epochs=min_epochs)
         return result.best_eval.get(f"recall@{k}", 0.0)
 
     learner = Learner(model.get_weights, model.set_weights, train_epoch, validation_recall,

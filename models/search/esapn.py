@@ -250,18 +250,19 @@ class GrowthController:
 def search_topk(data: Any, *, dim: int, learning_rate: float, batch_size: int, l2: float,
                 init_std: float, seed: int, options: dict[str, Any] | None = None,
                 report_dir: str | None = None, k: int = 20, max_epochs: int = 400,
-                patience: int = 3, eval_every: int = 1) -> dict[str, Any]:
+                patience: int = 3, eval_every: int = 1, min_epochs: int = 0) -> dict[str, Any]:
     """ESAPN on MF-BPR over ``components.topk.TopkData`` (train pairs; eval split for the
     rewards and to pick the epoch; never test). Returns ``{"id_dims": {"user": [...], "item":
     [...]}, "report": ...}`` where ``report`` is what ``arch.search["esapn"]`` records.
-    ``max_epochs``, ``patience`` and ``eval_every`` are the episode mode's early stopping (the
-    retrain's).
+    ``max_epochs``, ``patience``, ``eval_every`` and ``min_epochs`` are the episode mode's early
+    stopping (the retrain's).
 
     Stream mode: a BPR triple ``(u, i, j)`` is an interaction of ``u`` and ``i``: its loss and
     its frequency count go to ``u`` and ``i``; the sampled negative ``j`` only trains."""
     values = settings(options or {}, dim)
     if (values["mode"] or "episode") == "episode":
-        fit = {"max_epochs": max_epochs, "patience": patience, "eval_every": eval_every}
+        fit = {"max_epochs": max_epochs, "patience": patience, "eval_every": eval_every,
+               "min_epochs": min_epochs}
         return _search_topk_episodes(
             data, values, fit, dim=dim, learning_rate=learning_rate, batch_size=batch_size,
             l2=l2, init_std=init_std, seed=seed, report_dir=report_dir, k=k)

@@ -289,7 +289,8 @@ def train_lambdaopt(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
                     batch_size: int = 2048, init_std: float = 0.1, seed: int = 0,
                     options: dict[str, Any] | None = None, max_epochs: int = 400,
                     patience: int = 10, eval_every: int = 1, max_seconds: float | None = None,
-                    k: int = 20, report_dir: str | None = None) -> LambdaOptResult:
+                    k: int = 20, report_dir: str | None = None,
+                    min_epochs: int = 0) -> LambdaOptResult:
     """λOpt on MF-BPR over ``components.topk.TopkData``: alternating Λ and model steps, early
     stopping on eval Recall@k like ``train_bpr`` (train and eval splits only; never test)."""
     from components.topk import fit_with_early_stopping, sample_negatives  # noqa: PLC0415
@@ -332,7 +333,7 @@ def train_lambdaopt(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
     result, best_lambdas = fit_with_early_stopping(
         data, model, run_epoch, max_epochs=max_epochs, patience=patience,
         eval_every=eval_every, max_seconds=max_seconds, k=k, log_name="lambdaopt",
-        snapshot=lambda: [lam.numpy() for lam in trainer.lambdas])
+        snapshot=lambda: [lam.numpy() for lam in trainer.lambdas], min_epochs=min_epochs)
     lambdas = dict(zip(("user", "item"), best_lambdas, strict=True))
     frequency = {"user": data.train_items_by_user.counts.astype(float),
                  "item": np.bincount(data.train_pairs[:, 1], minlength=data.num_items)}

@@ -44,7 +44,8 @@ def search_topk(method: str, data: Any, *, settings: dict[str, Any], fit: dict[s
       method: one of ``TOPK_STRATEGIES``.
       data: a ``components.topk.TopkData``.
       settings: MF's ``dim``, ``learning_rate``, ``batch_size``, ``l2``, ``init_std``, ``seed``.
-      fit: the retrain's early stopping (``max_epochs``, ``patience``, ``eval_every``);
+      fit: the retrain's early stopping (``max_epochs``, ``patience``, ``eval_every``,
+        ``min_epochs``);
         AutoLossGen's finalists, ESAPN's episodes and λOpt's joint training use it.
       options: ``search_options[method]``.
       report_dir: where pictures go, or None.

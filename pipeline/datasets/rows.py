@@ -27,10 +27,11 @@ class RowParser:
       path: the file being read (named in errors).
       header: the file's header row.
       require_label: whether the label column must be present (False for prediction input).
+      required: categorical fields whose cells must not be empty (a top-k log's user and item).
     """
 
     def __init__(self, spec: FeatureSpec, path: str, header: list[str],
-                 require_label: bool = True) -> None:
+                 require_label: bool = True, required: tuple[str, ...] = ()) -> None:
         self.spec = spec
         self.path = path
         self.header = header
@@ -46,6 +47,7 @@ class RowParser:
         self.has_label = spec.label in header
         self.index = {c: header.index(c) for c in spec.columns if c in header}
         self.optional = set(spec.optional_numerical)
+        self.required = set(required)
 
     def parse(self, row: list[str], row_number: int) -> dict[str, object]:
         """Returns ``{column: value}`` with label int, categorical str, numerical float (None
@@ -73,6 +75,9 @@ class RowParser:
                 except UnicodeEncodeError:  # undecodable bytes, kept by surrogateescape
                     raise DatasetError(f"{where}: field '{field}' holds bytes that are not "
                                        f"UTF-8 ({text!r}); save the file as UTF-8.") from None
+            if not text and field in self.required:
+                raise DatasetError(f"{where}: field '{field}' is empty; every interaction needs "
+                                   f"a {field!r} id.")
             values[field] = text if text else MISSING
         for field in self.spec.numerical:
             text = row[self.index[field]].strip()
@@ -96,8 +101,8 @@ class RowParser:
         return values
 
 
-def read_rows(path: str, spec: FeatureSpec, require_label: bool = True
-              ) -> Iterator[dict[str, object]]:
+def read_rows(path: str, spec: FeatureSpec, require_label: bool = True,
+              required: tuple[str, ...] = ()) -> Iterator[dict[str, object]]:
     """Yields parsed rows of a CSV file with header; raises DatasetError on the first bad row."""
     if not os.path.exists(path):
         raise DatasetError(f"{path}: file not found.")
@@ -115,7 +120,7 @@ def read_rows(path: str, spec: FeatureSpec, require_label: bool = True
             raise DatasetError(f"{path}: row 1: the file is empty (no header row).") from None
         except csv.Error as e:
             raise DatasetError(f"{path}: row 1: malformed CSV ({e}).") from None
-        parser = RowParser(spec, path, [h.strip() for h in header], require_label)
+        parser = RowParser(spec, path, [h.strip() for h in header], require_label, required)
         row_number, data_rows = 1, 0
         while True:
             try:

@@ -220,6 +220,14 @@ def test_train_bpr_stops_on_patience_and_on_time():
     assert "eval_recall@5" in by_time.history[0]
 
 
+def test_patience_does_not_stop_training_before_min_epochs():
+    # learning rate 0: every evaluation ties the first, so patience 2 would stop at epoch 3
+    result = train_bpr(_planted(clusters=2), dim=4, learning_rate=0.0, batch_size=64,
+                       max_epochs=20, patience=2, k=5, jit_compile=False, min_epochs=6)
+    assert result.stop_reason == "patience" and result.best_epoch == 1
+    assert len(result.history) == 6
+
+
 def test_train_bpr_needs_eval_interactions():
     data = topk_data_from_interactions(([0, 1], [0, 1]), ([], []), ([0], [1]))
     with pytest.raises(ValueError, match="eval"):

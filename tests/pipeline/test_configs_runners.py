@@ -32,6 +32,7 @@ def test_config_round_trip(tmp_path):
     ({"topk": {"patience": -1}}, "topk.patience must be >= 0"),
     ({"topk": {"max_epochs": -2}}, "topk.max_epochs must be >= 0"),
     ({"topk": {"min_steps_per_epoch": -1}}, "topk.min_steps_per_epoch must be >= 0"),
+    ({"topk": {"min_epochs": -1}}, "topk.min_epochs must be >= 0"),
     ({"topk": {"dim": 8}}, "topk.dim"),
     ({"topk": {"refit": True}, "search_strategy": "lambdaopt", "train": {"model": "mf"}},
      "topk.refit does not apply to lambdaopt"),
