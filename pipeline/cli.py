@@ -188,12 +188,18 @@ def main(argv: list[str] | None = None) -> int:
                                                       "raw_test_file", "metrics")}, indent=2))
             print(f"summary: {os.path.join(config.output_dir, 'summary.json')}")
         elif args.command == "predict":
-            from pipeline.predict import is_topk_model, recommend_csv, score_csv  # noqa: PLC0415
+            from pipeline.predict import (  # noqa: PLC0415
+                is_topk_model,
+                load_raw_spec,
+                recommend_csv,
+                score_csv,
+            )
 
             if is_topk_model(args.model_dir):
                 users, items = recommend_csv(args.model_dir, args.input)
                 writer = csv.writer(sys.stdout, lineterminator="\n")
-                writer.writerow(["user", "items"])
+                # the model's user column ("user" for the bundled data; a log's own name)
+                writer.writerow([load_raw_spec(args.model_dir).user, "items"])
                 writer.writerows([u, " ".join(i)] for u, i in zip(users, items, strict=True))
             else:
                 scores, _ = score_csv(args.model_dir, args.input)

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pipeline.datasets._common import publish_dataset, require_both_labels, take_splits
-from pipeline.datasets.adapters import TOPK_SPEC
 from pipeline.datasets.base import DatasetError, FeatureSpec, PreparedDataset
 from pipeline.datasets.rows import read_rows
 
@@ -167,8 +166,11 @@ def split_per_user(pairs: Sequence[tuple[str, str]], seed: int, fraction: float 
 def prepare_topk_csv(path: str | None, out_dir: str, *, user: str, item: str,
                      label: str | None = None, seed: int = 2021, train: str | None = None,
                      eval: str | None = None, test: str | None = None) -> PreparedDataset:
-    """An interaction log as a top-k dataset (see :func:`prepare_csv`): rows ``1,user,item``
-    under the top-k datasets' columns ``label,user,item`` (what ``autorecsys predict`` reads)."""
+    """An interaction log as a top-k dataset (see :func:`prepare_csv`): rows ``1,<user>,<item>``
+    under the log's own column names (``autorecsys predict`` on the model then reads ``user``'s
+    column), with ``label`` (or ``"label"``) as the label column."""
+    spec = FeatureSpec(label=label or "label", categorical=(user, item), task="topk", user=user,
+                       item=item)
     given = {"train": train, "eval": eval, "test": test}
     if path is not None:
         splits = split_per_user(read_interactions(path, user, item, label), seed)
@@ -187,6 +189,6 @@ def prepare_topk_csv(path: str | None, out_dir: str, *, user: str, item: str,
     for split, rows in splits.items():
         if not rows:
             raise DatasetError(f"{where[split]}: the {split} split has no interactions.")
-    meta.update(label="1 = observed", columns={"user": user, "item": item, "label": label})
+    meta.update(label="1 = observed")
     rows = {s: (("1", u, i) for u, i in pairs) for s, pairs in splits.items()}
-    return publish_dataset(NAME, out_dir, TOPK_SPEC, rows, meta)
+    return publish_dataset(NAME, out_dir, spec, rows, meta)

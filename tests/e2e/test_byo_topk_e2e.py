@@ -2,7 +2,8 @@
 
 The log is the embedded synthetic_topk data with renamed columns, a timestamp, a label and some
 label-0 rows (dropped). The run splits it per user, trains MF-BPR with the shipped settings,
-pushes, and its test Recall@20 beats a popularity ranking of the same split.
+pushes, its test Recall@20 beats a popularity ranking of the same split, and `autorecsys
+predict` reads the log's own user column.
 """
 
 import csv
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.e2e
 def _popularity_recall(directory: str, k: int = 20) -> float:
     def pairs(split):
         with open(os.path.join(directory, f"{split}.csv")) as f:
-            return [(r["user"], r["item"]) for r in csv.DictReader(f)]
+            return [(r["uid"], r["iid"]) for r in csv.DictReader(f)]
 
     train, test = pairs("train"), pairs("test")
     ranking = [i for i, _ in Counter(i for _, i in train).most_common()]
@@ -61,9 +62,18 @@ def test_interaction_log_runs_pushes_and_beats_popularity(tmp_path):
     assert os.path.exists(os.path.join(summary["pushed_model_dir"], "saved_model.pb"))
     data_dir = os.path.dirname(summary["raw_test_file"])
     with open(os.path.join(data_dir, "train.csv")) as f:
-        items = {r["item"] for r in csv.DictReader(f)}
+        train = [(r["uid"], r["iid"]) for r in csv.DictReader(f)]
+    items = {i for _, i in train}
     assert "i-never-clicked" not in items  # label-0 rows are not interactions
     popularity = _popularity_recall(data_dir)
     assert summary["metrics"]["test_users"] == 300
     assert summary["metrics"]["test_recall@20"] > popularity + 0.05, (summary["metrics"],
                                                                       popularity)
+    users = tmp_path / "users.csv"
+    users.write_text("uid\nu0\nu1\n")
+    out = run_cli("predict", "--model-dir", summary["pushed_model_dir"], "--input", str(users))
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = list(csv.reader(out.stdout.strip().splitlines()))
+    assert lines[0] == ["uid", "items"] and [line[0] for line in lines[1:]] == ["u0", "u1"]
+    for user, top in lines[1:]:
+        assert len(top.split()) == 20 and not {(user, i) for i in top.split()} & set(train)

@@ -9,7 +9,6 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.datasets import prepare_dataset
-from pipeline.datasets.adapters import TOPK_SPEC
 from pipeline.datasets.base import DatasetError, PreparedDataset
 from pipeline.datasets.byo import read_interactions, split_per_user
 
@@ -70,20 +69,21 @@ def test_one_file_becomes_a_topk_dataset_in_the_topk_layout(tmp_path):
     path = _log(tmp_path / "log.csv", rows)
     dataset = prepare_dataset("csv", str(tmp_path / "out"), seed=3, data=path, user="uid",
                               item="iid", label="clicked")
-    assert dataset.spec == TOPK_SPEC
-    assert PreparedDataset.load(str(tmp_path / "out")).spec.task == "topk"
+    loaded = PreparedDataset.load(str(tmp_path / "out")).spec
+    assert loaded == dataset.spec and (loaded.task, loaded.user, loaded.item) == ("topk", "uid",
+                                                                                  "iid")
     splits = {s: _read(dataset.directory, s) for s in ("train", "eval", "test")}
-    assert all(rows[0] == ["label", "user", "item"] for rows in splits.values())
+    assert all(rows[0] == ["clicked", "uid", "iid"] for rows in splits.values())
     held = [tuple(r[1:]) for s in ("eval", "test") for r in splits[s][1:]]
     train = [tuple(r[1:]) for r in splits["train"][1:]]
     assert not set(held) & set(train) and len(held) + len(train) == 4 * 13
-    assert dataset.metadata["columns"] == {"user": "uid", "item": "iid", "label": "clicked"}
 
 
 def test_three_files_are_kept_as_given(tmp_path):
     files = {s: _log(tmp_path / f"{s}.csv", [(1, "u1", f"{s}-a"), (2, "u2", f"{s}-b")],
                      header=("ts", "uid", "iid")) for s in ("train", "eval", "test")}
     dataset = prepare_dataset("csv", str(tmp_path / "out"), user="uid", item="iid", **files)
+    assert dataset.spec.columns == ("label", "uid", "iid")
     for split in files:
         assert _read(dataset.directory, split)[1:] == [["1", "u1", f"{split}-a"],
                                                        ["1", "u2", f"{split}-b"]]
