@@ -20,6 +20,7 @@ from typing import Any
 from benchmarks.topk_lambdaopt import (
     EXPANSIONS,
     add_relative_costs,
+    in_fresh_process,
     is_expansion_row,
     run_rows,
 )
@@ -70,13 +71,6 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
     if unknown:
         raise ConfigError(f"Dataset {dataset!r} is a top-k dataset; models {unknown} are CTR "
                           f"models. Top-k models: {known}.")
-    data = load_topk(_prepare(dataset, work_dir, data_dir))
-    # The pipeline's top-k settings (``PipelineConfig.topk``), so a bench row is a pipeline number.
-    mf = config.topk
-    settings = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,
-                "batch_size": mf.batch_size_for(len(data.train_pairs)), "l2": mf.l2}
-    # The retrain's early stopping; AutoLossGen's finalists train with the same.
-    fit = early_stopping(config, data.num_users, data.num_items)
     rows = []
     for seed in seeds:
         for model in models:
@@ -84,36 +78,57 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
             # each in a fresh process.
             if model in EXPANSIONS or model not in known:
                 rows += run_rows(dataset, model, seed, config, work_dir, data_dir, search_dir)
-                continue
-            start = time.perf_counter()
-            report_dir = search_dir and os.path.join(search_dir, f"{dataset}-{model}-seed{seed}")
-            search, id_dims, loss = _search(model, data, settings, fit, seed, config,
-                                            report_dir)
-            search_seconds = time.perf_counter() - start if model != "mf" else 0.0
-            result = train_bpr(data, **settings, **fit, seed=seed, id_dims=id_dims, loss=loss)
-            users, items = (t.numpy() for t in result.model.embedding_tables())
-            test = ranked_test_metrics(data, users, items)
-            if refit:
-                test.update(_refit_metrics(data, result.best_epoch, settings, seed, id_dims,
-                                           loss))
-            rows.append({
-                "dataset": dataset, "model": model, "seed": seed,
-                **test,
-                "val_recall@20": result.best_eval.get("recall@20"),
-                "best_epoch": result.best_epoch, "epochs": len(result.history),
-                "embedding_params": result.embedding_params,
-                "total_params": result.embedding_params,
-                "search_seconds": search_seconds, "train_seconds": result.train_seconds,
-                "batch_size": settings["batch_size"],
-                "train_examples_per_second": result.examples_per_second,
-                "loss": describe_loss(loss) if loss else "bpr",
-                "architecture": {"model": "mf", "embedding_dim": settings["dim"],
-                                 "num_users": data.num_users, "num_items": data.num_items,
-                                 "l2": settings["l2"], "search": search,
-                                 "id_dims": id_dims or {}, "loss": loss},
-            })
+            elif model == "mf":
+                rows.append(topk_row(dataset, model, seed, config.to_dict(), work_dir, data_dir,
+                                     search_dir, refit))
+            else:  # a search: its many trainings in a process of their own (in_fresh_process)
+                rows.append(in_fresh_process("benchmarks.topk", {
+                    "dataset": dataset, "model": model, "seed": seed,
+                    "config_data": config.to_dict(), "work_dir": work_dir,
+                    "data_dir": data_dir, "search_dir": search_dir, "refit": refit}))
     add_relative_costs(rows, config)
     return rows
+
+
+def topk_row(dataset: str, model: str, seed: int, config_data: dict[str, Any], work_dir: str,
+             data_dir: str | None, search_dir: str | None = None,
+             refit: bool = False) -> dict[str, Any]:
+    """One ``run_topk`` row (``mf`` or ``mf+<search>``), in the current process."""
+    config = PipelineConfig.from_dict(config_data)
+    data = load_topk(_prepare(dataset, work_dir, data_dir))
+    # The pipeline's top-k settings (``PipelineConfig.topk``), so a bench row is a pipeline number.
+    mf = config.topk
+    settings = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,
+                "batch_size": mf.batch_size_for(len(data.train_pairs)), "l2": mf.l2}
+    # The retrain's early stopping; AutoLossGen's finalists train with the same.
+    fit = early_stopping(config, data.num_users, data.num_items)
+    start = time.perf_counter()
+    report_dir = search_dir and os.path.join(search_dir, f"{dataset}-{model}-seed{seed}")
+    search, id_dims, loss = _search(model, data, settings, fit, seed, config,
+                                    report_dir)
+    search_seconds = time.perf_counter() - start if model != "mf" else 0.0
+    result = train_bpr(data, **settings, **fit, seed=seed, id_dims=id_dims, loss=loss)
+    users, items = (t.numpy() for t in result.model.embedding_tables())
+    test = ranked_test_metrics(data, users, items)
+    if refit:
+        test.update(_refit_metrics(data, result.best_epoch, settings, seed, id_dims,
+                                   loss))
+    return {
+        "dataset": dataset, "model": model, "seed": seed,
+        **test,
+        "val_recall@20": result.best_eval.get("recall@20"),
+        "best_epoch": result.best_epoch, "epochs": len(result.history),
+        "embedding_params": result.embedding_params,
+        "total_params": result.embedding_params,
+        "search_seconds": search_seconds, "train_seconds": result.train_seconds,
+        "batch_size": settings["batch_size"],
+        "train_examples_per_second": result.examples_per_second,
+        "loss": describe_loss(loss) if loss else "bpr",
+        "architecture": {"model": "mf", "embedding_dim": settings["dim"],
+                         "num_users": data.num_users, "num_items": data.num_items,
+                         "l2": settings["l2"], "search": search,
+                         "id_dims": id_dims or {}, "loss": loss},
+    }
 
 
 def _refit_metrics(data: Any, epochs: int, settings: dict[str, Any], seed: int,
@@ -140,3 +155,16 @@ def _search(model: str, data: Any, settings: dict[str, Any], fit: dict[str, int]
                         report_dir=report_dir)
     id_dims = found.id_dims and {key: dims.tolist() for key, dims in found.id_dims.items()}
     return {"strategy": method, method: found.report}, id_dims, found.loss
+
+
+if __name__ == "__main__":
+    import json
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    with open(sys.argv[1]) as f:
+        request = json.load(f)
+    row = topk_row(**request)
+    with open(sys.argv[2], "w") as f:
+        json.dump(row, f)

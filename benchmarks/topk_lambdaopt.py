@@ -131,26 +131,34 @@ def is_expansion_row(model: str, config: PipelineConfig) -> bool:
         return False
 
 
-def run_rows(dataset: str, model: str, seed: int, config: PipelineConfig, work_dir: str,
-             data_dir: str | None, search_dir: str | None = None) -> list[dict[str, Any]]:
-    """The rows of one expansion for one seed, each in a fresh ``python -m`` process."""
-    rows = []
+def in_fresh_process(module: str, request: dict[str, Any]) -> dict[str, Any]:
+    """``python -m module REQUEST.json ANSWER.json``: the row the child wrote for ``request``.
+
+    A fresh process per row measures the row's own peak memory, and frees what TensorFlow
+    never frees in a process: each XLA-compiled MF training step keeps about 440 memory maps
+    (its JIT code) until the process exits, so some 150 trainings in one process reach Linux's
+    default ``vm.max_map_count`` (65,530) and LLVM fails with "Cannot allocate memory".
+    """
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
-    for name, spec in expand(model, config):
-        report_dir = search_dir and os.path.join(search_dir, f"{dataset}-{name}-seed{seed}")
-        with tempfile.TemporaryDirectory() as tmp:
-            request, answer = os.path.join(tmp, "request.json"), os.path.join(tmp, "row.json")
-            with open(request, "w") as f:
-                json.dump({"dataset": dataset, "name": name, "spec": spec, "seed": seed,
-                           "config_data": config.to_dict(), "work_dir": work_dir,
-                           "data_dir": data_dir, "report_dir": report_dir}, f)
-            subprocess.run([sys.executable, "-m", "benchmarks.topk_lambdaopt", request, answer],
-                           check=True, env=env)
-            with open(answer) as f:
-                rows.append(json.load(f))
-    return rows
+    with tempfile.TemporaryDirectory() as tmp:
+        path, answer = os.path.join(tmp, "request.json"), os.path.join(tmp, "row.json")
+        with open(path, "w") as f:
+            json.dump(request, f)
+        subprocess.run([sys.executable, "-m", module, path, answer], check=True, env=env)
+        with open(answer) as f:
+            return json.load(f)
+
+
+def run_rows(dataset: str, model: str, seed: int, config: PipelineConfig, work_dir: str,
+             data_dir: str | None, search_dir: str | None = None) -> list[dict[str, Any]]:
+    """The rows of one expansion for one seed, each in a fresh ``python -m`` process."""
+    return [in_fresh_process("benchmarks.topk_lambdaopt", {
+        "dataset": dataset, "name": name, "spec": spec, "seed": seed,
+        "config_data": config.to_dict(), "work_dir": work_dir, "data_dir": data_dir,
+        "report_dir": search_dir and os.path.join(search_dir, f"{dataset}-{name}-seed{seed}")})
+        for name, spec in expand(model, config)]
 
 
 def add_relative_costs(rows: list[dict[str, Any]], config: PipelineConfig) -> None:

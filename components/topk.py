@@ -38,6 +38,9 @@ from models.zoo.mf import MatrixFactorization
 from pipeline.datasets.base import SPLITS, DatasetError, PreparedDataset
 
 HELD_OUT_SPLITS = ("eval", "test")
+# Memory maps one XLA-compiled MF training step keeps until the process exits (TensorFlow 2.x
+# never frees JIT code; measured on synthetic_topk: 400-440 per new ``epoch_runner``).
+XLA_MAPS_PER_TRAINING = 440
 
 
 @dataclass(frozen=True)
@@ -469,6 +472,28 @@ def _mf_and_epochs(data: TopkData, *, dim: int, learning_rate: float, batch_size
     run_epoch = epoch_runner(data, model, keras.optimizers.Adam(learning_rate), batch_size,
                              np.random.default_rng(seed), loss=loss, jit_compile=jit_compile)
     return model, run_epoch
+
+
+def warn_if_past_map_limit(trainings: int, what: str) -> bool:
+    """Logs a warning, and returns True, when ``trainings`` more XLA-compiled MF trainings in this
+    process would pass Linux's ``vm.max_map_count`` (``XLA_MAPS_PER_TRAINING`` maps each), where
+    LLVM then fails with "Cannot allocate memory"; False when they fit or the limit is unknown."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps") as f:
+            used = sum(1 for _ in f)
+    except (OSError, ValueError):
+        return False
+    needed = trainings * XLA_MAPS_PER_TRAINING
+    if used + needed <= limit:
+        return False
+    logging.warning("%s plans up to %d MF trainings; each keeps about %d memory maps of XLA code "
+                    "for the life of the process, and %d more maps would pass vm.max_map_count "
+                    "(%d; %d in use), where LLVM fails with 'Cannot allocate memory'. Lower the "
+                    "search budget, or raise vm.max_map_count (sysctl).", what, trainings,
+                    XLA_MAPS_PER_TRAINING, needed, limit, used)
+    return True
 
 
 def epoch_runner(data: TopkData, model: MatrixFactorization, optimizer: keras.optimizers.Optimizer,

@@ -418,10 +418,18 @@ def search_topk(data: Any, *, dim: int = 64, learning_rate: float = 1e-3,
     ``eval_every``, ``min_epochs``: the retrain's). Returns the found loss (None: none passed the
     validity check; MF keeps BPR) and the report.
     """
-    from components.topk import epoch_runner, evaluate_topk, train_bpr  # noqa: PLC0415
+    from components.topk import (  # noqa: PLC0415
+        epoch_runner,
+        evaluate_topk,
+        train_bpr,
+        warn_if_past_map_limit,
+    )
     from models.zoo.mf import MatrixFactorization  # noqa: PLC0415
 
     options = settings(options or {})
+    warn_if_past_map_limit(
+        int(options["search_epochs"]) * int(options["max_trainings_per_epoch"])
+        + int(options["finalists"]) * int(options["confirm_seeds"]) + 1, "AutoLossGen for mf")
     keras.utils.set_random_seed(seed)
     model = MatrixFactorization(data.num_users, data.num_items, dim, l2=l2, init_std=init_std,
                                 seed=seed)

@@ -18,6 +18,7 @@ from components.topk import (
     target_hits,
     topk_data_from_interactions,
     train_bpr,
+    warn_if_past_map_limit,
     with_eval_in_train,
 )
 from pipeline.datasets.base import DatasetError, FeatureSpec, PreparedDataset
@@ -232,3 +233,12 @@ def test_train_bpr_needs_eval_interactions():
     data = topk_data_from_interactions(([0, 1], [0, 1]), ([], []), ([0], [1]))
     with pytest.raises(ValueError, match="eval"):
         train_bpr(data)
+
+
+def test_a_search_past_the_memory_map_limit_is_warned_about(caplog):
+    if not os.path.exists("/proc/sys/vm/max_map_count"):
+        pytest.skip("no /proc/sys/vm/max_map_count")
+    assert not warn_if_past_map_limit(0, "nothing")
+    assert warn_if_past_map_limit(10**6, "A huge search")
+    assert "A huge search plans up to 1000000 MF trainings" in caplog.text
+    assert "vm.max_map_count" in caplog.text
