@@ -52,8 +52,11 @@ def test_early_stopping_takes_topk_settings_over_train():
     from pipeline.configs import PipelineConfig  # noqa: PLC0415
 
     default = PipelineConfig.from_dict({"train": {"patience": 2, "max_epochs": 50}})
-    assert early_stopping(default, 10, 10) == {"max_epochs": 50, "patience": 3, "eval_every": 1}
+    assert early_stopping(default, 10, 10) == {"max_epochs": 50, "patience": 3, "eval_every": 1,
+                                               "min_epochs": 10}
     assert early_stopping(default, LARGE_RANKING, 2)["eval_every"] == 5
     mine = PipelineConfig.from_dict({"train": {"patience": 2, "max_epochs": 50},
-                                     "topk": {"patience": 10, "max_epochs": 400}})
-    assert early_stopping(mine, 10, 10) == {"max_epochs": 400, "patience": 10, "eval_every": 1}
+                                     "topk": {"patience": 10, "max_epochs": 400,
+                                              "min_epochs": 0}})
+    assert early_stopping(mine, 10, 10) == {"max_epochs": 400, "patience": 10, "eval_every": 1,
+                                            "min_epochs": 0}
