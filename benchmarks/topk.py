@@ -20,6 +20,7 @@ from typing import Any
 from benchmarks.topk_lambdaopt import (
     EXPANSIONS,
     add_relative_costs,
+    answer_request,
     in_fresh_process,
     is_expansion_row,
     run_rows,
@@ -158,13 +159,4 @@ def _search(model: str, data: Any, settings: dict[str, Any], fit: dict[str, int]
 
 
 if __name__ == "__main__":
-    import json
-    import logging
-    import sys
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
-    with open(sys.argv[1]) as f:
-        request = json.load(f)
-    row = topk_row(**request)
-    with open(sys.argv[2], "w") as f:
-        json.dump(row, f)
+    answer_request(topk_row)

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.configs import PipelineConfig
@@ -175,12 +176,18 @@ def add_relative_costs(rows: list[dict[str, Any]], config: PipelineConfig) -> No
                                   if base and base["train_rss_mb"] > 0 else None)
 
 
-if __name__ == "__main__":
-    import logging
+def answer_request(row_fn: Callable[..., dict[str, Any]]) -> None:
+    """The child's side of :func:`in_fresh_process`: ``row_fn(**REQUEST)`` into ANSWER, the
+    paths given as ``sys.argv[1:3]``."""
+    import logging  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     with open(sys.argv[1]) as f:
         request = json.load(f)
-    row = _row(**request)
+    row = row_fn(**request)
     with open(sys.argv[2], "w") as f:
         json.dump(row, f)
+
+
+if __name__ == "__main__":
+    answer_request(_row)
