@@ -72,16 +72,18 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
     if unknown:
         raise ConfigError(f"Dataset {dataset!r} is a top-k dataset; models {unknown} are CTR "
                           f"models. Top-k models: {known}.")
-    rows = []
+    rows, data = [], None
     for seed in seeds:
         for model in models:
             # mf+l2grid, mf+lambdaopt (a row each) or one of their rows (e.g. mf[l2=0.001]),
             # each in a fresh process.
             if model in EXPANSIONS or model not in known:
                 rows += run_rows(dataset, model, seed, config, work_dir, data_dir, search_dir)
-            elif model == "mf":
+            elif model == "mf":  # in this process, on data loaded once
+                if data is None:
+                    data = load_topk(_prepare(dataset, work_dir, data_dir))
                 rows.append(topk_row(dataset, model, seed, config.to_dict(), work_dir, data_dir,
-                                     search_dir, refit))
+                                     search_dir, refit, data=data))
             else:  # a search: its many trainings in a process of their own (in_fresh_process)
                 rows.append(in_fresh_process("benchmarks.topk", {
                     "dataset": dataset, "model": model, "seed": seed,
@@ -92,11 +94,13 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
 
 
 def topk_row(dataset: str, model: str, seed: int, config_data: dict[str, Any], work_dir: str,
-             data_dir: str | None, search_dir: str | None = None,
-             refit: bool = False) -> dict[str, Any]:
-    """One ``run_topk`` row (``mf`` or ``mf+<search>``), in the current process."""
+             data_dir: str | None, search_dir: str | None = None, refit: bool = False,
+             data: Any = None) -> dict[str, Any]:
+    """One ``run_topk`` row (``mf`` or ``mf+<search>``), in the current process; ``data``: the
+    dataset's ``TopkData`` when already loaded."""
     config = PipelineConfig.from_dict(config_data)
-    data = load_topk(_prepare(dataset, work_dir, data_dir))
+    if data is None:
+        data = load_topk(_prepare(dataset, work_dir, data_dir))
     # The pipeline's top-k settings (``PipelineConfig.topk``), so a bench row is a pipeline number.
     mf = config.topk
     settings = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,

@@ -569,8 +569,9 @@ def fit_with_early_stopping(data: TopkData, model: MatrixFactorization,
                 waited += 1
         history.append(record)
         logging.info("%s epoch %d: %s", log_name, epoch, record)
-        if (waited >= patience and epoch >= min_epochs) or out_of_time:
-            stop_reason = "patience" if waited >= patience else "max_seconds"
+        patience_ends = waited >= patience and epoch >= min_epochs
+        if patience_ends or out_of_time:
+            stop_reason = "patience" if patience_ends else "max_seconds"
             break
     model.set_weights(best_weights)
     examples = len(data.train_pairs) * len(history)

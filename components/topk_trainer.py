@@ -201,11 +201,9 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
     id_dims, id_l2 = ({key: [per_id[field][int(t)] for t in ids]
                        for key, field, ids in rows if field in per_id} or None
                       for per_id in (arch.id_dims, arch.id_l2))
-    common = {"dim": arch.embedding_dims[user], "learning_rate": training["learning_rate"],
-              "batch_size": training["batch_size"], "init_std": arch.embedding_init_std,
-              "max_epochs": training["max_epochs"], "patience": training["patience"],
-              "seed": config.train.seed, "eval_every": training["eval_every"], "k": K,
-              "min_epochs": training["min_epochs"]}
+    # ``training``: the learning rate, the batch size and the early stopping, all passed on
+    common = {"dim": arch.embedding_dims[user], "init_std": arch.embedding_init_std,
+              "seed": config.train.seed, "k": K, **training}
     lambdaopt_report = None
     if arch.lambdaopt is not None:  # λOpt: Λ learned jointly with the model (the paper's way)
         from models.search.lambdaopt import train_lambdaopt  # noqa: PLC0415

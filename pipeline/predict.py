@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from components.base import ASSETS_EXTRA, RAW_FEATURES_ASSET
 from pipeline.datasets.base import DatasetError, FeatureSpec, PreparedDataset
+from pipeline.datasets.rows import NO_LABEL
 from pipeline.examples import read_rows, to_example
 
 BATCH_SIZE = 4096
@@ -89,8 +90,7 @@ def recommend_csv(model_dir: str, csv_path: str) -> tuple[list[str], list[list[s
     out, so a row holds fewer than k items when fewer than k are left.
     """
     spec = load_raw_spec(model_dir)
-    # A label name that is never a header cell (read_rows strips them), so no label is read.
-    user_spec = FeatureSpec(label=" ", categorical=(spec.user,))
+    user_spec = FeatureSpec(label=NO_LABEL, categorical=(spec.user,))
     serve = load_serving(model_dir)
     users: list[str] = []
 

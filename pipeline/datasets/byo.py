@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.datasets._common import publish_dataset, require_both_labels, take_splits
 from pipeline.datasets.base import DatasetError, FeatureSpec, PreparedDataset
-from pipeline.datasets.rows import read_rows
+from pipeline.datasets.rows import NO_LABEL, read_rows
 
 NAME = "csv"
 
@@ -125,8 +125,7 @@ def read_interactions(path: str, user: str, item: str, label: str | None = None
     """
     if user == item:
         raise DatasetError(f"{path}: the user and item columns must differ; both are {user!r}.")
-    # A label name no header holds when there is none: read_rows then parses no label.
-    spec = FeatureSpec(label=label or "\0no label", categorical=(user, item))
+    spec = FeatureSpec(label=label or NO_LABEL, categorical=(user, item))
     pairs = dict.fromkeys(
         (str(row[user]), str(row[item]))
         for row in read_rows(path, spec, require_label=label is not None, required=(user, item))

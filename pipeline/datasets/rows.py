@@ -15,6 +15,9 @@ from collections.abc import Iterator
 from pipeline.datasets._common import MISSING
 from pipeline.datasets.base import DatasetError, FeatureSpec
 
+# A label name no header cell is (``RowParser`` strips them): a spec with it and
+# ``require_label=False`` reads no label (prediction input, an interaction log without one).
+NO_LABEL = " "
 # Numerical fields become float32 (tf.train.FloatList): a larger magnitude would be stored as inf.
 FLOAT32_MAX = 3.4028234663852886e38
 
