@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import tf_keras as keras
 
+from benchmarks.cache import CSV_FILES, csv_key
 from benchmarks.data import BenchData, prepare_bench_data, transformed_dataset
 from benchmarks.report import write_report
 from benchmarks.topk import TOPK_SEARCHES, is_topk, run_topk
@@ -29,7 +30,7 @@ from models.search import METHODS, report_trained, with_family_method
 from models.zoo import model_input_names
 from pipeline import metrics
 from pipeline.configs import ConfigError, PipelineConfig
-from pipeline.datasets import DATASETS, NEEDS_NO_DATA, resolve_data_dir
+from pipeline.datasets import CSV_DATASET, DATASETS, NEEDS_NO_DATA, resolve_data_dir
 
 # Bench model names: a model family, then "+"-joined variants: "buckets" (quantile-bucket
 # numerics) and search methods (models.search.METHODS), applied in the order given.
@@ -134,7 +135,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "loss_from", None):
         config.loss_from = args.loss_from
     config.validate()
-    datasets = _names("--datasets", args.datasets)
+    datasets = _names("--datasets", args.datasets) if args.datasets else []
+    options = own_data_options(args, config, datasets)
+    if CSV_DATASET in datasets and not options:
+        raise ConfigError(f"--datasets: {CSV_DATASET!r} is your own data; give --data FILE (or "
+                          f"--train/--eval/--test) and its columns.")
+    if options:  # first, so that a problem in the user's own file shows before other rows
+        datasets = [CSV_DATASET, *(d for d in datasets if d != CSV_DATASET)]
+    if not datasets:
+        raise ConfigError("bench: give --datasets NAMES, or your own data: --data FILE (or "
+                          "--train/--eval/--test) with its columns.")
     models = _names("--models", args.models)
     seed_names = _names("--seeds", args.seeds)
     try:
@@ -142,19 +152,20 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(f"--seeds must be integers: {args.seeds!r}") from e
     out = os.path.abspath(args.out)
-    _check_grid(datasets, models, config, args.data_dir, out)
+    _check_grid(datasets, models, config, args.data_dir, out, options)
     work_dir = args.work_dir or os.path.join(os.path.dirname(out), "bench-work")
     rows: list[dict[str, Any]] = []
     serving: list[dict[str, Any]] = []
     for dataset in datasets:
-        if is_topk(dataset):
+        own = options if dataset == CSV_DATASET else None
+        if is_topk(dataset, own):
             rows += run_topk(dataset, models, seeds, config, work_dir, args.data_dir,
                              search_dir=os.path.splitext(out)[0] + "-search",
-                             refit=getattr(args, "refit", False))
-            _write(out, rows, serving, config)
+                             refit=getattr(args, "refit", False), options=own)
+            _write(out, rows, serving, config, options)
             continue
         for seed in seeds:
-            data = prepare_bench_data(dataset, work_dir, args.data_dir, seed)
+            data = prepare_bench_data(dataset, work_dir, args.data_dir, seed, own)
             for model in models:
                 logging.info("bench: %s / %s / seed %d", dataset, model, seed)
                 export_dir = None
@@ -169,8 +180,29 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     serving.append({"dataset": dataset, "model": model,
                                     **measure_in_fresh_process(export_dir,
                                                                data.dataset.split_path("test"))})
-                _write(out, rows, serving, config)
-    return _write(out, rows, serving, config)
+                _write(out, rows, serving, config, options)
+    return _write(out, rows, serving, config, options)
+
+
+def own_data_options(args: argparse.Namespace, config: PipelineConfig,
+                     datasets: list[str]) -> dict[str, Any]:
+    """The bring-your-own data of a bench (dataset ``csv``): ``--data`` or ``--train/--eval/
+    --test`` and their columns, over the ``dataset_options`` of a ``--config`` whose dataset is
+    ``csv`` (used when ``datasets`` is empty or names ``csv``: a config given for its train
+    settings does not add its data to named datasets), checked as ``autorecsys run`` checks
+    them, with the files' paths made absolute (the report names them, and each row's child
+    process reads them). Empty when none is given."""
+    from pipeline.cli import DATA_OPTIONS, data_options  # noqa: PLC0415
+
+    wanted = not datasets or CSV_DATASET in datasets
+    base = config.dataset_options if config.dataset == CSV_DATASET and wanted else {}
+    if not base and all(getattr(args, key, None) is None for key in DATA_OPTIONS):
+        return {}
+    options = data_options(args, "bench", base)
+    for key in CSV_FILES:
+        if options.get(key):
+            options[key] = os.path.abspath(options[key])
+    return options
 
 
 def _names(flag: str, text: str) -> list[str]:
@@ -183,7 +215,7 @@ def _names(flag: str, text: str) -> list[str]:
 
 
 def _check_grid(datasets: list[str], models: list[str], config: PipelineConfig,
-                data_dir: str | None, out: str) -> None:
+                data_dir: str | None, out: str, options: dict[str, Any] | None = None) -> None:
     """Raises ``ConfigError`` (``DatasetError`` for a missing data dir) for a grid that would
     fail part way: before its first row trains, not after."""
     topk_known = [*TOPK_MODELS, *(f"mf+{m}" for m in TOPK_SEARCHES), *EXPANSIONS]
@@ -191,15 +223,17 @@ def _check_grid(datasets: list[str], models: list[str], config: PipelineConfig,
     topk_models = [m for m in models if m.split("+")[0] in TOPK_MODELS
                    or is_expansion_row(m, config)]
     for dataset in datasets:
-        if dataset not in DATASETS:
+        if dataset == CSV_DATASET:
+            csv_key(options)  # its files exist (and are read once, to key the cache)
+        elif dataset not in DATASETS:
             raise ConfigError(f"--datasets: unknown dataset {dataset!r}; known: "
                               f"{sorted(DATASETS)}.")
-        if dataset not in NEEDS_NO_DATA:
+        elif dataset not in NEEDS_NO_DATA:
             resolve_data_dir(data_dir)
-        if is_topk(dataset) and ctr_models:
+        if is_topk(dataset, options) and ctr_models:
             raise ConfigError(f"Dataset {dataset!r} is a top-k dataset; models {ctr_models} are "
                               f"CTR models. Top-k models: {topk_known}.")
-        if not is_topk(dataset) and topk_models:
+        if not is_topk(dataset, options) and topk_models:
             raise ConfigError(f"Dataset {dataset!r} is a CTR dataset; models {topk_models} are "
                               f"top-k models.")
     for model in models:
@@ -223,8 +257,10 @@ def _check_grid(datasets: list[str], models: list[str], config: PipelineConfig,
 
 
 def _write(out: str, rows: list[dict[str, Any]], serving: list[dict[str, Any]],
-           config: PipelineConfig) -> dict[str, Any]:
+           config: PipelineConfig, options: dict[str, Any] | None = None) -> dict[str, Any]:
     report = {"results": rows, "serving": serving, "train_config": config.to_dict()["train"]}
+    if options:  # what dataset "csv" was
+        report["dataset_options"] = options
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".partial", "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)

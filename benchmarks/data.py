@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 import tensorflow as tf
@@ -20,6 +21,7 @@ import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 from tfx_bsl.public import tfxio
 
+from benchmarks.cache import data_root
 from components import base
 from components.transform import preprocessing_fn
 from pipeline.datasets import prepare_dataset
@@ -71,10 +73,12 @@ def analyze(examples_dir: str, spec: dict, transform_dir: str) -> tft.TFTransfor
 CACHE_VERSION = 2
 
 
-def prepare_bench_data(name: str, work_dir: str, data_dir: str | None, seed: int) -> BenchData:
+def prepare_bench_data(name: str, work_dir: str, data_dir: str | None, seed: int,
+                       options: dict[str, Any] | None = None) -> BenchData:
     """Adapter -> validated TFRecords -> Transform graph, cached per (dataset, seed) in work_dir
-    (rebuilt when written by code of another ``CACHE_VERSION``)."""
-    root = os.path.join(work_dir, f"{name}-{seed}")
+    (rebuilt when written by code of another ``CACHE_VERSION``). ``options``: bring-your-own
+    data's (``name`` ``csv``; see ``pipeline.datasets.byo.prepare_csv``)."""
+    root = data_root(work_dir, name, seed, options)
     transform_dir = os.path.join(root, "transform")
     examples_dir = os.path.join(root, "examples")
     stamp = os.path.join(root, "cache_version")
@@ -85,7 +89,8 @@ def prepare_bench_data(name: str, work_dir: str, data_dir: str | None, seed: int
     if current and os.path.exists(os.path.join(transform_dir, "transform_fn")):
         dataset = PreparedDataset.load(os.path.join(root, "data"))
         return BenchData(dataset, examples_dir, tft.TFTransformOutput(transform_dir))
-    dataset = prepare_dataset(name, os.path.join(root, "data"), data_dir=data_dir, seed=seed)
+    dataset = prepare_dataset(name, os.path.join(root, "data"), data_dir=data_dir, seed=seed,
+                              **(options or {}))
     if dataset.spec.task != "ctr":
         raise NotImplementedError(f"Dataset {name!r} is a top-k dataset; the bench trains CTR "
                                   f"models only so far.")

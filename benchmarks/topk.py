@@ -17,6 +17,7 @@ import os
 import time
 from typing import Any
 
+from benchmarks.cache import data_root
 from benchmarks.topk_lambdaopt import (
     EXPANSIONS,
     add_relative_costs,
@@ -38,28 +39,42 @@ from models.architecture import TOPK_MODELS
 from models.losses import describe_loss
 from models.search.topk import search_topk
 from pipeline.configs import ConfigError, PipelineConfig
-from pipeline.datasets import prepare_dataset
+from pipeline.datasets import CSV_DATASET, prepare_dataset
 from pipeline.datasets.base import PreparedDataset
 
 TOPK_DATASETS = ("gowalla", "ml1m_topk", "synthetic_topk")
 TOPK_SEARCHES = ("esapn", "autolossgen")  # bench model "mf+<method>"
 
 
-def is_topk(dataset: str) -> bool:
+def is_topk(dataset: str, options: dict[str, Any] | None = None) -> bool:
+    """Whether ``dataset`` is top-k data: a named top-k dataset, or bring-your-own data
+    (``csv``) given as an interaction log (``options`` with a user column)."""
+    if dataset == CSV_DATASET:
+        return bool((options or {}).get("user"))
     return dataset in TOPK_DATASETS
 
 
-def _prepare(name: str, work_dir: str, data_dir: str | None) -> PreparedDataset:
-    directory = os.path.join(work_dir, name, "data")
+def _prepare(name: str, work_dir: str, data_dir: str | None, seed: int | None = None,
+             options: dict[str, Any] | None = None) -> PreparedDataset:
+    """The prepared dataset, cached in work_dir. The named top-k datasets have one split, so
+    ``seed`` only keys bring-your-own data (``csv``, with ``options``), whose one log is split
+    per user by the seed."""
+    own = name == CSV_DATASET
+    directory = os.path.join(data_root(work_dir, name, seed if own else None, options), "data")
     if os.path.exists(os.path.join(directory, "feature_spec.json")):
         return PreparedDataset.load(directory)
+    if own:
+        return prepare_dataset(name, directory, seed=seed, **(options or {}))
     return prepare_dataset(name, directory, data_dir=data_dir)
 
 
 def run_topk(dataset: str, models: list[str], seeds: list[int], config: PipelineConfig,
              work_dir: str, data_dir: str | None,
-             search_dir: str | None = None, refit: bool = False) -> list[dict[str, Any]]:
-    """One row per (model, seed) on a top-k dataset; the split is the published one.
+             search_dir: str | None = None, refit: bool = False,
+             options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per (model, seed) on a top-k dataset; the split is the published one (for
+    bring-your-own data, ``csv`` with ``options``: the given files, or one log split per user
+    by each seed).
 
     With ``refit``, each row also trains a fresh model of the same sizes and loss on train +
     eval for the early-stopped run's best epoch count (``components.topk.refit_bpr``) and adds
@@ -72,35 +87,40 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
     if unknown:
         raise ConfigError(f"Dataset {dataset!r} is a top-k dataset; models {unknown} are CTR "
                           f"models. Top-k models: {known}.")
-    rows, data = [], None
+    rows, loaded = [], {}
     for seed in seeds:
+        # Prepared here, so that bad input fails in this process, before a row starts.
+        prepared = _prepare(dataset, work_dir, data_dir, seed, options)
         for model in models:
             # mf+l2grid, mf+lambdaopt (a row each) or one of their rows (e.g. mf[l2=0.001]),
             # each in a fresh process.
             if model in EXPANSIONS or model not in known:
-                rows += run_rows(dataset, model, seed, config, work_dir, data_dir, search_dir)
-            elif model == "mf":  # in this process, on data loaded once
-                if data is None:
-                    data = load_topk(_prepare(dataset, work_dir, data_dir))
+                rows += run_rows(dataset, model, seed, config, work_dir, data_dir, search_dir,
+                                 options)
+            elif model == "mf":  # in this process, on data loaded once per split
+                if prepared.directory not in loaded:
+                    loaded[prepared.directory] = load_topk(prepared)
                 rows.append(topk_row(dataset, model, seed, config.to_dict(), work_dir, data_dir,
-                                     search_dir, refit, data=data))
+                                     search_dir, refit, data=loaded[prepared.directory]))
             else:  # a search: its many trainings in a process of their own (in_fresh_process)
                 rows.append(in_fresh_process("benchmarks.topk", {
                     "dataset": dataset, "model": model, "seed": seed,
                     "config_data": config.to_dict(), "work_dir": work_dir,
-                    "data_dir": data_dir, "search_dir": search_dir, "refit": refit}))
+                    "data_dir": data_dir, "search_dir": search_dir, "refit": refit,
+                    "dataset_options": options}))
     add_relative_costs(rows, config)
     return rows
 
 
 def topk_row(dataset: str, model: str, seed: int, config_data: dict[str, Any], work_dir: str,
              data_dir: str | None, search_dir: str | None = None, refit: bool = False,
-             data: Any = None) -> dict[str, Any]:
+             data: Any = None, dataset_options: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
     """One ``run_topk`` row (``mf`` or ``mf+<search>``), in the current process; ``data``: the
     dataset's ``TopkData`` when already loaded."""
     config = PipelineConfig.from_dict(config_data)
     if data is None:
-        data = load_topk(_prepare(dataset, work_dir, data_dir))
+        data = load_topk(_prepare(dataset, work_dir, data_dir, seed, dataset_options))
     # The pipeline's top-k settings (``PipelineConfig.topk``), so a bench row is a pipeline number.
     mf = config.topk
     settings = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,

@@ -66,7 +66,8 @@ def _rss_mb() -> float:
 
 
 def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: dict,
-         work_dir: str, data_dir: str | None, report_dir: str | None) -> dict[str, Any]:
+         work_dir: str, data_dir: str | None, report_dir: str | None,
+         dataset_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """One row, in the current process (the child)."""
     from benchmarks.topk import _prepare  # noqa: PLC0415
     from components.search import MF_INIT_STD  # noqa: PLC0415
@@ -74,7 +75,7 @@ def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: 
     from components.topk_trainer import early_stopping  # noqa: PLC0415
 
     config = PipelineConfig.from_dict(config_data)
-    data = load_topk(_prepare(dataset, work_dir, data_dir))
+    data = load_topk(_prepare(dataset, work_dir, data_dir, seed, dataset_options))
     mf = config.topk
     common = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,
               "batch_size": mf.batch_size_for(len(data.train_pairs)), "seed": seed,
@@ -153,12 +154,14 @@ def in_fresh_process(module: str, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_rows(dataset: str, model: str, seed: int, config: PipelineConfig, work_dir: str,
-             data_dir: str | None, search_dir: str | None = None) -> list[dict[str, Any]]:
+             data_dir: str | None, search_dir: str | None = None,
+             dataset_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The rows of one expansion for one seed, each in a fresh ``python -m`` process."""
     return [in_fresh_process("benchmarks.topk_lambdaopt", {
         "dataset": dataset, "name": name, "spec": spec, "seed": seed,
         "config_data": config.to_dict(), "work_dir": work_dir, "data_dir": data_dir,
-        "report_dir": search_dir and os.path.join(search_dir, f"{dataset}-{name}-seed{seed}")})
+        "report_dir": search_dir and os.path.join(search_dir, f"{dataset}-{name}-seed{seed}"),
+        "dataset_options": dataset_options})
         for name, spec in expand(model, config)]
 
 

@@ -71,8 +71,65 @@ def _config_from_args(args: argparse.Namespace, default_dir: str) -> PipelineCon
     return config
 
 
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    """Bring-your-own CSV data: the flags of ``run``, and of ``bench`` (dataset ``csv``)."""
+    parser.add_argument("--data", help="one CSV file, split by the seed (CTR data 8:1:1; an "
+                        "interaction log per user)")
+    parser.add_argument("--train", help="train CSV (with --eval and --test instead of --data)")
+    parser.add_argument("--eval", help="eval CSV")
+    parser.add_argument("--test", help="test CSV")
+    parser.add_argument("--label", help="label column (0/1)")
+    parser.add_argument("--categorical", type=_csv_list, default=None)
+    parser.add_argument("--numerical", type=_csv_list, default=None)
+    parser.add_argument("--optional-numerical", type=_csv_list, default=None,
+                        help="numerical columns whose cells may be empty (missing values)")
+    parser.add_argument("--user", help="top-k data: the user id column of an interaction log "
+                        "(with --item; --label then optional, its 0 rows dropped)")
+    parser.add_argument("--item", help="top-k data: the item id column")
+
+
+DATA_OPTIONS = ("data", "train", "eval", "test", "label", "categorical", "numerical",
+                "optional_numerical", "user", "item")
+
+
+def data_options(args: argparse.Namespace, command: str,
+                 base: dict | None = None) -> dict:
+    """The bring-your-own dataset options of ``args`` over ``base`` (a config's
+    ``dataset_options``), checked: one file or all three, a label and feature columns for CTR
+    data, or a user and an item column (and no feature columns) for an interaction log.
+
+    Raises:
+      ConfigError: naming the flags to give or drop, prefixed with ``command``.
+    """
+    options = dict(base or {})
+    for key in DATA_OPTIONS:
+        value = getattr(args, key, None)
+        if value is not None:
+            options[key] = value
+    if not options.get("data") and not all(options.get(k) for k in ("train", "eval", "test")):
+        raise ConfigError(f"{command}: give --data FILE, or all of --train, --eval and --test.")
+    if "user" in options or "item" in options:  # an interaction log: top-k
+        if not (options.get("user") and options.get("item")):
+            raise ConfigError(f"{command}: top-k data needs both --user and --item columns.")
+        features = [k for k in ("categorical", "numerical", "optional_numerical")
+                    if options.get(k)]
+        if features:
+            raise ConfigError(f"{command}: top-k data (--user/--item) takes no other feature "
+                              f"columns; drop {['--' + k.replace('_', '-') for k in features]}.")
+    else:
+        if "label" not in options:
+            raise ConfigError(f"{command}: --label is required (or --user and --item for an "
+                              f"interaction log).")
+        if not options.get("categorical") and not options.get("numerical"):
+            raise ConfigError(f"{command}: give --categorical and/or --numerical columns.")
+    return options
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--datasets", required=True, help="comma-separated dataset names")
+    parser.add_argument("--datasets", default=None,
+                        help="comma-separated dataset names; with --data or --train/--eval/"
+                        "--test, your own CSV data is benchmarked too (as dataset 'csv')")
+    _add_data_options(parser)
     parser.add_argument("--models", required=True, help="comma-separated model names")
     parser.add_argument("--seeds", default="2021", help="comma-separated seeds")
     parser.add_argument("--out", required=True, help="JSON file to write")
@@ -101,18 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(demo, "runs/demo")
 
     run = commands.add_parser("run", help="run the pipeline on your own CSV data")
-    run.add_argument("--data", help="one CSV file, split 8:1:1 by the seed")
-    run.add_argument("--train", help="train CSV (with --eval and --test instead of --data)")
-    run.add_argument("--eval", help="eval CSV")
-    run.add_argument("--test", help="test CSV")
-    run.add_argument("--label", help="label column (0/1)")
-    run.add_argument("--categorical", type=_csv_list, default=None)
-    run.add_argument("--numerical", type=_csv_list, default=None)
-    run.add_argument("--optional-numerical", type=_csv_list, default=None,
-                     help="numerical columns whose cells may be empty (missing values)")
-    run.add_argument("--user", help="top-k data: the user id column of an interaction log "
-                     "(with --item; --label then optional, its 0 rows dropped)")
-    run.add_argument("--item", help="top-k data: the item id column")
+    _add_data_options(run)
     _add_run_options(run, "runs/csv")
 
     predict = commands.add_parser("predict", help="score a CSV with an exported model (top-k "
@@ -134,29 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_config(args: argparse.Namespace) -> PipelineConfig:
     config = _config_from_args(args, "runs/csv")
     config.dataset = "csv"
-    options = dict(config.dataset_options)
-    for key in ("data", "train", "eval", "test", "label", "categorical", "numerical",
-                "optional_numerical", "user", "item"):
-        value = getattr(args, key)
-        if value is not None:
-            options[key] = value
-    if not options.get("data") and not all(options.get(k) for k in ("train", "eval", "test")):
-        raise ConfigError("run: give --data FILE, or all of --train, --eval and --test.")
-    if "user" in options or "item" in options:  # an interaction log: top-k
-        if not (options.get("user") and options.get("item")):
-            raise ConfigError("run: top-k data needs both --user and --item columns.")
-        features = [k for k in ("categorical", "numerical", "optional_numerical")
-                    if options.get(k)]
-        if features:
-            raise ConfigError(f"run: top-k data (--user/--item) takes no other feature "
-                              f"columns; drop {['--' + k.replace('_', '-') for k in features]}.")
-    else:
-        if "label" not in options:
-            raise ConfigError("run: --label is required (or --user and --item for an "
-                              "interaction log).")
-        if not options.get("categorical") and not options.get("numerical"):
-            raise ConfigError("run: give --categorical and/or --numerical columns.")
-    config.dataset_options = options
+    config.dataset_options = data_options(args, "run", config.dataset_options)
     return config
 
 

@@ -1,0 +1,147 @@
+"""`autorecsys bench` on the user's own CSV data (dataset ``csv``): CTR data and an interaction
+log, with the flags of ``autorecsys run``, the cache keyed by the files' bytes, and the errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+from benchmarks.cache import csv_key, data_root
+from pipeline.cli import main
+from pipeline.datasets import generate_synthetic, generate_synthetic_topk
+
+CATEGORICAL = "c0,c1,c2,c3,c4,c5,c6,c7"
+
+
+def _concat(directory: str, path: str, header: list[str] | None = None) -> str:
+    """The prepared splits of ``directory`` as one CSV file (``header`` renames the columns)."""
+    with open(path, "w", newline="") as out:
+        writer = csv.writer(out)
+        for i, split in enumerate(("train", "eval", "test")):
+            with open(os.path.join(directory, f"{split}.csv")) as f:
+                rows = list(csv.reader(f))
+            if i == 0:
+                writer.writerow(header or rows[0])
+            writer.writerows(rows[1:])
+    return path
+
+
+@pytest.fixture(scope="module")
+def clicks(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("own")
+    generate_synthetic(str(root / "syn"), seed=3, n_rows=6000)
+    return _concat(str(root / "syn"), str(root / "clicks.csv"))
+
+
+def _config(tmp_path) -> str:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"train": {"max_epochs": 3, "batch_size": 512}}))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_bench_on_own_ctr_csv_splits_per_seed_and_reuses_its_cache(tmp_path, clicks):
+    out, work = tmp_path / "own.json", tmp_path / "work"
+    argv = ["bench", "--data", clicks, "--label", "label", "--categorical", CATEGORICAL,
+            "--numerical", "n0,n1", "--models", "lr,fm", "--seeds", "1,2", "--work-dir",
+            str(work), "--config", _config(tmp_path), "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert [(r["dataset"], r["model"], r["seed"]) for r in rows] == [
+        ("csv", "lr", 1), ("csv", "fm", 1), ("csv", "lr", 2), ("csv", "fm", 2)]
+    assert all(0.6 < r["test_auc"] <= 1.0 and r["test_examples"] == 600 for r in rows)
+    # each seed is its own 8:1:1 split of the one file, as `autorecsys run --data` splits it
+    assert rows[0]["test_auc"] != rows[2]["test_auc"]
+    assert report["dataset_options"]["data"] == os.path.abspath(clicks)
+    assert report["dataset_options"]["numerical"] == ["n0", "n1"]
+    assert "| csv | fm | 2 |" in out.with_suffix(".md").read_text()
+    roots = sorted(p for p in os.listdir(work) if p.startswith("csv-"))
+    options = report["dataset_options"]
+    assert roots == sorted(os.path.basename(data_root(str(work), "csv", s, options))
+                           for s in (1, 2))
+    stamps = [os.path.getmtime(work / r / "cache_version") for r in roots]
+    assert main([*argv[:-2], "--models", "lr", "--seeds", "1", "--out",
+                 str(tmp_path / "again.json")]) == 0  # the prepared seed is reused
+    assert os.path.getmtime(work / roots[0] / "cache_version") == stamps[0]
+
+
+def test_the_cache_key_follows_the_bytes_and_the_columns(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("label,a\n1,x\n0,y\n")
+    options = {"data": str(path), "label": "label", "categorical": ["a"]}
+    key = csv_key(options)
+    assert key == csv_key(dict(options))
+    assert key != csv_key({**options, "categorical": ["a", "b"]})
+    path.write_text("label,a\n1,x\n0,z\n")
+    assert csv_key(options) != key
+
+
+@pytest.mark.slow
+def test_bench_on_own_interaction_log_with_a_child_process_row(tmp_path):
+    generate_synthetic_topk(str(tmp_path / "syn"), seed=5)
+    log = _concat(str(tmp_path / "syn"), str(tmp_path / "log.csv"),
+                  header=["clicked", "customer", "sku"])
+    out = tmp_path / "log.json"
+    # `mf` trains in this process; `mf[l2=0.001]` (a grid row) in a child process, which must
+    # find the same prepared split of the log.
+    assert main(["bench", "--data", log, "--user", "customer", "--item", "sku", "--label",
+                 "clicked", "--models", "mf,mf[l2=0.001]", "--seeds", "7", "--work-dir",
+                 str(tmp_path / "work"), "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["dataset"], r["model"]) for r in rows] == [("csv", "mf"), ("csv", "mf[l2=0.001]")]
+    with open(tmp_path / "syn" / "ground_truth.json") as f:
+        popularity = json.load(f)["popularity_test_recall@20"]
+    # a per-user split of the planted log, not the generator's own: popularity is a yardstick
+    assert all(r["recall@20"] > popularity for r in rows)
+    assert rows[0]["architecture"]["num_users"] == rows[1]["architecture"]["num_users"]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ([], "give --datasets NAMES, or your own data"),
+    (["--datasets", "csv"], "'csv' is your own data"),
+    (["--label", "label", "--categorical", "a"], "bench: give --data FILE"),
+    (["--data", "MISSING", "--label", "label", "--categorical", "a"], "missing.csv: no such file"),
+    (["--data", "LOG", "--label", "label"], "give --categorical and/or --numerical"),
+    (["--data", "LOG", "--user", "u", "--item", "i", "--categorical", "a"],
+     "takes no other feature columns"),
+    (["--data", "LOG", "--user", "u"], "needs both --user and --item"),
+    (["--data", "LOG", "--user", "u", "--item", "i", "--models", "deepfm"],
+     "models ['deepfm'] are CTR models"),
+    (["--data", "LOG", "--label", "label", "--categorical", "a", "--models", "mf"],
+     "models ['mf'] are top-k models"),
+])
+def test_bad_own_data_fails_before_any_row_trains(tmp_path, capsys, monkeypatch, extra, needle):
+    import benchmarks.bench  # noqa: PLC0415
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a row started before the grid was checked")
+
+    monkeypatch.setattr(benchmarks.bench, "prepare_bench_data", no_work)
+    monkeypatch.setattr(benchmarks.bench, "run_topk", no_work)
+    log = tmp_path / "log.csv"
+    log.write_text("u,i,label,a\n1,2,1,x\n")
+    extra = [{"LOG": str(log), "MISSING": str(tmp_path / "missing.csv")}.get(a, a)
+             for a in extra]
+    models = [] if "--models" in extra else ["--models", "lr"]
+    assert main(["bench", *models, *extra, "--out", str(tmp_path / "b.json")]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_config_for_own_data_adds_it_only_without_named_datasets(tmp_path):
+    from argparse import Namespace  # noqa: PLC0415
+
+    from benchmarks.bench import own_data_options  # noqa: PLC0415
+    from pipeline.configs import PipelineConfig  # noqa: PLC0415
+
+    config = PipelineConfig.from_dict({"dataset": "csv", "dataset_options": {
+        "data": "d.csv", "label": "y", "categorical": ["a"]}})
+    flags = Namespace(label="clicked")  # a flag overrides the config's option
+    assert own_data_options(flags, config, []) == {
+        "data": os.path.abspath("d.csv"), "label": "clicked", "categorical": ["a"]}
+    assert own_data_options(Namespace(), config, ["synthetic"]) == {}
+    assert own_data_options(Namespace(), config, ["synthetic", "csv"])["label"] == "y"
