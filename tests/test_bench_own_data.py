@@ -76,7 +76,8 @@ def test_the_cache_key_follows_the_bytes_and_the_columns(tmp_path):
     key = csv_key(options)
     assert key == csv_key(dict(options))
     assert key != csv_key({**options, "categorical": ["a", "b"]})
-    path.write_text("label,a\n1,x\n0,z\n")
+    path.write_text("label,a\n1,x\n0,z\n")  # the same size; a new modification time
+    os.utime(path, ns=(10**18, 10**18))
     assert csv_key(options) != key
 
 
