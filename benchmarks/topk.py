@@ -34,7 +34,7 @@ from components.topk import (
     refit_bpr,
     train_bpr,
 )
-from components.topk_trainer import early_stopping
+from components.topk_trainer import mf_schedule
 from models.architecture import TOPK_MODELS
 from models.losses import describe_loss
 from models.search.topk import search_topk
@@ -123,10 +123,9 @@ def topk_row(dataset: str, model: str, seed: int, config_data: dict[str, Any], w
         data = load_topk(_prepare(dataset, work_dir, data_dir, seed, dataset_options))
     # The pipeline's top-k settings (``PipelineConfig.topk``), so a bench row is a pipeline number.
     mf = config.topk
-    settings = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,
-                "batch_size": mf.batch_size_for(len(data.train_pairs)), "l2": mf.l2}
-    # The retrain's early stopping; AutoLossGen's finalists train with the same.
-    fit = early_stopping(config, data.num_users, data.num_items)
+    # ``fit``: the retrain's early stopping; AutoLossGen's finalists train with the same.
+    step, fit = mf_schedule(config, data)
+    settings = {"dim": mf.embedding_dim, **step, "l2": mf.l2}
     start = time.perf_counter()
     report_dir = search_dir and os.path.join(search_dir, f"{dataset}-{model}-seed{seed}")
     search, id_dims, loss = _search(model, data, settings, fit, seed, config,

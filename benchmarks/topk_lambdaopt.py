@@ -72,14 +72,13 @@ def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: 
     from benchmarks.topk import _prepare  # noqa: PLC0415
     from components.search import MF_INIT_STD  # noqa: PLC0415
     from components.topk import load_topk, ranked_test_metrics, train_bpr  # noqa: PLC0415
-    from components.topk_trainer import early_stopping  # noqa: PLC0415
+    from components.topk_trainer import mf_schedule  # noqa: PLC0415
 
     config = PipelineConfig.from_dict(config_data)
     data = load_topk(_prepare(dataset, work_dir, data_dir, seed, dataset_options))
     mf = config.topk
-    common = {"dim": mf.embedding_dim, "learning_rate": mf.learning_rate,
-              "batch_size": mf.batch_size_for(len(data.train_pairs)), "seed": seed,
-              **early_stopping(config, data.num_users, data.num_items)}
+    step, fit = mf_schedule(config, data)
+    common = {"dim": mf.embedding_dim, **step, "seed": seed, **fit}
     before = _rss_mb()
     search: dict[str, Any] = {"strategy": "none"}
     search_seconds = 0.0

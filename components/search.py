@@ -169,7 +169,7 @@ def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transf
     import numpy as np  # noqa: PLC0415
 
     from components.topk import topk_data_from_interactions  # noqa: PLC0415
-    from components.topk_trainer import early_stopping, read_id_pairs  # noqa: PLC0415
+    from components.topk_trainer import mf_schedule, read_id_pairs  # noqa: PLC0415
     from models.search import SearchError  # noqa: PLC0415
     from models.search.topk import TOPK_STRATEGIES, search_topk  # noqa: PLC0415
 
@@ -191,11 +191,9 @@ def _search_topk(arch: Architecture, config: PipelineConfig, examples, tf_transf
     empty = np.zeros(0, np.int64)
     data = topk_data_from_interactions(train, eval_, (empty, empty))
     start = time.perf_counter()
-    settings = {"dim": arch.embedding_dims[user], "l2": arch.l2,
-                "learning_rate": config.topk.learning_rate,
-                "batch_size": config.topk.batch_size_for(len(data.train_pairs)),
+    step, fit = mf_schedule(config, data)
+    settings = {"dim": arch.embedding_dims[user], "l2": arch.l2, **step,
                 "init_std": arch.embedding_init_std, "seed": config.train.seed}
-    fit = early_stopping(config, data.num_users, data.num_items)
     found = search_topk(method, data, settings=settings, fit=fit,
                         options=config.search_options.get(method, {}), report_dir=report_dir)
 

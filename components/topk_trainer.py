@@ -57,6 +57,20 @@ def early_stopping(config: PipelineConfig, num_users: int, num_items: int) -> di
             "min_epochs": config.topk.min_epochs}
 
 
+def mf_schedule(config: PipelineConfig, data, *, learning_rate: float | None = None,
+                batch_size: int | None = None) -> tuple[dict[str, Any], dict[str, int]]:
+    """``(step, fit)`` of an MF training on ``data`` (a ``TopkData``), the one rule for the
+    Trainer, the search component and the bench: ``step`` holds the ``learning_rate`` and the
+    ``batch_size`` (``topk.batch_size_for`` the train pairs, so small data gets
+    ``topk.min_steps_per_epoch`` steps an epoch), ``fit`` the :func:`early_stopping`.
+    ``learning_rate``/``batch_size`` override ``config.topk``'s (the Tuner's choice)."""
+    step = {"learning_rate": float(config.topk.learning_rate if learning_rate is None
+                                   else learning_rate),
+            "batch_size": config.topk.batch_size_for(
+                len(data.train_pairs), None if batch_size is None else int(batch_size))}
+    return step, early_stopping(config, data.num_users, data.num_items)
+
+
 def read_id_pairs(file_patterns: list[str] | str, tf_transform_output: tft.TFTransformOutput,
                   user: str, item: str) -> tuple[np.ndarray, np.ndarray]:
     """All ``(user_id, item_id)`` Transform ids of Transform's gzipped TFRecords, in file order."""
@@ -187,11 +201,9 @@ def run_topk_fn(fn_args: tfx.components.FnArgs, config: PipelineConfig, arch: Ar
     eval_ids = read_id_pairs(fn_args.eval_files, tf_transform_output, user, item)
     empty = np.zeros(0, np.int64)
     data = topk_data_from_interactions(train_ids, eval_ids, (empty, empty))
-    training = {"learning_rate": float(training.get("learning_rate",
-                                                    config.topk.learning_rate)),
-                "batch_size": config.topk.batch_size_for(
-                    len(data.train_pairs), int(training.get("batch_size", config.topk.batch_size))),
-                **early_stopping(config, data.num_users, data.num_items)}
+    step, fit = mf_schedule(config, data, learning_rate=training.get("learning_rate"),
+                            batch_size=training.get("batch_size"))
+    training = {**step, **fit}
     logging.info("Training MF-BPR on %d users x %d items (%d train pairs; eval pairs with a "
                  "user or item unseen in train: %d); %s.", data.num_users, data.num_items,
                  len(data.train_pairs), data.dropped.get("eval", 0), training)

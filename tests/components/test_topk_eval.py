@@ -60,3 +60,22 @@ def test_early_stopping_takes_topk_settings_over_train():
                                               "min_epochs": 0}})
     assert early_stopping(mine, 10, 10) == {"max_epochs": 400, "patience": 10, "eval_every": 1,
                                             "min_epochs": 0}
+
+
+def test_mf_schedule_lowers_the_batch_for_small_data_and_takes_overrides():
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from components.topk_trainer import early_stopping, mf_schedule  # noqa: PLC0415
+    from pipeline.configs import PipelineConfig  # noqa: PLC0415
+
+    config = PipelineConfig()
+    small = SimpleNamespace(train_pairs=range(6500), num_users=300, num_items=200)
+    step, fit = mf_schedule(config, small)
+    assert step == {"learning_rate": config.topk.learning_rate, "batch_size": 65}
+    assert fit == early_stopping(config, 300, 200)
+    large = SimpleNamespace(train_pairs=range(810_128), num_users=29_858, num_items=40_981)
+    assert mf_schedule(config, large)[0]["batch_size"] == config.topk.batch_size == 2048
+    # the Tuner's values (a float batch from a JSON hyper-parameter included) win
+    tuned, _ = mf_schedule(config, large, learning_rate=0.01, batch_size=1024.0)
+    assert tuned == {"learning_rate": 0.01, "batch_size": 1024}
+    assert isinstance(tuned["batch_size"], int)
