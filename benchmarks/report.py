@@ -83,19 +83,26 @@ def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# (header, metric, format) of the Markdown table; a metric no row has is left out (a CTR bench
+# has no Recall@20 column, a top-k bench no AUC column).
+COLUMNS = (("test AUC", "test_auc", ".4f"), ("test logloss", "test_logloss", ".4f"),
+           ("Recall@20", "recall@20", ".4f"), ("NDCG@20", "ndcg@20", ".4f"))
+
+
 def markdown_table(report: dict[str, Any]) -> str:
-    lines = ["| dataset | model | seeds | test AUC | test logloss | Recall@20 | NDCG@20 | "
-             "emb. params | train s | train ex/s |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for e in aggregate(report["results"]):
+    entries = aggregate(report["results"])
+    columns = [c for c in COLUMNS if any(c[1] in e for e in entries)]
+    lines = ["| dataset | model | seeds | " + "".join(f"{h} | " for h, _, _ in columns)
+             + "emb. params | train s | train ex/s |", "|---" * (len(columns) + 6) + "|"]
+    for e in entries:
         def cell(metric: str, fmt: str, e: dict[str, Any] = e) -> str:
             if metric not in e:
                 return "–"
             mean, std = e[metric]
             return f"{mean:{fmt}} ± {std:{fmt}}"
-        lines.append(f"| {e['dataset']} | {e['model']} | {e['n']} | {cell('test_auc', '.4f')} | "
-                     f"{cell('test_logloss', '.4f')} | {cell('recall@20', '.4f')} | "
-                     f"{cell('ndcg@20', '.4f')} | {e['embedding_params'][0]:,.0f} | "
-                     f"{cell('train_seconds', '.1f')} | "
+        lines.append(f"| {e['dataset']} | {e['model']} | {e['n']} | "
+                     + "".join(f"{cell(m, fmt)} | " for _, m, fmt in columns)
+                     + f"{e['embedding_params'][0]:,.0f} | {cell('train_seconds', '.1f')} | "
                      f"{cell('train_examples_per_second', ',.0f')} |")
     pairs = paired_differences(report["results"])
     if pairs:
@@ -120,24 +127,31 @@ def write_report(report: dict[str, Any], out_json: str) -> None:
     stem = os.path.splitext(out_json)[0]
     with open(stem + ".md", "w") as f:
         f.write(markdown_table(report))
-    entries = [e for e in aggregate(report["results"]) if "test_auc" in e]
-    if not entries:
+    entries = aggregate(report["results"])
+    panels = [(m, title) for m, title in (
+        ("test_auc", "test AUC (mean ± std over seeds)"),
+        ("recall@20", "test Recall@20 (mean ± std over seeds)"),
+        ("train_examples_per_second", "training examples/s"))
+        if any(m in e for e in entries)]
+    if len(panels) < 2:  # no quality metric to show
         return
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    labels = [f"{e['dataset']}\n{e['model']}" for e in entries]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(entries)), 4))
-    for ax, metric, title in ((axes[0], "test_auc", "test AUC (mean ± std over seeds)"),
-                              (axes[1], "train_examples_per_second", "training examples/s")):
-        means = [e[metric][0] for e in entries]
-        stds = [e[metric][1] for e in entries]
-        ax.bar(range(len(entries)), means, yerr=stds, capsize=4, color="#4C72B0")
-        ax.set_xticks(range(len(entries)), labels, fontsize=8)
+    width = max(len([e for e in entries if m in e]) for m, _ in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(8, 1.6 * width * len(panels) / 2), 4),
+                             squeeze=False)
+    for ax, (metric, title) in zip(axes[0], panels, strict=True):
+        shown = [e for e in entries if metric in e]
+        means = [e[metric][0] for e in shown]
+        stds = [e[metric][1] for e in shown]
+        ax.bar(range(len(shown)), means, yerr=stds, capsize=4, color="#4C72B0")
+        ax.set_xticks(range(len(shown)), [f"{e['dataset']}\n{e['model']}" for e in shown],
+                      fontsize=8)
         ax.set_title(title)
-        if metric == "test_auc":
+        if metric != "train_examples_per_second":
             low = min(m - s for m, s in zip(means, stds, strict=True))
             ax.set_ylim(max(0.0, low - 0.02), min(1.0, max(means) + 0.02))
     fig.tight_layout()

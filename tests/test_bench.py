@@ -205,3 +205,25 @@ def test_aggregate_keeps_datasets_apart_with_the_population_std():
     assert entries["a"]["n"] == 3 and entries["b"]["n"] == 1
     assert entries["a"]["test_auc"] == pytest.approx((0.72, np.std([0.70, 0.72, 0.74], ddof=0)))
     assert entries["b"]["test_auc"] == pytest.approx((0.90, 0.0))
+
+
+def test_report_shows_the_metrics_its_rows_have_and_plots_top_k_rows(tmp_path):
+    from benchmarks.report import write_report  # noqa: PLC0415
+
+    common = {"embedding_params": 10, "train_seconds": 1.0, "train_examples_per_second": 5.0}
+    ctr = [{"dataset": "c", "model": "lr", "seed": s, "test_auc": 0.7 + s / 100,
+            "test_logloss": 0.5, **common} for s in (1, 2)]
+    topk = [{"dataset": "t", "model": "mf", "seed": s, "recall@20": 0.2 + s / 100,
+             "ndcg@20": 0.3, **common} for s in (1, 2)]
+    for name, rows, shown, absent in (("ctr", ctr, "test AUC", "Recall@20"),
+                                      ("topk", topk, "Recall@20", "test AUC"),
+                                      ("both", ctr + topk, "Recall@20", None)):
+        out = tmp_path / f"{name}.json"
+        write_report({"results": rows, "serving": []}, str(out))
+        table = out.with_suffix(".md").read_text()
+        header, rule = table.splitlines()[:2]
+        assert shown in header and (absent is None or absent not in header)
+        assert header.count("|") == rule.count("|")
+        assert out.with_suffix(".png").stat().st_size > 1000
+    assert "| t | mf | 2 | – | – | 0.2150 ± 0.0050 | 0.3000 ± 0.0000 | 10 |" in table
+    assert "| c | lr | 2 | 0.7150 ± 0.0050 | 0.5000 ± 0.0000 | – | – | 10 |" in table
