@@ -146,3 +146,15 @@ def test_a_config_for_own_data_adds_it_only_without_named_datasets(tmp_path):
         "data": os.path.abspath("d.csv"), "label": "clicked", "categorical": ["a"]}
     assert own_data_options(Namespace(), config, ["synthetic"]) == {}
     assert own_data_options(Namespace(), config, ["synthetic", "csv"])["label"] == "y"
+
+
+def test_a_bad_row_in_own_data_names_file_and_row_and_writes_no_report(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("clicked,user,price\n1,a,0.5\n0,b,nan\n1,c,0.1\n")
+    out = tmp_path / "b.json"
+    assert main(["bench", "--data", str(bad), "--label", "clicked", "--categorical", "user",
+                 "--numerical", "price", "--models", "lr", "--work-dir", str(tmp_path / "w"),
+                 "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert str(bad) in error and "row 3" in error and "price" in error
+    assert not out.exists()
