@@ -177,6 +177,21 @@ def test_paired_differences_pair_seeds_and_skip_mirrored_baselines():
     (["--datasets", "synthetic", "--models", "lr", "--out", "DIR"], "is a directory"),
     (["--datasets", "synthetic", "--models", "lr", "--config", "TYPO"],
      "search_options.nis: unknown options ['epochz']"),
+    # your own data (dataset "csv"; LOG: a one-row CSV, MISSING: no file)
+    (["--models", "lr"], "give --datasets NAMES, or your own data"),
+    (["--datasets", "csv", "--models", "lr"], "'csv' is your own data"),
+    (["--label", "label", "--categorical", "a", "--models", "lr"], "bench: give --data FILE"),
+    (["--data", "MISSING", "--label", "label", "--categorical", "a", "--models", "lr"],
+     "missing.csv: no such file"),
+    (["--data", "LOG", "--label", "label", "--models", "lr"],
+     "give --categorical and/or --numerical"),
+    (["--data", "LOG", "--user", "u", "--item", "i", "--categorical", "a", "--models", "mf"],
+     "takes no other feature columns"),
+    (["--data", "LOG", "--user", "u", "--models", "mf"], "needs both --user and --item"),
+    (["--data", "LOG", "--user", "u", "--item", "i", "--models", "deepfm"],
+     "models ['deepfm'] are CTR models"),
+    (["--data", "LOG", "--label", "label", "--categorical", "a", "--models", "mf"],
+     "models ['mf'] are top-k models"),
 ])
 def test_bad_grid_fails_before_any_row_trains(tmp_path, capsys, monkeypatch, argv, needle):
     import benchmarks.bench  # noqa: PLC0415
@@ -188,7 +203,10 @@ def test_bad_grid_fails_before_any_row_trains(tmp_path, capsys, monkeypatch, arg
     monkeypatch.setattr(benchmarks.bench, "run_topk", no_work)
     typo = tmp_path / "typo.json"
     typo.write_text(json.dumps({"search_options": {"nis": {"epochz": 1}}}))
-    argv = [{"DIR": str(tmp_path), "TYPO": str(typo)}.get(a, a) for a in argv]
+    log = tmp_path / "log.csv"
+    log.write_text("u,i,label,a\n1,2,1,x\n")
+    argv = [{"DIR": str(tmp_path), "TYPO": str(typo), "LOG": str(log),
+             "MISSING": str(tmp_path / "missing.csv")}.get(a, a) for a in argv]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "b.json")]
     assert main(["bench", *argv]) == 2

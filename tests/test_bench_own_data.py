@@ -101,38 +101,6 @@ def test_bench_on_own_interaction_log_with_a_child_process_row(tmp_path):
     assert rows[0]["architecture"]["num_users"] == rows[1]["architecture"]["num_users"]
 
 
-@pytest.mark.parametrize("extra, needle", [
-    ([], "give --datasets NAMES, or your own data"),
-    (["--datasets", "csv"], "'csv' is your own data"),
-    (["--label", "label", "--categorical", "a"], "bench: give --data FILE"),
-    (["--data", "MISSING", "--label", "label", "--categorical", "a"], "missing.csv: no such file"),
-    (["--data", "LOG", "--label", "label"], "give --categorical and/or --numerical"),
-    (["--data", "LOG", "--user", "u", "--item", "i", "--categorical", "a"],
-     "takes no other feature columns"),
-    (["--data", "LOG", "--user", "u"], "needs both --user and --item"),
-    (["--data", "LOG", "--user", "u", "--item", "i", "--models", "deepfm"],
-     "models ['deepfm'] are CTR models"),
-    (["--data", "LOG", "--label", "label", "--categorical", "a", "--models", "mf"],
-     "models ['mf'] are top-k models"),
-])
-def test_bad_own_data_fails_before_any_row_trains(tmp_path, capsys, monkeypatch, extra, needle):
-    import benchmarks.bench  # noqa: PLC0415
-
-    def no_work(*args, **kwargs):
-        raise AssertionError("a row started before the grid was checked")
-
-    monkeypatch.setattr(benchmarks.bench, "prepare_bench_data", no_work)
-    monkeypatch.setattr(benchmarks.bench, "run_topk", no_work)
-    log = tmp_path / "log.csv"
-    log.write_text("u,i,label,a\n1,2,1,x\n")
-    extra = [{"LOG": str(log), "MISSING": str(tmp_path / "missing.csv")}.get(a, a)
-             for a in extra]
-    models = [] if "--models" in extra else ["--models", "lr"]
-    assert main(["bench", *models, *extra, "--out", str(tmp_path / "b.json")]) == 2
-    assert needle in capsys.readouterr().err
-    assert not (tmp_path / "b.json").exists()
-
-
 def test_a_config_for_own_data_adds_it_only_without_named_datasets(tmp_path):
     from argparse import Namespace  # noqa: PLC0415
 
