@@ -164,8 +164,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                              refit=getattr(args, "refit", False), options=own)
             _write(out, rows, serving, config, options)
             continue
+        # Every seed's split first: one that cannot be used (e.g. a split of the user's file
+        # without both labels) fails before a row trains.
+        prepared = {seed: prepare_bench_data(dataset, work_dir, args.data_dir, seed, own)
+                    for seed in seeds}
         for seed in seeds:
-            data = prepare_bench_data(dataset, work_dir, args.data_dir, seed, own)
+            data = prepared[seed]
             for model in models:
                 logging.info("bench: %s / %s / seed %d", dataset, model, seed)
                 export_dir = None

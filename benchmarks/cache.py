@@ -28,7 +28,8 @@ def csv_key(options: dict[str, Any] | None) -> str:
         if path is None:
             continue
         if not os.path.isfile(path):
-            raise DatasetError(f"--{key} {path}: no such file.")
+            what = "is not a file" if os.path.exists(path) else "no such file"
+            raise DatasetError(f"--{key} {path}: {what}.")
         stat = os.stat(path)
         digest.update(_file_digest(os.path.abspath(path), stat.st_size, stat.st_mtime_ns))
     return digest.hexdigest()[:12]
@@ -49,7 +50,11 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> bytes:
 def data_root(work_dir: str, name: str, seed: int | None,
               options: dict[str, Any] | None = None) -> str:
     """The cache folder of one dataset (and seed, when its split depends on it) in work_dir;
-    bring-your-own data (``name`` ``csv``) is keyed by :func:`csv_key` as well."""
-    parts = [name, *([csv_key(options)] if name == CSV_DATASET else []),
+    bring-your-own data (``name`` ``csv``) is keyed by :func:`csv_key` as well, and by the seed
+    only when one ``data`` file is split by it (given train/eval/test files are not)."""
+    own = name == CSV_DATASET
+    if own and not (options or {}).get("data"):
+        seed = None
+    parts = [name, *([csv_key(options)] if own else []),
              *([str(seed)] if seed is not None else [])]
     return os.path.join(work_dir, "-".join(parts))

@@ -87,40 +87,39 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
     if unknown:
         raise ConfigError(f"Dataset {dataset!r} is a top-k dataset; models {unknown} are CTR "
                           f"models. Top-k models: {known}.")
+    # Every seed's split prepared here, before a row starts: bad input fails in this process
+    # and before any training, and each row's child process loads the folder it is given.
+    prepared = {seed: _prepare(dataset, work_dir, data_dir, seed, options) for seed in seeds}
     rows, loaded = [], {}
     for seed in seeds:
-        # Prepared here, so that bad input fails in this process, before a row starts.
-        prepared = _prepare(dataset, work_dir, data_dir, seed, options)
+        directory = os.path.abspath(prepared[seed].directory)
         for model in models:
             # mf+l2grid, mf+lambdaopt (a row each) or one of their rows (e.g. mf[l2=0.001]),
             # each in a fresh process.
             if model in EXPANSIONS or model not in known:
-                rows += run_rows(dataset, model, seed, config, work_dir, data_dir, search_dir,
-                                 options)
+                rows += run_rows(dataset, model, seed, config, directory, search_dir)
             elif model == "mf":  # in this process, on data loaded once per split
-                if prepared.directory not in loaded:
-                    loaded[prepared.directory] = load_topk(prepared)
-                rows.append(topk_row(dataset, model, seed, config.to_dict(), work_dir, data_dir,
-                                     search_dir, refit, data=loaded[prepared.directory]))
+                if directory not in loaded:
+                    loaded[directory] = load_topk(prepared[seed])
+                rows.append(topk_row(dataset, model, seed, config.to_dict(), directory,
+                                     search_dir, refit, data=loaded[directory]))
             else:  # a search: its many trainings in a process of their own (in_fresh_process)
                 rows.append(in_fresh_process("benchmarks.topk", {
                     "dataset": dataset, "model": model, "seed": seed,
-                    "config_data": config.to_dict(), "work_dir": work_dir,
-                    "data_dir": data_dir, "search_dir": search_dir, "refit": refit,
-                    "dataset_options": options}))
+                    "config_data": config.to_dict(), "data_path": directory,
+                    "search_dir": search_dir, "refit": refit}))
     add_relative_costs(rows, config)
     return rows
 
 
-def topk_row(dataset: str, model: str, seed: int, config_data: dict[str, Any], work_dir: str,
-             data_dir: str | None, search_dir: str | None = None, refit: bool = False,
-             data: Any = None, dataset_options: dict[str, Any] | None = None
-             ) -> dict[str, Any]:
-    """One ``run_topk`` row (``mf`` or ``mf+<search>``), in the current process; ``data``: the
-    dataset's ``TopkData`` when already loaded."""
+def topk_row(dataset: str, model: str, seed: int, config_data: dict[str, Any], data_path: str,
+             search_dir: str | None = None, refit: bool = False,
+             data: Any = None) -> dict[str, Any]:
+    """One ``run_topk`` row (``mf`` or ``mf+<search>``), in the current process, on the prepared
+    dataset at ``data_path``; ``data``: its ``TopkData`` when already loaded."""
     config = PipelineConfig.from_dict(config_data)
     if data is None:
-        data = load_topk(_prepare(dataset, work_dir, data_dir, seed, dataset_options))
+        data = load_topk(PreparedDataset.load(data_path))
     # The pipeline's top-k settings (``PipelineConfig.topk``), so a bench row is a pipeline number.
     mf = config.topk
     # ``fit``: the retrain's early stopping; AutoLossGen's finalists train with the same.

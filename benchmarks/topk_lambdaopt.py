@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.configs import PipelineConfig
+from pipeline.datasets.base import PreparedDataset
 
 EXPANSIONS = ("mf+l2grid", "mf+lambdaopt")
 
@@ -66,16 +67,14 @@ def _rss_mb() -> float:
 
 
 def _row(dataset: str, name: str, spec: dict[str, Any], seed: int, config_data: dict,
-         work_dir: str, data_dir: str | None, report_dir: str | None,
-         dataset_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One row, in the current process (the child)."""
-    from benchmarks.topk import _prepare  # noqa: PLC0415
+         data_path: str, report_dir: str | None) -> dict[str, Any]:
+    """One row, in the current process (the child), on the prepared dataset at ``data_path``."""
     from components.search import MF_INIT_STD  # noqa: PLC0415
     from components.topk import load_topk, ranked_test_metrics, train_bpr  # noqa: PLC0415
     from components.topk_trainer import mf_schedule  # noqa: PLC0415
 
     config = PipelineConfig.from_dict(config_data)
-    data = load_topk(_prepare(dataset, work_dir, data_dir, seed, dataset_options))
+    data = load_topk(PreparedDataset.load(data_path))
     mf = config.topk
     step, fit = mf_schedule(config, data)
     common = {"dim": mf.embedding_dim, **step, "seed": seed, **fit}
@@ -152,15 +151,14 @@ def in_fresh_process(module: str, request: dict[str, Any]) -> dict[str, Any]:
             return json.load(f)
 
 
-def run_rows(dataset: str, model: str, seed: int, config: PipelineConfig, work_dir: str,
-             data_dir: str | None, search_dir: str | None = None,
-             dataset_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The rows of one expansion for one seed, each in a fresh ``python -m`` process."""
+def run_rows(dataset: str, model: str, seed: int, config: PipelineConfig, data_path: str,
+             search_dir: str | None = None) -> list[dict[str, Any]]:
+    """The rows of one expansion for one seed, each in a fresh ``python -m`` process, on the
+    prepared dataset at ``data_path``."""
     return [in_fresh_process("benchmarks.topk_lambdaopt", {
         "dataset": dataset, "name": name, "spec": spec, "seed": seed,
-        "config_data": config.to_dict(), "work_dir": work_dir, "data_dir": data_dir,
-        "report_dir": search_dir and os.path.join(search_dir, f"{dataset}-{name}-seed{seed}"),
-        "dataset_options": dataset_options})
+        "config_data": config.to_dict(), "data_path": data_path,
+        "report_dir": search_dir and os.path.join(search_dir, f"{dataset}-{name}-seed{seed}")})
         for name, spec in expand(model, config)]
 
 

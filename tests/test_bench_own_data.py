@@ -69,6 +69,17 @@ def test_bench_on_own_ctr_csv_splits_per_seed_and_reuses_its_cache(tmp_path, cli
     assert os.path.getmtime(work / roots[0] / "cache_version") == stamps[0]
 
 
+def test_given_split_files_are_prepared_once_for_every_seed(tmp_path):
+    files = {s: tmp_path / f"{s}.csv" for s in ("train", "eval", "test")}
+    for path in files.values():
+        path.write_text("label,a\n1,x\n0,y\n")
+    given = {s: str(p) for s, p in files.items()}
+    assert data_root("w", "csv", 1, given) == data_root("w", "csv", 2, given)
+    one = {"data": str(files["train"])}  # one file is split by the seed
+    assert data_root("w", "csv", 1, one) != data_root("w", "csv", 2, one)
+    assert data_root("w", "frappe86k", 3) == os.path.join("w", "frappe86k-3")
+
+
 def test_the_cache_key_follows_the_bytes_and_the_columns(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("label,a\n1,x\n0,y\n")
@@ -99,6 +110,10 @@ def test_bench_on_own_interaction_log_with_a_child_process_row(tmp_path):
     # a per-user split of the planted log, not the generator's own: popularity is a yardstick
     assert all(r["recall@20"] > popularity for r in rows)
     assert rows[0]["architecture"]["num_users"] == rows[1]["architecture"]["num_users"]
+    # one prepared split, which the child was handed (it prepares nothing of its own)
+    assert [p for p in os.listdir(tmp_path / "work") if p.startswith("csv-")] == [
+        os.path.basename(data_root(str(tmp_path / "work"), "csv", 7,
+                                   json.loads(out.read_text())["dataset_options"]))]
 
 
 def test_a_config_for_own_data_adds_it_only_without_named_datasets(tmp_path):
