@@ -21,7 +21,7 @@ from benchmarks.cache import CSV_FILES, csv_key
 from benchmarks.data import BenchData, prepare_bench_data, transformed_dataset
 from benchmarks.report import write_report
 from benchmarks.topk import TOPK_SEARCHES, is_topk, run_topk
-from benchmarks.topk_lambdaopt import EXPANSIONS, expand, is_expansion_row
+from benchmarks.topk_lambdaopt import EXPANSIONS, add_relative_costs, expand, is_expansion_row
 from components import base
 from components.search import searched_architecture
 from models.architecture import TOPK_MODELS
@@ -154,23 +154,27 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     out = os.path.abspath(args.out)
     _check_grid(datasets, models, config, args.data_dir, out, options)
     work_dir = args.work_dir or os.path.join(os.path.dirname(out), "bench-work")
-    rows: list[dict[str, Any]] = []
-    serving: list[dict[str, Any]] = []
+    refit = bool(getattr(args, "refit", False))
+    rows, serving = (_resumed(out, config, options, refit) if getattr(args, "resume", False)
+                     else ([], []))
+    done = {(r["dataset"], r["model"], r["seed"]) for r in rows}
     for dataset in datasets:
         own = options if dataset == CSV_DATASET else None
         if is_topk(dataset, own):
             rows += run_topk(dataset, models, seeds, config, work_dir, args.data_dir,
                              search_dir=os.path.splitext(out)[0] + "-search",
-                             refit=getattr(args, "refit", False), options=own)
-            _write(out, rows, serving, config, options)
+                             refit=refit, options=own, done=done)
+            add_relative_costs(rows, config)  # also against a resumed row of the same seed
+            _write(out, rows, serving, config, options, refit)
             continue
+        todo = {seed: [m for m in models if (dataset, m, seed) not in done] for seed in seeds}
         # Every seed's split first: one that cannot be used (e.g. a split of the user's file
         # without both labels) fails before a row trains.
         prepared = {seed: prepare_bench_data(dataset, work_dir, args.data_dir, seed, own)
-                    for seed in seeds}
+                    for seed in seeds if todo[seed]}
         for seed in seeds:
-            data = prepared[seed]
-            for model in models:
+            data = prepared.get(seed)
+            for model in todo[seed]:
                 logging.info("bench: %s / %s / seed %d", dataset, model, seed)
                 export_dir = None
                 if args.serving and seed == seeds[0]:
@@ -184,8 +188,43 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     serving.append({"dataset": dataset, "model": model,
                                     **measure_in_fresh_process(export_dir,
                                                                data.dataset.split_path("test"))})
-                _write(out, rows, serving, config, options)
-    return _write(out, rows, serving, config, options)
+                _write(out, rows, serving, config, options, refit)
+    return _write(out, rows, serving, config, options, refit)
+
+
+def _resumed(out: str, config: PipelineConfig, options: dict[str, Any], refit: bool
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``--resume``: the rows and serving entries of the report at ``out`` (none when there is
+    no report yet), which must record the same config, ``--refit`` and own data as this bench.
+
+    Raises:
+      ConfigError: the report is unreadable, older than ``config`` records, or was written with
+        another config or other data (naming the config's differing top-level keys).
+    """
+    if not os.path.exists(out):
+        return [], []
+    try:
+        with open(out) as f:
+            report = json.load(f)
+        rows, serving = list(report["results"]), list(report.get("serving", []))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--resume: {out} is not a bench report ({e}).") from e
+    if "config" not in report:
+        raise ConfigError(f"--resume: {out} does not record its config (an older bench wrote "
+                          f"it); run without --resume, or with another --out.")
+    current = json.loads(json.dumps(config.to_dict()))
+    if report["config"] != current:
+        keys = sorted(k for k in set(report["config"]) | set(current)
+                      if report["config"].get(k) != current.get(k))
+        raise ConfigError(f"--resume: {out} was written with a different config ({keys} "
+                          f"differ); its rows would not compare with new ones.")
+    if bool(report.get("refit")) != refit:
+        how = "with" if report.get("refit") else "without"
+        raise ConfigError(f"--resume: {out} was written {how} --refit; resume it the same way.")
+    if report.get("dataset_options", {}) != (options or {}):
+        raise ConfigError(f"--resume: {out} was written for different data (its "
+                          f"dataset_options: {report.get('dataset_options')}).")
+    return rows, serving
 
 
 def own_data_options(args: argparse.Namespace, config: PipelineConfig,
@@ -261,8 +300,10 @@ def _check_grid(datasets: list[str], models: list[str], config: PipelineConfig,
 
 
 def _write(out: str, rows: list[dict[str, Any]], serving: list[dict[str, Any]],
-           config: PipelineConfig, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    report = {"results": rows, "serving": serving, "train_config": config.to_dict()["train"]}
+           config: PipelineConfig, options: dict[str, Any] | None = None,
+           refit: bool = False) -> dict[str, Any]:
+    report = {"results": rows, "serving": serving, "train_config": config.to_dict()["train"],
+              "config": config.to_dict(), "refit": refit}
     if options:  # what dataset "csv" was
         report["dataset_options"] = options
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Collection
 from typing import Any
 
 from benchmarks.cache import data_root
@@ -71,7 +72,8 @@ def _prepare(name: str, work_dir: str, data_dir: str | None, seed: int | None = 
 def run_topk(dataset: str, models: list[str], seeds: list[int], config: PipelineConfig,
              work_dir: str, data_dir: str | None,
              search_dir: str | None = None, refit: bool = False,
-             options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+             options: dict[str, Any] | None = None,
+             done: Collection[tuple[str, str, int]] = ()) -> list[dict[str, Any]]:
     """One row per (model, seed) on a top-k dataset; the split is the published one (for
     bring-your-own data, ``csv`` with ``options``: the given files, or one log split per user
     by each seed).
@@ -81,6 +83,7 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
     its test metrics as ``recall@20_refit`` and ``ndcg@20_refit``: the training data of the
     LightGCN/BARS numbers (gowalla: 810,128 pairs), with the eval items excluded from the
     ranking as the train items are. The main columns stay the early-stopped model's.
+    ``done``: ``(dataset, row model, seed)`` of rows not to train again (``bench --resume``).
     """
     known = [*TOPK_MODELS, *(f"mf+{m}" for m in TOPK_SEARCHES), *EXPANSIONS]
     unknown = [m for m in models if m not in known and not is_expansion_row(m, config)]
@@ -97,7 +100,10 @@ def run_topk(dataset: str, models: list[str], seeds: list[int], config: Pipeline
             # mf+l2grid, mf+lambdaopt (a row each) or one of their rows (e.g. mf[l2=0.001]),
             # each in a fresh process.
             if model in EXPANSIONS or model not in known:
-                rows += run_rows(dataset, model, seed, config, directory, search_dir)
+                rows += run_rows(dataset, model, seed, config, directory, search_dir,
+                                 skip=done)
+            elif (dataset, model, seed) in done:
+                continue
             elif model == "mf":  # in this process, on data loaded once per split
                 if directory not in loaded:
                     loaded[directory] = load_topk(prepared[seed])

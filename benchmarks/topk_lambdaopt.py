@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from pipeline.configs import PipelineConfig
@@ -152,14 +152,15 @@ def in_fresh_process(module: str, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_rows(dataset: str, model: str, seed: int, config: PipelineConfig, data_path: str,
-             search_dir: str | None = None) -> list[dict[str, Any]]:
+             search_dir: str | None = None, skip: Collection[tuple[str, str, int]] = ()
+             ) -> list[dict[str, Any]]:
     """The rows of one expansion for one seed, each in a fresh ``python -m`` process, on the
-    prepared dataset at ``data_path``."""
+    prepared dataset at ``data_path``; ``skip``: ``(dataset, row, seed)`` of rows not to run."""
     return [in_fresh_process("benchmarks.topk_lambdaopt", {
         "dataset": dataset, "name": name, "spec": spec, "seed": seed,
         "config_data": config.to_dict(), "data_path": data_path,
         "report_dir": search_dir and os.path.join(search_dir, f"{dataset}-{name}-seed{seed}")})
-        for name, spec in expand(model, config)]
+        for name, spec in expand(model, config) if (dataset, name, seed) not in skip]
 
 
 def add_relative_costs(rows: list[dict[str, Any]], config: PipelineConfig) -> None:

@@ -143,6 +143,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss-from", default=None, metavar="FILE",
                         help="train every row with the loss in FILE (AutoLossGen loss JSON) "
                         "instead of logloss")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in --out (written with the same config and "
+                        "data) and train only the missing ones")
     parser.add_argument("--refit", action="store_true",
                         help="top-k rows (mf, mf+esapn, mf+autolossgen): also retrain on train "
                         "+ eval for the early-stopped epoch count and report its test metrics "
