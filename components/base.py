@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 ARCHITECTURE_ASSET = "architecture.json"
 RAW_FEATURES_ASSET = "raw_features.json"
 ASSETS_EXTRA = "assets.extra"
+# TF Serving replays the PredictionLog records of this file when it loads a model version, so
+# the first real requests do not pay for graph and kernel initialisation.
+WARMUP_ASSET = "tf_serving_warmup_requests"
+UNSEEN_WARMUP_VALUE = b"__warmup_unseen__"
 
 
 def choose_strategy() -> tf.distribute.Strategy:
@@ -369,6 +373,53 @@ def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransfor
         "transform_features": module.transform_features,
     })
     write_assets_extra(export_dir, arch, label, extra_assets, optional)
+    write_warmup_requests(export_dir, tf_transform_output, arch.categorical, arch.numerical,
+                          optional)
+
+
+def warmup_examples(tf_transform_output: tft.TFTransformOutput, categorical: Sequence[str],
+                    numerical: Sequence[str], optional_numerical: Sequence[str] = ()
+                    ) -> list[bytes]:
+    """Two serialized raw tf.Examples for serving warm-up: every categorical field at its most
+    frequent train value and every number 0; then every category unseen (the OOV path) and the
+    optional numbers absent (the missing-value path). The label is absent, as when serving."""
+    typical, unusual = tf.train.Example(), tf.train.Example()
+    for field in categorical:
+        vocab = tf_transform_output.vocabulary_by_name(features.vocab_name(field))
+        top = vocab[0] if len(vocab) else UNSEEN_WARMUP_VALUE
+        typical.features.feature[field].bytes_list.value.append(
+            top if isinstance(top, bytes) else str(top).encode())
+        unusual.features.feature[field].bytes_list.value.append(UNSEEN_WARMUP_VALUE)
+    for field in numerical:
+        typical.features.feature[field].float_list.value.append(0.0)
+        if field not in optional_numerical:
+            unusual.features.feature[field].float_list.value.append(0.0)
+    return [typical.SerializeToString(), unusual.SerializeToString()]
+
+
+def write_warmup_requests(export_dir: str, tf_transform_output: tft.TFTransformOutput,
+                          categorical: Sequence[str], numerical: Sequence[str],
+                          optional_numerical: Sequence[str] = ()) -> str:
+    """Writes ``assets.extra/tf_serving_warmup_requests``: ``serving_default`` PredictRequests
+    (input ``examples``) of 1 and of 2 :func:`warmup_examples`, as TF Serving's model warm-up
+    reads them. Returns the file's path."""
+    from tensorflow_serving.apis import (  # noqa: PLC0415
+        model_pb2,
+        predict_pb2,
+        prediction_log_pb2,
+    )
+
+    examples = warmup_examples(tf_transform_output, categorical, numerical, optional_numerical)
+    path = os.path.join(export_dir, ASSETS_EXTRA, WARMUP_ASSET)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for batch in (examples[:1], examples):
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(signature_name="serving_default"))
+            request.inputs["examples"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+            writer.write(prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+    return path
 
 
 def write_assets_extra(export_dir: str, arch: Architecture, label: str,

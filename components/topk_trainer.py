@@ -155,6 +155,7 @@ def export_topk_model(export_dir: str, tf_transform_output: tft.TFTransformOutpu
     tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})
     assets = base.write_assets_extra(export_dir, arch, label,
                                      {"task": "topk", "user": user, "item": item, "k": K})
+    base.write_warmup_requests(export_dir, tf_transform_output, [user], [])
     buffer = io.BytesIO()  # np.savez seeks, which a GFile opened for writing cannot.
     np.savez(buffer, user=user_table, item=item_table)
     with tf.io.gfile.GFile(os.path.join(assets, TABLES_ASSET), "wb") as f:

@@ -158,6 +158,18 @@ def test_pushed_model_serves_without_the_project_or_transform_code(two_runs, tmp
     assert result["probability"] == pytest.approx(probabilities, abs=1e-5)  # 6 decimals
 
 
+def test_the_pushed_model_warms_up_tf_serving_with_its_own_requests(two_runs):
+    from tests.e2e.warmup import replay_warmup  # noqa: PLC0415
+
+    _, _, second, _, _ = two_runs
+    outputs = replay_warmup(second["pushed_model_dir"])
+    # a request of 1 example, then 2: the typical one and one with unseen categories
+    assert [o["probability"].shape.as_list() for o in outputs] == [[1], [2]]
+    probabilities = outputs[1]["probability"].numpy().ravel()
+    assert ((probabilities > 0) & (probabilities < 1)).all()
+    assert outputs[0]["probability"].numpy().ravel()[0] == pytest.approx(probabilities[0])
+
+
 def test_predict_rejects_a_bad_row_naming_it(two_runs, tmp_path):
     _, _, second, _, _ = two_runs
     bad = tmp_path / "bad.csv"

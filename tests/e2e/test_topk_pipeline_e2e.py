@@ -192,3 +192,12 @@ def test_lambdaopt_bad_option_is_refused_before_training(tmp_path):
     with pytest.raises(Exception, match="variant"):
         run(config)
     assert not os.path.exists(os.path.join(str(tmp_path / "run"), "summary.json"))
+
+
+def test_the_pushed_top_k_model_warms_up_tf_serving(topk_run):
+    from tests.e2e.warmup import replay_warmup  # noqa: PLC0415
+
+    _, summary = topk_run
+    outputs = replay_warmup(summary["pushed_model_dir"])
+    assert [o["items"].shape.as_list() for o in outputs] == [[1, 20], [2, 20]]
+    assert all(i.startswith(b"i") for i in outputs[1]["items"].numpy().ravel())
