@@ -126,11 +126,20 @@ def data_options(args: argparse.Namespace, command: str,
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from models.architecture import CTR_MODELS  # noqa: PLC0415
+    from models.search import METHODS  # noqa: PLC0415
+    from pipeline.datasets import DATASETS  # noqa: PLC0415
+
     parser.add_argument("--datasets", default=None,
-                        help="comma-separated dataset names; with --data or --train/--eval/"
-                        "--test, your own CSV data is benchmarked too (as dataset 'csv')")
+                        help=f"comma-separated dataset names ({', '.join(DATASETS)}); with "
+                        f"--data or --train/--eval/--test, your own CSV data is benchmarked too "
+                        f"(as dataset 'csv')")
     _add_data_options(parser)
-    parser.add_argument("--models", required=True, help="comma-separated model names")
+    parser.add_argument("--models", required=True,
+                        help=f"comma-separated model names: a CTR family ({', '.join(CTR_MODELS)})"
+                        f" with +buckets and/or +METHOD ({', '.join(sorted(METHODS))}), e.g. "
+                        f"deepfm+autodis; on top-k data mf, mf+esapn, mf+autolossgen, "
+                        f"mf+lambdaopt, mf+l2grid")
     parser.add_argument("--seeds", default="2021", help="comma-separated seeds")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--data-dir", default=None)
